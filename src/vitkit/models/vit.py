@@ -1,0 +1,367 @@
+"""The Vision Transformer, as equations 1-4 of Dosovitskiy et al. (2020) and vit_jax `models_vit.py`.
+
+Read top to bottom: config, patch embedding (raw patches or a ResNet feature map), attention, MLP,
+block, the model, then the variant table.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitkit.models.posemb import resample_posemb, sincos_2d
+from vitkit.models.resnet import ResNetConfig, ResNetStem
+
+POOLS = ("token", "gap")
+POSEMBS = ("learned", "sincos2d", "none")
+
+
+def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+@dataclass
+class ViTConfig:
+    """Everything that defines a ViT's architecture; saved as JSON beside every checkpoint."""
+
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    pool: str = "token"  # "token": class token's output (eq. 4); "gap": mean of the patch tokens
+    class_token: bool | None = None  # None: present iff pool == "token" (official code)
+    posemb: str = "learned"  # "learned" 1-D table | "sincos2d" fixed | "none"
+    representation_size: int | None = None  # pre-logits Dense + tanh (pre-training head)
+    qkv_bias: bool = True
+    ln_eps: float = 1e-6
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    zero_head: bool = True  # official: head kernel and bias start at zero
+    head_bias_init: float = 0.0
+    resnet: ResNetConfig | None = None  # hybrid: a ResNet feature map replaces the raw patches
+    name: str | None = None
+    arch: str = "vit"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resnet, dict):
+            self.resnet = ResNetConfig(**{k: tuple(v) if k == "layers" else v for k, v in self.resnet.items()})
+        if isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
+        if self.class_token is None:
+            self.class_token = self.pool == "token"
+        if self.pool not in POOLS:
+            raise ValueError(f"pool={self.pool!r} is not one of {POOLS}")
+        if self.posemb not in POSEMBS:
+            raise ValueError(f"posemb={self.posemb!r} is not one of {POSEMBS}")
+        if self.pool == "token" and not self.class_token:
+            raise ValueError("pool='token' needs class_token=True; use pool='gap' for a model without one")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        h, w = _pair(self.image_size)
+        stride = self.patch_size * (self.resnet.stride if self.resnet else 1)
+        if h % stride or w % stride:
+            what = f"the hybrid's total stride {stride} (ResNet /{self.resnet.stride} x patch {self.patch_size})" if self.resnet else f"the patch size {self.patch_size}"
+            ok = ", ".join(str(stride * k) for k in range(max(1, h // stride - 1), h // stride + 3))
+            raise ValueError(f"image size {self.image_size} is not divisible by {what}; valid sizes near it: {ok}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        stride = self.patch_size * (self.resnet.stride if self.resnet else 1)
+        h, w = _pair(self.image_size)
+        return (h // stride, w // stride)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(bool(self.class_token))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(d["image_size"], tuple):
+            d["image_size"] = list(d["image_size"])
+        if d["resnet"] is not None:
+            d["resnet"]["layers"] = list(d["resnet"]["layers"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViT config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+
+class PatchEmbed(nn.Module):
+    """Eq. 1: cut the image into P x P patches and project each linearly (a conv with kernel = stride = P).
+
+    For a hybrid, a ResNet feature map is cut instead ("patch size 1" on the map for R50+ViT-B/16).
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.image_size = _pair(cfg.image_size)
+        self.backbone = ResNetStem(cfg.resnet, cfg.in_chans) if cfg.resnet is not None else None
+        cin = self.backbone.out_channels if self.backbone is not None else cfg.in_chans
+        self.proj = nn.Conv2d(cin, cfg.width, cfg.patch_size, cfg.patch_size)
+        self.grid = cfg.grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != self.image_size:
+            raise ValueError(
+                f"input is {tuple(x.shape[-2:])} pixels but the model was built for {self.image_size}; "
+                f"resize the input or call model.set_image_size({tuple(x.shape[-2:])})"
+            )
+        if self.backbone is not None:
+            x = self.backbone(x)
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through torch's fused SDPA; the weights on request only."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        weights = None
+        if need_weights:  # the analysis path: explicit softmax(q k^T / sqrt(d)) so the weights can be returned
+            weights = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, h, N, N)
+            w = F.dropout(weights, self.attn_drop, self.training)
+            x = w @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)  # (B, h, N, d)
+        x = x.transpose(1, 2).reshape(B, N, D)
+        return self.proj_drop(self.proj(x)), weights
+
+
+class Mlp(nn.Module):
+    """Dense(mlp_dim) - GELU - Dense(D), dropout after each dense as in the official MlpBlock."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's whole residual branch with probability p, rescale the rest."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Eqs. 2-3, pre-norm: z' = MSA(LN(z)) + z ; z = MLP(LN(z')) + z'."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.attn = Attention(cfg.width, cfg.heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, weights = self.attn(self.norm1(x), need_weights)
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding + [class] token + position embedding, L blocks, LayerNorm, head (eqs. 1-4).
+
+    `forward(images) -> logits`; `forward_features` gives the token states after the final LayerNorm,
+    `forward_head(..., pre_logits=True)` the image representation, and `forward_intermediates`
+    every layer's token states and attention weights for analysis.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.config = cfg
+        D = cfg.width
+        self.patch_embed = PatchEmbed(cfg)
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        n_pos = cfg.grid[0] * cfg.grid[1] + self.num_prefix_tokens
+        if cfg.posemb == "learned":
+            self.pos_embed = nn.Parameter(torch.empty(1, n_pos, D))
+        else:
+            self.register_parameter("pos_embed", None)
+        if cfg.posemb == "sincos2d":
+            self.register_buffer("pos_embed_fixed", self._sincos(cfg.grid), persistent=False)
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        dpr = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
+        self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
+        self.num_features = cfg.representation_size or D
+        if cfg.representation_size:
+            self.pre_logits = nn.Sequential(nn.Linear(D, cfg.representation_size), nn.Tanh())
+        else:
+            self.pre_logits = nn.Identity()
+        self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.init_weights()
+
+    def _sincos(self, grid: tuple[int, int]) -> torch.Tensor:
+        pe = sincos_2d(grid, self.config.width)
+        if self.num_prefix_tokens:
+            pe = torch.cat([pe.new_zeros(self.num_prefix_tokens, pe.shape[1]), pe])  # the class token gets none
+        return pe[None]  # (1, prefix + h*w, D)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The official (Flax) initialisers: LeCun-normal patch and pre-logits kernels, Xavier-uniform
+        attention and MLP kernels (q, k, v each on its own), MLP biases N(0, 1e-6), position embedding
+        N(0, 0.02), class token zero, head zero (or LeCun-normal when zero_head=False)."""
+        cfg = self.config
+
+        def truncated_lecun(w: torch.Tensor) -> None:
+            std = math.sqrt(1.0 / w[0].numel()) / 0.87962566103423978  # variance-preserving after truncation at 2 std
+            nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+
+        truncated_lecun(self.patch_embed.proj.weight)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.pos_embed is not None:
+            nn.init.normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+        for blk in self.blocks:
+            D = cfg.width
+            for part in blk.attn.qkv.weight.split(D, dim=0):
+                nn.init.xavier_uniform_(part)
+            if blk.attn.qkv.bias is not None:
+                nn.init.zeros_(blk.attn.qkv.bias)
+            nn.init.xavier_uniform_(blk.attn.proj.weight)
+            nn.init.zeros_(blk.attn.proj.bias)
+            for fc in (blk.mlp.fc1, blk.mlp.fc2):
+                nn.init.xavier_uniform_(fc.weight)
+                nn.init.normal_(fc.bias, std=1e-6)
+        if cfg.representation_size:
+            truncated_lecun(self.pre_logits[0].weight)
+            nn.init.zeros_(self.pre_logits[0].bias)
+        if isinstance(self.head, nn.Linear):
+            self.reset_head(zero=cfg.zero_head)
+
+    @torch.no_grad()
+    def reset_head(self, num_classes: int | None = None, zero: bool = True) -> None:
+        """Replace or re-initialise the classifier: zero-initialised D x K for fine-tuning (paper section 3.2)."""
+        cfg = self.config
+        if num_classes is not None and num_classes != cfg.num_classes:
+            cfg.num_classes = num_classes
+            p = next(self.parameters())
+            self.head = nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype) if num_classes else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            if zero:
+                nn.init.zeros_(self.head.weight)
+            else:
+                nn.init.trunc_normal_(self.head.weight, std=math.sqrt(1.0 / self.num_features))
+            nn.init.constant_(self.head.bias, cfg.head_bias_init)
+
+    @torch.no_grad()
+    def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
+        """Rebuild for another resolution: same patch size, learned position embeddings resampled over
+        the patch grid by 2-D interpolation, the class token's untouched (paper section 3.2)."""
+        cfg = self.config
+        old_grid = cfg.grid
+        new_cfg = ViTConfig.from_dict({**cfg.to_dict(), "image_size": image_size})  # validates the size
+        cfg.image_size = new_cfg.image_size
+        self.patch_embed.image_size = _pair(cfg.image_size)
+        self.patch_embed.grid = cfg.grid
+        if self.pos_embed is not None:
+            self.pos_embed = nn.Parameter(resample_posemb(self.pos_embed.data, cfg.grid, old_grid, self.num_prefix_tokens, mode))
+        if cfg.posemb == "sincos2d":
+            self.pos_embed_fixed = self._sincos(cfg.grid).to(self.pos_embed_fixed.device)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1: patch embeddings, class token prepended, position embeddings added. (B, prefix + N, D)."""
+        x = self.patch_embed(x)
+        return self.add_tokens(x)
+
+    def add_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the class token and add position embeddings to patch embeddings (B, N, D)."""
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        elif self.config.posemb == "sincos2d":
+            x = x + self.pos_embed_fixed.to(x.dtype)
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Token states after the final LayerNorm, (B, prefix + N, D)."""
+        x = self.embed(x)
+        for blk in self.blocks:
+            x, _ = blk(x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.pool == "token":
+            return x[:, 0]  # eq. 4: y = LN(z_L^0)
+        return x[:, self.num_prefix_tokens :].mean(dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """From token states to the image representation (pre_logits=True) or the logits."""
+        x = self.pre_logits(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The analysis path: {"logits", "tokens": [embedding, block 1, ..., block L] each (B, T, D),
+        "attn": [block 1, ..., block L] each (B, heads, T, T)}, T = prefix + N."""
+        x = self.embed(x)
+        tokens, attn = [x], []
+        for blk in self.blocks:
+            x, w = blk(x, need_weights=True)
+            tokens.append(x)
+            attn.append(w)
+        logits = self.forward_head(self.norm(x))
+        return {"logits": logits, "tokens": tokens, "attn": attn}
+
+
+# The variant table: paper table 1, plus Ti and S from DeiT / AugReg (official configs/models.py).
+VARIANTS = {
+    "Ti": dict(width=192, depth=12, heads=3, mlp_dim=768),
+    "S": dict(width=384, depth=12, heads=6, mlp_dim=1536),
+    "B": dict(width=768, depth=12, heads=12, mlp_dim=3072),
+    "L": dict(width=1024, depth=24, heads=16, mlp_dim=4096),
+    "H": dict(width=1280, depth=32, heads=16, mlp_dim=5120),
+}
+PATCH_SIZES = (8, 14, 16, 32)
+
+# Hybrids as vit_jax configs/models.py defines them: (ViT size, patch on the feature map, ResNet units per stage).
+HYBRIDS = {
+    "R50+ViT-B/16": ("B", 1, (3, 4, 9)),
+    "R26+ViT-S/32": ("S", 1, (2, 2, 2, 2)),
+    "R26+ViT-B/32": ("B", 1, (2, 2, 2, 2)),
+    "R50+ViT-L/32": ("L", 1, (3, 4, 6, 3)),
+    "R+ViT-Ti/16": ("Ti", 8, ()),  # the ResNet root alone (/4), then 8 x 8 patches: 7 x 7 tokens at 224
+}

@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vitkit.cli import build_parser, main
+
+
+def verbs():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    return sorted(sub.choices)
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json", "--filter", "ViT-B/16"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["ViT-B/16", "R50+ViT-B/16"]
+    assert rows[0] == {"name": "ViT-B/16", "params": 86_567_656, "image_size": 224,
+                     "gflops": pytest.approx(35.13, abs=0.01), "gmacs": pytest.approx(17.56, abs=0.01)}
+
+
+def test_models_table(capsys):
+    assert main(["models", "--filter", "R50"]) == 0
+    out = capsys.readouterr().out
+    assert "R50+ViT-B/16" in out and "98,659,112" in out and "R50x1" in out
+
+
+def test_models_filter_without_match(capsys):
+    assert main(["models", "--filter", "nothing-like-this"]) == 2
+    assert "no model name contains" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", verbs())
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    assert "usage: vitkit " + verb in capsys.readouterr().out
+
+
+def test_console_script_and_module_entry_points():
+    out = subprocess.run([sys.executable, "-m", "vitkit", "--help"], capture_output=True, text=True, check=True).stdout
+    for verb in verbs():
+        assert verb in out

@@ -1,0 +1,269 @@
+import json
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.models import ViTConfig, list_models, model_config
+from vitkit.models.posemb import resample_posemb, sincos_2d
+from vitkit.models.resnet import StdConv2d, pad_same
+
+TINY = dict(width=32, depth=2, heads=2, mlp_dim=64)
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("ViT-B/16", 86_567_656),
+        ("ViT-L/16", 304_326_632),
+        ("ViT-H/14", 632_045_800),
+        ("ViT-S/16", 22_050_664),
+        ("ViT-Ti/16", 5_717_416),
+        ("R50+ViT-B/16", 98_659_112),
+    ],
+)
+def test_param_counts_match_official(name, expected):
+    # the official code's own test, at 224 px, 3 channels, 1000 classes; built on meta, nothing allocated
+    assert vitkit.describe(name)["params"] == expected
+
+
+def test_flops_vit_b16():
+    # ViT-B/16 is 17.6 GMACs per 224 image (anchors.md)
+    assert vitkit.describe("ViT-B/16")["gmacs"] == pytest.approx(17.56, abs=0.01)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_variant_shapes_on_meta(name):
+    with torch.device("meta"):
+        model = vitkit.create_model(name, num_classes=7)
+        out = model.eval()(torch.empty(2, 3, 224, 224))
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "ViT" in n])
+def test_every_vit_variant_runs_tiny(name):
+    cfg = model_config(name)
+    stride = cfg.patch_size * (cfg.resnet.stride if cfg.resnet else 1)
+    model = vitkit.create_model(name, num_classes=5, image_size=2 * stride, **TINY).eval()
+    x = torch.randn(2, 3, 2 * stride, 2 * stride)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 5)
+    assert model.forward_features(x).shape == (2, 4 + 1, 32)
+
+
+def test_bit_r50x1_runs():
+    model = vitkit.create_model("R50x1", num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+        # head is zero-initialised, so logits start at zero
+        assert model(torch.randn(1, 3, 64, 64)).abs().max() == 0
+
+
+def test_grayscale_28px_patch4():
+    model = vitkit.create_model("ViT-Ti/16", patch_size=4, image_size=28, in_chans=1, num_classes=10, **TINY)
+    assert model.config.grid == (7, 7)
+    assert model.pos_embed.shape == (1, 50, 32)
+    out = model(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+
+
+def test_name_aliases():
+    assert model_config("vit-b/16").name == "ViT-B/16"
+    assert model_config("ViT-B_16").name == "ViT-B/16"
+    assert model_config("B/16").patch_size == 16
+    assert model_config("R50+ViT-B_16").resnet.layers == (3, 4, 9)
+
+
+def test_bad_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'ViT-Q/16'.*ViT-B/16"):
+        vitkit.create_model("ViT-Q/16")
+
+
+def test_bad_option_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown option.*'widht'.*valid options"):
+        vitkit.create_model("ViT-B/16", widht=3)
+
+
+def test_size_not_divisible_by_patch():
+    with pytest.raises(ValueError, match="not divisible by the patch size 16.*valid sizes"):
+        vitkit.create_model("ViT-B/16", image_size=100)
+    with pytest.raises(ValueError, match="hybrid's total stride 16"):
+        vitkit.create_model("R50+ViT-B/16", image_size=40)
+
+
+def test_wrong_input_size_is_explained():
+    model = vitkit.create_model("ViT-Ti/16", image_size=32, **TINY)
+    with pytest.raises(ValueError, match="set_image_size"):
+        model(torch.randn(1, 3, 48, 48))
+
+
+def test_fast_path_equals_analysis_path():
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, num_classes=4, zero_head=False, **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fast = model(x)
+        inter = model.forward_intermediates(x)
+    torch.testing.assert_close(inter["logits"], fast, atol=1e-5, rtol=1e-5)
+    assert len(inter["attn"]) == 2 and inter["attn"][0].shape == (2, 2, 17, 17)
+    assert len(inter["tokens"]) == 3 and inter["tokens"][-1].shape == (2, 17, 32)
+    torch.testing.assert_close(inter["attn"][1].sum(-1), torch.ones(2, 2, 17))
+
+
+def test_gap_and_token_pooling():
+    torch.manual_seed(0)
+    tok = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, zero_head=False, **TINY).eval()
+    gap = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, pool="gap", zero_head=False, **TINY).eval()
+    assert tok.cls_token is not None and gap.cls_token is None
+    assert gap.pos_embed.shape[1] == 16 and tok.pos_embed.shape[1] == 17
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = gap.forward_features(x)
+        torch.testing.assert_close(gap.forward_head(feats, pre_logits=True), feats.mean(1))
+        feats = tok.forward_features(x)
+        torch.testing.assert_close(tok.forward_head(feats, pre_logits=True), feats[:, 0])
+    # GAP with a class token (timm style): the mean excludes the class token
+    both = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, pool="gap", class_token=True, **TINY).eval()
+    with torch.no_grad():
+        feats = both.forward_features(x)
+        torch.testing.assert_close(both.forward_head(feats, pre_logits=True), feats[:, 1:].mean(1))
+
+
+def test_pre_logits_layer_and_zero_head():
+    model = vitkit.create_model("ViT-Ti/16", image_size=32, representation_size=24, num_classes=3, **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        rep = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert rep.shape == (2, 24) and rep.abs().max() <= 1  # tanh
+        assert model(x).abs().max() == 0  # zero-initialised head
+    model.reset_head(num_classes=6, zero=False)
+    with torch.no_grad():
+        assert model(x).shape == (2, 6) and model(x).abs().max() > 0
+
+
+def test_posemb_options():
+    x = torch.randn(1, 3, 32, 32)
+    sc = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, posemb="sincos2d", **TINY)
+    assert sc.pos_embed is None and sc.pos_embed_fixed.shape == (1, 17, 32)
+    assert "pos_embed_fixed" not in sc.state_dict()  # fixed, rebuilt from the config
+    none = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, posemb="none", **TINY)
+    assert none.pos_embed is None
+    for m in (sc, none):
+        assert m(x).shape == (1, 1000)
+    with pytest.raises(ValueError, match="posemb='rope' is not one of"):
+        vitkit.create_model("ViT-Ti/16", posemb="rope")
+
+
+def test_sincos_table():
+    pe = sincos_2d((4, 6), 16)
+    assert pe.shape == (24, 16)
+    # first quarter is sin(x * omega_0) = sin(x): depends on the column only
+    torch.testing.assert_close(pe[:, 0], torch.sin(torch.arange(6.0)).repeat(4))
+    torch.testing.assert_close(pe[:, 8], torch.sin(torch.arange(4.0)).repeat_interleave(6))
+
+
+def test_resample_same_grid_is_identity_and_larger_keeps_class_token():
+    torch.manual_seed(0)
+    pe = torch.randn(1, 1 + 16, 8)
+    torch.testing.assert_close(resample_posemb(pe, (4, 4)), pe)
+    big = resample_posemb(pe, (8, 8))
+    assert big.shape == (1, 65, 8)
+    assert torch.equal(big[:, 0], pe[:, 0])
+    # corners are kept exactly (corner-aligned bilinear, as scipy zoom order 1)
+    g, bg = pe[0, 1:].reshape(4, 4, 8), big[0, 1:].reshape(8, 8, 8)
+    for (i, j), (bi, bj) in [((0, 0), (0, 0)), ((0, 3), (0, 7)), ((3, 0), (7, 0)), ((3, 3), (7, 7))]:
+        torch.testing.assert_close(bg[bi, bj], g[i, j])
+
+
+def test_resample_interpolates_a_linear_field_exactly():
+    ys, xs = torch.meshgrid(torch.arange(3.0), torch.arange(3.0), indexing="ij")
+    field = torch.stack([ys, xs, 2 * ys - xs], -1).reshape(1, 9, 3)
+    pe = torch.cat([torch.full((1, 1, 3), 7.0), field], 1)
+    out = resample_posemb(pe, (5, 5))
+    ys, xs = torch.meshgrid(torch.linspace(0, 2, 5), torch.linspace(0, 2, 5), indexing="ij")
+    want = torch.stack([ys, xs, 2 * ys - xs], -1).reshape(1, 25, 3)
+    torch.testing.assert_close(out[:, 1:], want)
+    assert torch.equal(out[:, :1], pe[:, :1])
+
+
+def test_resample_rejects_non_square_without_grid():
+    with pytest.raises(ValueError, match="not a square grid"):
+        resample_posemb(torch.randn(1, 1 + 12, 4), (4, 4))
+    with pytest.raises(ValueError, match="unknown position-embedding resample mode"):
+        resample_posemb(torch.randn(1, 1 + 16, 4), (8, 8), mode="cubic")
+
+
+def test_set_image_size_resamples_and_runs():
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, **TINY)
+    cls_row = model.pos_embed[:, 0].clone()
+    model.set_image_size(64)
+    assert model.config.image_size == 64 and model.config.grid == (8, 8)
+    assert model.pos_embed.shape == (1, 65, 32)
+    assert torch.equal(model.pos_embed[:, 0], cls_row)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    model.set_image_size((32, 48))
+    assert model(torch.randn(1, 3, 32, 48)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="not divisible"):
+        model.set_image_size(30)
+
+
+def test_dropout_and_drop_path_only_in_training():
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, dropout=0.2, attn_dropout=0.1,
+                                drop_path=0.3, zero_head=False, **TINY)
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+    assert model.blocks[0].drop_path.p == 0 and model.blocks[-1].drop_path.p == pytest.approx(0.3)
+
+
+def test_qkv_bias_and_ln_eps_options():
+    model = vitkit.create_model("ViT-Ti/16", image_size=32, qkv_bias=False, ln_eps=1e-12, **TINY)
+    assert model.blocks[0].attn.qkv.bias is None
+    assert model.norm.eps == 1e-12
+
+
+def test_config_round_trips_through_json():
+    cfg = model_config("R26+ViT-S/32", image_size=(64, 96), num_classes=3)
+    back = ViTConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg
+    with pytest.raises(ValueError, match="unknown ViT config keys"):
+        ViTConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_official_init():
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-S/16", image_size=32)
+    assert model.cls_token.abs().max() == 0
+    assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.head.weight.abs().max() == 0
+    # Xavier-uniform per q/k/v: bound sqrt(6 / (D + D))
+    bound = (6 / (2 * 384)) ** 0.5
+    assert model.blocks[0].attn.qkv.weight.abs().max() <= bound
+
+
+def test_std_conv_standardises_weights():
+    torch.manual_seed(0)
+    conv = StdConv2d(3, 4, 3, eps=0.0)
+    w = conv.standardized_weight()
+    torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(w.std(dim=(1, 2, 3), unbiased=False), torch.ones(4))
+
+
+def test_pad_same_matches_tf():
+    x = torch.zeros(1, 1, 224, 224)
+    assert pad_same(x, 7, 2).shape[-2:] == (229, 229)  # 2 left, 3 right
+    assert pad_same(torch.zeros(1, 1, 56, 56), 3, 2).shape[-2:] == (57, 57)  # 0 left, 1 right
+    assert pad_same(torch.zeros(1, 1, 56, 56), 1, 2).shape[-2:] == (56, 56)
+
+
+def test_hybrid_feature_grid():
+    model = vitkit.create_model("R50+ViT-B/16", image_size=64, num_classes=2, **TINY).eval()
+    assert model.patch_embed.backbone.out_channels == 1024
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 17, 32)
