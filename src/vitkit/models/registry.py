@@ -67,6 +67,28 @@ def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
     return cls(**base)
 
 
+def config_to_dict(cfg: ViTConfig | BiTConfig) -> dict[str, Any]:
+    """A JSON-ready dict of a model config (the inverse of `config_from_dict`)."""
+    if isinstance(cfg, ViTConfig):
+        return cfg.to_dict()
+    d = dataclasses.asdict(cfg)
+    d["layers"] = list(d["layers"])
+    return d
+
+
+def config_from_dict(d: dict[str, Any]) -> ViTConfig | BiTConfig:
+    arch = d.get("arch", "vit")
+    if arch == "bit":
+        valid = {f.name for f in dataclasses.fields(BiTConfig)}
+        bad = sorted(set(d) - valid)
+        if bad:
+            raise ValueError(f"unknown BiT config keys {bad}; valid keys: {sorted(valid)}")
+        return BiTConfig(**{**d, "layers": tuple(d.get("layers", BiTConfig.layers))})
+    if arch != "vit":
+        raise ValueError(f"unknown architecture {arch!r}; vitkit builds 'vit' (ViT and hybrids) and 'bit'")
+    return ViTConfig.from_dict(d)
+
+
 def build_model(cfg: ViTConfig | BiTConfig) -> nn.Module:
     """A model from its config (the inverse of `model.config`)."""
     return BiTResNet(cfg) if isinstance(cfg, BiTConfig) else VisionTransformer(cfg)

@@ -49,8 +49,7 @@ class StdConv2d(nn.Conv2d):
         return F.conv2d(x, self.standardized_weight(), None, self.stride, self.padding)
 
 
-def group_norm(channels: int, groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
-    """GroupNorm(32); eps 1e-6 is Flax's default (the official hybrid), BiT passes 1e-5."""
+def group_norm(channels: int, eps: float, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(min(groups, channels), channels, eps=eps)
 
 
@@ -60,7 +59,8 @@ class ResNetConfig:
 
     layers: tuple[int, ...] = (3, 4, 9)
     width_factor: int = 1
-    ws_eps: float = 1e-5
+    ws_eps: float = 1e-5  # official: (w - mean) / (std + 1e-5); timm's hybrids use 1e-8
+    gn_eps: float = 1e-6  # Flax GroupNorm's default; timm's hybrids use 1e-5
 
     @property
     def stride(self) -> int:
@@ -79,19 +79,19 @@ class ResNetConfig:
 class Bottleneck(nn.Module):
     """conv1x1-GN-ReLU, conv3x3(stride)-GN-ReLU, conv1x1-GN, + projected residual, ReLU."""
 
-    def __init__(self, cin: int, width: int, stride: int, eps: float):
+    def __init__(self, cin: int, width: int, stride: int, eps: float, gn_eps: float):
         super().__init__()
         cout = 4 * width
         self.conv1 = StdConv2d(cin, width, 1, eps=eps, same=True)
-        self.gn1 = group_norm(width)
+        self.gn1 = group_norm(width, eps=gn_eps)
         self.conv2 = StdConv2d(width, width, 3, stride, eps=eps, same=True)
-        self.gn2 = group_norm(width)
+        self.gn2 = group_norm(width, eps=gn_eps)
         self.conv3 = StdConv2d(width, cout, 1, eps=eps, same=True)
-        self.gn3 = group_norm(cout)
+        self.gn3 = group_norm(cout, eps=gn_eps)
         self.conv_proj = self.gn_proj = None
         if cin != cout or stride != 1:
             self.conv_proj = StdConv2d(cin, cout, 1, stride, eps=eps, same=True)
-            self.gn_proj = group_norm(cout)
+            self.gn_proj = group_norm(cout, eps=gn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.conv_proj is None else self.gn_proj(self.conv_proj(x))
@@ -108,11 +108,12 @@ class ResNetStem(nn.Module):
         super().__init__()
         width = 64 * cfg.width_factor
         self.conv_root = StdConv2d(in_chans, width, 7, 2, eps=cfg.ws_eps, same=True)
-        self.gn_root = group_norm(width)
+        self.gn_root = group_norm(width, eps=cfg.gn_eps)
         stages, cin = [], width
         for i, units in enumerate(cfg.layers):
             w = width * 2**i
-            blocks = [Bottleneck(cin if u == 0 else 4 * w, w, (1 if i == 0 else 2) if u == 0 else 1, cfg.ws_eps) for u in range(units)]
+            stride = 1 if i == 0 else 2
+            blocks = [Bottleneck(cin if u == 0 else 4 * w, w, stride if u == 0 else 1, cfg.ws_eps, cfg.gn_eps) for u in range(units)]
             stages.append(nn.Sequential(*blocks))
             cin = 4 * w
         self.stages = nn.Sequential(*stages)

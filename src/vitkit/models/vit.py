@@ -37,6 +37,7 @@ class ViTConfig:
     mlp_dim: int = 3072
     pool: str = "token"  # "token": class token's output (eq. 4); "gap": mean of the patch tokens
     class_token: bool | None = None  # None: present iff pool == "token" (official code)
+    fc_norm: bool = False  # final LayerNorm after pooling instead of on every token (timm's GAP, MAE)
     posemb: str = "learned"  # "learned" 1-D table | "sincos2d" fixed | "none"
     representation_size: int | None = None  # pre-logits Dense + tanh (pre-training head)
     qkv_bias: bool = True
@@ -273,16 +274,26 @@ class VisionTransformer(nn.Module):
     def reset_head(self, num_classes: int | None = None, zero: bool = True) -> None:
         """Replace or re-initialise the classifier: zero-initialised D x K for fine-tuning (paper section 3.2)."""
         cfg = self.config
-        if num_classes is not None and num_classes != cfg.num_classes:
-            cfg.num_classes = num_classes
-            p = next(self.parameters())
-            self.head = nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype) if num_classes else nn.Identity()
+        cfg.num_classes = cfg.num_classes if num_classes is None else num_classes
+        head = self.head
+        if not isinstance(head, nn.Linear) or (head.in_features, head.out_features) != (self.num_features, cfg.num_classes):
+            p = self.norm.weight
+            self.head = nn.Linear(self.num_features, cfg.num_classes, device=p.device, dtype=p.dtype) if cfg.num_classes else nn.Identity()
         if isinstance(self.head, nn.Linear):
             if zero:
                 nn.init.zeros_(self.head.weight)
             else:
                 nn.init.trunc_normal_(self.head.weight, std=math.sqrt(1.0 / self.num_features))
             nn.init.constant_(self.head.bias, cfg.head_bias_init)
+
+    @torch.no_grad()
+    def drop_pre_logits(self) -> None:
+        """Remove the pre-logits layer and put a zero-initialised D x K head on the pooled features,
+        as the paper does for fine-tuning."""
+        self.pre_logits = nn.Identity()
+        self.config.representation_size = None
+        self.num_features = self.config.width
+        self.reset_head()
 
     @torch.no_grad()
     def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
@@ -315,11 +326,11 @@ class VisionTransformer(nn.Module):
         return self.pos_drop(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Token states after the final LayerNorm, (B, prefix + N, D)."""
+        """Token states after the final LayerNorm (before it when fc_norm), (B, prefix + N, D)."""
         x = self.embed(x)
         for blk in self.blocks:
             x, _ = blk(x)
-        return self.norm(x)
+        return x if self.config.fc_norm else self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.pool == "token":
@@ -328,7 +339,10 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """From token states to the image representation (pre_logits=True) or the logits."""
-        x = self.pre_logits(self.pool(x))
+        x = self.pool(x)
+        if self.config.fc_norm:
+            x = self.norm(x)
+        x = self.pre_logits(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -343,7 +357,7 @@ class VisionTransformer(nn.Module):
             x, w = blk(x, need_weights=True)
             tokens.append(x)
             attn.append(w)
-        logits = self.forward_head(self.norm(x))
+        logits = self.forward_head(x if self.config.fc_norm else self.norm(x))
         return {"logits": logits, "tokens": tokens, "attn": attn}
 
 

@@ -1,0 +1,5 @@
+"""Checkpoint formats users already hold: Google .npz, timm, Hugging Face; and vitkit's own."""
+from vitkit.convert.common import CheckpointError, LoadReport
+from vitkit.convert.load import FORMATS, detect_format, load_model, read_checkpoint, save_model
+
+__all__ = ["FORMATS", "CheckpointError", "LoadReport", "detect_format", "load_model", "read_checkpoint", "save_model"]

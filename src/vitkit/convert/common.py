@@ -1,0 +1,95 @@
+"""What every format shares: the loading report, shape-checked state-dict assembly, atomic writes."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_model` did: where the weights came from and every tensor it could not simply copy."""
+
+    source: str
+    format: str
+    missing: list[str] = field(default_factory=list)  # model tensors the checkpoint lacks (left as initialised)
+    unexpected: list[str] = field(default_factory=list)  # checkpoint tensors the model has no place for (ignored)
+    resampled: list[str] = field(default_factory=list)  # e.g. "pos_embed (1, 197, 768) -> (1, 577, 768)"
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.source} ({self.format})"]
+        for title, items in (("missing (kept as initialised)", self.missing), ("unexpected (ignored)", self.unexpected),
+                             ("resampled", self.resampled), ("notes", self.notes)):
+            if items:
+                lines.append(f"  {title}:")
+                lines.extend(f"    {item}" for item in items)
+        if len(lines) == 1:
+            lines.append("  every tensor matched")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "format": self.format, "missing": self.missing,
+                "unexpected": self.unexpected, "resampled": self.resampled, "notes": self.notes}
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, report: LoadReport,
+              allow_missing: Callable[[str], bool] = lambda k: False) -> None:
+    """Copy a vitkit-named state dict into `model`, checking every shape; a mismatch names the tensor,
+    both shapes and what to do. Keys the model lacks are reported as unexpected."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has shape {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the "
+                f"model; pass num_classes/image_size to load_model (or --model with the right variant) so the two agree"
+            )
+    missing = [k for k in own if k not in state]
+    hard = [k for k in missing if not allow_missing(k)]
+    if hard:
+        raise CheckpointError(
+            f"{source}: the checkpoint lacks {len(hard)} tensor(s) the model needs, e.g. {hard[:5]}; "
+            f"is it a checkpoint of this architecture? (pass --from/--model to say what it is)"
+        )
+    report.missing.extend(missing)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--force on the command line)")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on failure it
+    is removed and `path` is untouched. Works for files and directories."""
+    path = Path(path)
+    refuse_existing(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / "out"
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            backup = path.with_name(f".{path.name}.old")
+            os.replace(path, backup)
+            os.replace(tmp, path)
+            shutil.rmtree(backup)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)

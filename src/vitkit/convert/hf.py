@@ -1,0 +1,151 @@
+"""Hugging Face transformers `ViTModel` / `ViTForImageClassification` <-> vitkit.
+
+On disk (every transformers version, 5.x included) the names are the legacy ones: separate
+query/key/value linears, `attention.output.dense`, `intermediate.dense`, `output.dense`. transformers
+5 renames them in memory only (q_proj, o_proj, mlp.fc1); both are read here, the legacy ones written.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from vitkit.convert.common import CheckpointError
+from vitkit.models.vit import ViTConfig
+
+EMBED = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+    "pooler.dense.weight": "pre_logits.0.weight",
+    "pooler.dense.bias": "pre_logits.0.bias",
+    "classifier.weight": "head.weight",
+    "classifier.bias": "head.bias",
+}
+# per layer: HF (legacy, on disk) -> vitkit; q/k/v are fused into attn.qkv separately
+LAYER = {
+    "layernorm_before": "norm1",
+    "attention.output.dense": "attn.proj",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+QKV = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
+# transformers 5 in-memory names -> the legacy ones
+V5_NAMES = [
+    (r"^layers\.(\d+)\.", r"encoder.layer.\1."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+]
+
+
+def _legacy(key: str) -> str:
+    key = key[4:] if key.startswith("vit.") else key
+    for pattern, repl in V5_NAMES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def config_from_hf(hf: dict, source: str, **overrides) -> ViTConfig:
+    """Honour the HF config: sizes, layer_norm_eps, qkv_bias, channels, dropouts, labels."""
+    if hf.get("model_type", "vit") != "vit":
+        raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not a plain ViT ('vit'); vitkit reads ViT checkpoints only")
+    act = hf.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise CheckpointError(f"{source}: hidden_act {act!r} is not supported; vitkit's MLP uses exact GELU ('gelu')")
+    labels = hf.get("id2label") or {}
+    cfg = dict(
+        image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16), in_chans=hf.get("num_channels", 3),
+        width=hf.get("hidden_size", 768), depth=hf.get("num_hidden_layers", 12), heads=hf.get("num_attention_heads", 12),
+        mlp_dim=hf.get("intermediate_size", 3072), ln_eps=hf.get("layer_norm_eps", 1e-12), qkv_bias=hf.get("qkv_bias", True),
+        dropout=hf.get("hidden_dropout_prob", 0.0), attn_dropout=hf.get("attention_probs_dropout_prob", 0.0),
+        num_classes=len(labels), pool="token", class_token=True,
+    )
+    cfg.update(overrides)
+    return ViTConfig(**cfg)
+
+
+def class_names_from_hf(hf: dict) -> list[str] | None:
+    labels = hf.get("id2label")
+    if not labels:
+        return None
+    return [str(labels.get(str(i), labels.get(i))) for i in range(len(labels))]
+
+
+def to_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """HF names (legacy or transformers 5, with or without the `vit.` prefix) -> vitkit names."""
+    legacy = {_legacy(k): v for k, v in sd.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in legacy.items():
+        if key in EMBED:
+            out[EMBED[key]] = value
+            continue
+        m = re.match(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if m and m.group(2) in LAYER:
+            out[f"blocks.{m.group(1)}.{LAYER[m.group(2)]}.{m.group(3)}"] = value
+        elif m and m.group(2) in QKV:
+            continue  # fused below
+        else:
+            out[key] = value  # reported as unexpected by the loader
+    for i in range(cfg.depth):
+        for kind in ("weight", "bias"):
+            parts = [legacy.get(f"encoder.layer.{i}.{name}.{kind}") for name in QKV]
+            if all(p is not None for p in parts):
+                out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+    return out
+
+
+def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """vitkit names -> HF legacy names, laid out as ViTForImageClassification (or ViTModel when there
+    is no head, with the pre-logits layer as its pooler)."""
+    if cfg.resnet is not None:
+        raise CheckpointError("Hugging Face's ViT has no hybrid (ResNet) stem; save hybrids as vitkit, timm or npz")
+    if not cfg.class_token or cfg.pool != "token" or cfg.fc_norm:
+        raise CheckpointError("Hugging Face's ViT classifies from the class token; a GAP model cannot be written in its format")
+    if cfg.representation_size and cfg.num_classes:
+        raise CheckpointError("Hugging Face's ViTForImageClassification has no pre-logits layer; load with drop_pre_logits=True "
+                              "or save with num_classes=0 (a ViTModel whose pooler holds it)")
+    prefix = "vit." if cfg.num_classes else ""
+    inv_embed = {v: k for k, v in EMBED.items()}
+    inv_layer = {v: k for k, v in LAYER.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in ("head.weight", "head.bias"):
+            out[inv_embed[key]] = value
+        elif key in inv_embed:
+            out[prefix + inv_embed[key]] = value
+        else:
+            m = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", key)
+            if m and m.group(2) == "attn.qkv":
+                for name, part in zip(QKV, value.chunk(3, dim=0)):
+                    out[f"{prefix}encoder.layer.{m.group(1)}.{name}.{m.group(3)}"] = part.contiguous()
+            elif m and m.group(2) in inv_layer:
+                out[f"{prefix}encoder.layer.{m.group(1)}.{inv_layer[m.group(2)]}.{m.group(3)}"] = value
+            else:
+                raise CheckpointError(f"tensor {key!r} has no place in a Hugging Face ViT")
+    return out, []
+
+
+def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> dict:
+    h, w = (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else cfg.image_size
+    if h != w:
+        raise CheckpointError(f"Hugging Face's ViTConfig holds one image_size; {cfg.image_size} is not square")
+    names = class_names or [f"LABEL_{i}" for i in range(cfg.num_classes)]
+    return {
+        "architectures": ["ViTForImageClassification" if cfg.num_classes else "ViTModel"],
+        "model_type": "vit",
+        "hidden_size": cfg.width, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.heads,
+        "intermediate_size": cfg.mlp_dim, "hidden_act": "gelu", "layer_norm_eps": cfg.ln_eps,
+        "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attn_dropout,
+        "image_size": h, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
+        "encoder_stride": cfg.patch_size, "initializer_range": 0.02,
+        "pooler_output_size": cfg.representation_size or cfg.width, "pooler_act": "tanh",
+        "id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)},
+    }

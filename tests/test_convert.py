@@ -1,0 +1,328 @@
+"""Checkpoint parity with the libraries the weights come from; reference models are built randomly here."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vitkit
+from vitkit.convert import CheckpointError, detect_format
+from vitkit.convert.google_npz import from_vitkit as npz_from_vitkit
+from vitkit.models.resnet import ResNetConfig
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-4
+
+
+def jitter(model, scale=0.02):
+    """Random non-zero values everywhere (a zero head or zero class token would hide a wrong mapping)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+def max_diff(a, b, x):
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+        ya = getattr(ya, "logits", ya)
+        return (ya - yb).abs().max().item()
+
+
+def save_timm(model, path):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+TIMM_CASES = {
+    "class-token": ("vit_base_patch16_224", dict(img_size=32, patch_size=8), 3),
+    "gap": ("vit_base_patch16_224", dict(img_size=32, patch_size=8, global_pool="avg", class_token=False), 3),
+    "gap-with-cls-fc-norm": ("vit_base_patch16_224", dict(img_size=32, patch_size=8, global_pool="avg"), 3),
+    "grayscale": ("vit_base_patch16_224", dict(img_size=28, patch_size=4, in_chans=1), 1),
+    "r50-hybrid": ("vit_base_r50_s16_224", dict(img_size=64), 3),
+    "r26-hybrid": ("vit_small_r26_s32_224", dict(img_size=64), 3),
+    "r-ti-hybrid": ("vit_tiny_r_s16_p8_224", dict(img_size=64), 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIMM_CASES))
+def test_timm_to_vitkit_logits_equal(case, tmp_path):
+    arch, kw, chans = TIMM_CASES[case]
+    torch.manual_seed(0)
+    ref = jitter(timm.create_model(arch, embed_dim=64, depth=2, num_heads=4, num_classes=5, **kw))
+    path = save_timm(ref, tmp_path / "model.safetensors")
+    assert detect_format(path) == "timm"
+    model = vitkit.load_model(path, heads=4).eval()
+    assert model.load_report.missing == [] and model.load_report.unexpected == []
+    size = kw["img_size"]
+    assert max_diff(ref, model, torch.randn(2, chans, size, size)) <= TOL
+
+
+def test_timm_pth_weights_only(tmp_path):
+    ref = jitter(timm.create_model("vit_base_patch16_224", embed_dim=64, depth=1, num_heads=4, img_size=32, patch_size=8, num_classes=3))
+    torch.save({"state_dict": ref.state_dict(), "epoch": 3}, tmp_path / "ckpt.pth")
+    model = vitkit.load_model(tmp_path / "ckpt.pth", heads=4).eval()
+    assert max_diff(ref, model, torch.randn(2, 3, 32, 32)) <= TOL
+
+
+def test_timm_heads_guessed_for_paper_widths(tmp_path):
+    ref = jitter(timm.create_model("vit_tiny_patch16_224", depth=1, img_size=32, num_classes=2))  # width 192: 3 heads
+    model = vitkit.load_model(save_timm(ref, tmp_path / "ti.safetensors")).eval()
+    assert model.config.heads == 3
+    assert max_diff(ref, model, torch.randn(1, 3, 32, 32)) <= TOL
+
+
+def test_timm_unknown_heads_is_explained(tmp_path):
+    ref = timm.create_model("vit_base_patch16_224", embed_dim=40, depth=1, num_heads=4, img_size=32, num_classes=2)
+    with pytest.raises(CheckpointError, match="attention heads.*heads=N"):
+        vitkit.load_model(save_timm(ref, tmp_path / "odd.safetensors"))
+
+
+def hf_model(**kw):
+    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
+                                 image_size=32, patch_size=8, **kw)
+    return jitter(transformers.ViTForImageClassification(cfg))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(num_labels=4),
+    dict(num_labels=3, layer_norm_eps=1e-6, qkv_bias=False, num_channels=1, id2label={0: "cat", 1: "dog", 2: "eel"}),
+])
+def test_hf_to_vitkit_honours_config(kw, tmp_path):
+    ref = hf_model(**kw)
+    ref.save_pretrained(tmp_path / "hf")
+    assert detect_format(tmp_path / "hf") == "hf"
+    model = vitkit.load_model(tmp_path / "hf").eval()
+    c = ref.config
+    assert model.config.ln_eps == c.layer_norm_eps and model.config.qkv_bias == c.qkv_bias
+    assert model.config.in_chans == c.num_channels and model.config.num_classes == c.num_labels
+    assert model.class_names == [c.id2label[i] for i in range(c.num_labels)]
+    assert max_diff(ref, model, torch.randn(2, c.num_channels, 32, 32)) <= TOL
+    # and back out: transformers reads what vitkit writes
+    vitkit.save_model(model, tmp_path / "out", format="hf")
+    again = transformers.ViTForImageClassification.from_pretrained(tmp_path / "out").eval()
+    assert again.config.id2label == c.id2label
+    assert max_diff(again, model, torch.randn(2, c.num_channels, 32, 32)) <= TOL
+
+
+def test_hf_vitmodel_pooler_is_pre_logits(tmp_path):
+    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=3, intermediate_size=96,
+                                 image_size=32, patch_size=8)
+    ref = jitter(transformers.ViTModel(cfg))
+    ref.save_pretrained(tmp_path / "hf")
+    model = vitkit.load_model(tmp_path / "hf").eval()
+    assert model.config.representation_size == 48 and model.config.num_classes == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x).pooler_output, atol=TOL, rtol=0)
+
+
+def hybrid_for_timm():
+    # timm's hybrids use GroupNorm eps 1e-5 and weight-standardisation eps 1e-8 (the official code 1e-6 / 1e-5)
+    return dict(resnet=ResNetConfig(layers=(3, 4, 9), ws_eps=1e-8, gn_eps=1e-5))
+
+
+@pytest.mark.parametrize("kind", ["vit", "hybrid"])
+def test_vitkit_to_npz_read_by_timm(kind, tmp_path):
+    from timm.models.vision_transformer import _load_weights
+
+    size = 64 if kind == "hybrid" else 32
+    extra = hybrid_for_timm() if kind == "hybrid" else dict(patch_size=8)
+    model = jitter(vitkit.create_model("R50+ViT-B/16" if kind == "hybrid" else "ViT-B/16", width=64, depth=2, heads=4,
+                                       mlp_dim=128, image_size=size, num_classes=5, **extra))
+    path = vitkit.save_model(model, tmp_path / "m.npz", format="npz")
+    arch = "vit_base_r50_s16_224" if kind == "hybrid" else "vit_base_patch16_224"
+    ref = timm.create_model(arch, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2, img_size=size, num_classes=5,
+                            **({} if kind == "hybrid" else dict(patch_size=8))).eval()
+    _load_weights(ref, str(path))
+    x = torch.randn(2, 3, size, size)
+    assert max_diff(ref, model, x) <= TOL
+    back = vitkit.load_model(path, **({"resnet": extra["resnet"]} if kind == "hybrid" else {})).eval()
+    assert max_diff(back, model, x) == 0
+
+
+def test_npz_paper_hybrid_uses_official_eps(tmp_path):
+    model = jitter(vitkit.create_model("R50+ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, num_classes=2))
+    back = vitkit.load_model(vitkit.save_model(model, tmp_path / "h.npz", format="npz"))
+    assert back.config.resnet.ws_eps == 1e-5 and back.config.resnet.gn_eps == 1e-6
+    assert max_diff(back, model, torch.randn(1, 3, 32, 32)) == 0
+
+
+def big_vision_variant(arrays, prefix="params/", scanned=True):
+    """Rewrite a vit_jax-style dict the way big_vision stores it."""
+    out = {}
+    depth = len({k.split("/")[1] for k in arrays if k.startswith("Transformer/encoderblock_")})
+    rename = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "MlpBlock_3": "MlpBlock_0", "LayerNorm_2": "LayerNorm_1"}
+    blocks = {}
+    for k, v in arrays.items():
+        if k.startswith("Transformer/encoderblock_"):
+            _, blk, rest = k.split("/", 2)
+            for a, b in rename.items():
+                rest = rest.replace(a, b)
+            blocks.setdefault(rest, [None] * depth)[int(blk.split("_")[1])] = v
+        elif k == "Transformer/posembed_input/pos_embedding":
+            out[prefix + "pos_embedding"] = v[:, 1:]  # big_vision: no class-token row
+        else:
+            out[prefix + k] = v
+    for rest, vs in blocks.items():
+        if scanned:
+            out[f"{prefix}Transformer/encoderblock/{rest}"] = np.stack(vs)
+        else:
+            for i, v in enumerate(vs):
+                out[f"{prefix}Transformer/encoderblock_{i}/{rest}"] = v
+    return out
+
+
+@pytest.mark.parametrize("prefix,scanned", [("params/", True), ("params/", False), ("opt/target/", False), ("", True)])
+def test_npz_big_vision_naming_prefixes_and_scan(prefix, scanned, tmp_path):
+    model = jitter(vitkit.create_model("ViT-S/16", width=32, depth=3, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=4))
+    with torch.no_grad():
+        model.pos_embed[:, 0] = 0  # big_vision adds no position embedding to the class token
+    arrays = npz_from_vitkit(model.state_dict(), model.config)
+    if prefix == "opt/target/":
+        arrays = {prefix + k: v for k, v in arrays.items()}
+    else:
+        arrays = big_vision_variant(arrays, prefix, scanned)
+    np.savez(tmp_path / "bv.npz", **arrays)
+    back = vitkit.load_model(tmp_path / "bv.npz").eval()
+    assert back.config.depth == 3 and back.config.heads == 2
+    assert max_diff(back, model, torch.randn(2, 3, 32, 32)) <= 1e-6
+
+
+FORMAT_PATHS = {"vitkit": "m", "vitkit-file": "m.safetensors", "timm": "m.safetensors", "hf": "m", "npz": "m.npz"}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMAT_PATHS))
+def test_round_trips_are_exact(fmt, tmp_path):
+    model = jitter(vitkit.create_model("ViT-Ti/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=32, patch_size=8,
+                                       num_classes=3, qkv_bias=fmt != "npz"))
+    path = vitkit.save_model(model, tmp_path / FORMAT_PATHS[fmt], format=fmt.split("-")[0])
+    back = vitkit.load_model(path).eval()
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    if fmt.startswith("vitkit"):
+        assert back.config == model.config
+
+
+def test_round_trip_hybrid_and_bit_vitkit(tmp_path):
+    for name, size in (("R26+ViT-S/32", 64), ("R50x1", 32)):
+        kw = dict(width=32, depth=1, heads=2, mlp_dim=64) if "ViT" in name else {}
+        model = jitter(vitkit.create_model(name, image_size=size, num_classes=2, **kw))
+        back = vitkit.load_model(vitkit.save_model(model, tmp_path / name.replace("/", "_").replace("+", "_"))).eval()
+        assert max_diff(back, model, torch.randn(1, 3, size, size)) == 0
+
+
+def test_sincos_model_exports_its_table(tmp_path):
+    model = jitter(vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8,
+                                       posemb="sincos2d", num_classes=2))
+    back = vitkit.load_model(vitkit.save_model(model, tmp_path / "s.npz", format="npz"))
+    assert back.config.posemb == "learned"
+    assert max_diff(back.eval(), model, torch.randn(1, 3, 32, 32)) <= 1e-6
+
+
+def test_load_at_larger_image_size_keeps_class_token(tmp_path):
+    model = jitter(vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=2))
+    path = vitkit.save_model(model, tmp_path / "m")
+    big = vitkit.load_model(path, image_size=64)
+    assert big.pos_embed.shape == (1, 65, 32)
+    assert torch.equal(big.pos_embed[:, 0], model.pos_embed[:, 0])
+    assert big.load_report.resampled and "(1, 17, 32) -> (1, 65, 32)" in big.load_report.resampled[0]
+    assert big(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_num_classes_replaces_head_with_zeros_and_pre_logits_can_be_dropped(tmp_path):
+    model = jitter(vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8,
+                                       num_classes=7, representation_size=32))
+    path = vitkit.save_model(model, tmp_path / "m.npz", format="npz")
+    kept = vitkit.load_model(path)
+    assert kept.config.representation_size == 32 and kept.config.num_classes == 7
+    new = vitkit.load_model(path, num_classes=3, drop_pre_logits=True).eval()
+    assert isinstance(new.pre_logits, torch.nn.Identity) and new.head.weight.shape == (3, 32)
+    assert new(torch.randn(2, 3, 32, 32)).abs().max() == 0
+    assert any("head replaced" in n for n in new.load_report.notes) or any("pre-logits" in n for n in new.load_report.notes)
+
+
+def test_zeroed_head_is_reported(tmp_path):
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=2)
+    back = vitkit.load_model(vitkit.save_model(model, tmp_path / "raw.npz", format="npz"))
+    assert any("all zeros" in n for n in back.load_report.notes)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def test_truncated_files_are_clear_errors(tmp_path):
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8)
+    for fmt, name in (("npz", "m.npz"), ("timm", "m.safetensors")):
+        path = vitkit.save_model(model, tmp_path / name, format=fmt)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match=f"{name}.*(complete|readable)"):
+            vitkit.load_model(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.txt: not a checkpoint vitkit knows"):
+        vitkit.load_model(tmp_path / "notes.txt")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not a ViT .npz checkpoint"):
+        vitkit.load_model(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        vitkit.load_model(tmp_path / "missing.npz")
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(CheckpointError, match="emptydir.*without config.json"):
+        vitkit.load_model(tmp_path / "emptydir")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pth_needing_unpickling_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"patch_embed.proj.weight": torch.zeros(1)}, "hook": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load.*unpickling"):
+        vitkit.load_model(path)
+    with open(tmp_path / "plain.pth", "wb") as f:
+        pickle.dump({"x": 1}, f)
+    with pytest.raises(CheckpointError):
+        vitkit.load_model(tmp_path / "plain.pth")
+
+
+def test_head_of_another_size_names_tensor_and_shapes(tmp_path):
+    ref = hf_model(num_labels=4)
+    ref.save_pretrained(tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg["id2label"] = {str(i): f"c{i}" for i in range(10)}  # config says 10 classes, the classifier holds 4
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"hf: tensor 'head\.bias' has shape \(4,\) in the checkpoint but \(10,\) in the model; pass num_classes"):
+        vitkit.load_model(tmp_path / "hf")
+
+
+def test_wrong_model_name(tmp_path):
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8)
+    path = vitkit.save_model(model, tmp_path / "m.safetensors", format="timm")
+    with pytest.raises(ValueError, match="unknown model 'ViT-X/16'; valid names"):
+        vitkit.load_model(path, model="ViT-X/16")
+
+
+def test_nothing_written_on_failure_and_nothing_clobbered(tmp_path):
+    gap = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8, pool="gap")
+    with pytest.raises(CheckpointError, match="class token"):
+        vitkit.save_model(gap, tmp_path / "hfdir", format="hf")
+    assert list(tmp_path.iterdir()) == []
+    path = vitkit.save_model(gap, tmp_path / "m")
+    before = (path / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="already exists.*overwrite=True"):
+        vitkit.save_model(gap, path)
+    assert (path / "model.safetensors").read_bytes() == before
+    vitkit.save_model(gap, path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
