@@ -44,3 +44,28 @@ def test_console_script_and_module_entry_points():
     out = subprocess.run([sys.executable, "-m", "vitkit", "--help"], capture_output=True, text=True, check=True).stdout
     for verb in verbs():
         assert verb in out
+
+
+def test_convert_round_trip_and_report(tmp_path, capsys):
+    import torch
+
+    import vitkit
+
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=3)
+    src = vitkit.save_model(model, tmp_path / "src")
+    assert main(["convert", str(src), str(tmp_path / "m.npz"), "--to", "npz", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["to"] == "npz" and report["report"]["format"] == "vitkit"
+    assert main(["convert", str(tmp_path / "m.npz"), str(tmp_path / "big"), "--image-size", "64", "--num-classes", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "(1, 17, 32) -> (1, 65, 32)" in out and "head replaced: 3 -> 5" in out
+    big = vitkit.load_model(tmp_path / "big")
+    assert big.config.image_size == 64 and big.config.num_classes == 5
+    assert torch.equal(big.cls_token, model.cls_token)
+
+
+def test_convert_errors_exit_2(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nope.npz"), str(tmp_path / "x")]) == 2
+    assert "nope.npz: no such file" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path), str(tmp_path / "x"), "--image-size", "big"]) == 2
+    assert "--image-size 'big'" in capsys.readouterr().err

@@ -31,6 +31,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_size(text: str | None) -> int | tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--image-size {text!r}: give one integer (224) or HxW (224x320)") from None
+    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vitkit.convert import load_model, save_model
+
+    model = load_model(args.src, num_classes=args.num_classes, image_size=_parse_size(args.image_size),
+                       format=getattr(args, "from"), model=args.model, drop_pre_logits=args.drop_pre_logits)
+    out = save_model(model, args.dst, format=args.to, overwrite=args.force)
+    report = model.load_report
+    if args.json:
+        print(json.dumps({"src": args.src, "dst": str(out), "to": args.to, "report": report.to_dict()}, indent=2))
+    else:
+        print(report)
+        print(f"wrote {out} ({args.to})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -45,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (e.g. 'R50' or '/16')")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between vitkit, timm, Hugging Face and Google .npz",
+                       description="Read any checkpoint vitkit knows (format detected unless --from says) and write it in "
+                                   "another format. Writes are atomic; an existing DST is refused unless --force.")
+    p.add_argument("src", help="checkpoint: vitkit dir/.safetensors, timm .safetensors/.pth, Hugging Face dir, Google .npz")
+    p.add_argument("dst", help="output path (a directory for vitkit/hf, *.safetensors for timm, *.npz for npz)")
+    p.add_argument("--from", default="auto", choices=["auto", "vitkit", "timm", "hf", "npz"], help="input format (default: detect)")
+    p.add_argument("--to", default="vitkit", choices=["vitkit", "timm", "hf", "npz"], help="output format (default: vitkit)")
+    p.add_argument("--model", metavar="NAME", help="variant name when the file cannot tell (timm files do not record heads)")
+    p.add_argument("--num-classes", type=int, metavar="K", help="replace the head with a zero-initialised one of K classes")
+    p.add_argument("--image-size", metavar="S", help="resample position embeddings for S (or HxW) pixels")
+    p.add_argument("--drop-pre-logits", action="store_true", help="remove the pre-logits layer (as for fine-tuning)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 
@@ -63,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"vitkit {args.verb}: error: {err}", file=sys.stderr)
         return 2
 
