@@ -57,6 +57,37 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from vitkit.config import apply_overrides, load_config
+    from vitkit.recipes import get_recipe
+    from vitkit.train.loop import train
+
+    if args.resume:
+        if args.recipe or args.config or args.set or args.out:
+            raise ValueError("--resume continues a run exactly as it was configured; drop --recipe/--config/--set/--out")
+        train(None, resume=args.resume)
+        return 0
+    cfg = load_config(args.config) if args.config else get_recipe(args.recipe or "quickstart")
+    apply_overrides(cfg, args.set or [])
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    train(cfg, out=args.out)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vitkit.evaluate.run import eval_model
+
+    res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+                     resolution=args.resolution, precision=args.precision, normalize=args.normalize)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{args.src} on {args.data} ({args.split}, {res['n']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -86,6 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_convert)
+
+    from vitkit.recipes import RECIPES
+
+    p = sub.add_parser("train", help="train a model from a recipe (default: quickstart on the built-in digits)",
+                       description="Train with a named recipe or a config JSON, overriding any key with --set a.b=value. "
+                                   "Writes a run directory: config.json, metrics.jsonl, metrics.json, checkpoint/, curves.png.")
+    p.add_argument("--recipe", choices=list(RECIPES), help="recipe (default: quickstart)")
+    p.add_argument("--config", metavar="FILE", help="a config JSON (e.g. a run's config.json) instead of a recipe")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=3e-3 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split",
+                       description="Evaluate any checkpoint load_model reads on a dataset split (resize, no crop).")
+    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
+    p.add_argument("--resolution", type=int, metavar="R", help="evaluate at R px (position embeddings resampled)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

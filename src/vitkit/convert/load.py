@@ -79,7 +79,7 @@ def _kind_of_keys(keys: list[str]) -> str | None:
 
 def detect_format(path: str | Path) -> str:
     """Which of FORMATS a path holds, from its layout, its config and its tensor names."""
-    p = Path(path)
+    p = resolve_run_dir(Path(path))
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
     if p.is_dir():
@@ -119,6 +119,13 @@ def detect_format(path: str | Path) -> str:
     raise CheckpointError(f"{p}: not a checkpoint vitkit knows (.safetensors, .npz, .pth, or a vitkit/Hugging Face directory)")
 
 
+def resolve_run_dir(p: Path) -> Path:
+    """A training run directory stands for its checkpoint (RUN/checkpoint)."""
+    if p.is_dir() and (p / "checkpoint").is_dir() and not (p / WEIGHTS).exists():
+        return p / "checkpoint"
+    return p
+
+
 def _weights_file(p: Path) -> Path:
     for name in (WEIGHTS, "pytorch_model.bin"):
         if (p / name).exists():
@@ -135,7 +142,7 @@ def _read_tensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def read_checkpoint(path: str | Path, fmt: str = "auto", **overrides: Any) -> tuple[Any, dict[str, torch.Tensor], list[str], list[str] | None]:
     """(config, vitkit-named tensors, notes, class names) from any supported checkpoint."""
-    p = Path(path)
+    p = resolve_run_dir(Path(path))
     if fmt == "auto":
         fmt = detect_format(p)
     elif fmt not in FORMATS:
@@ -216,7 +223,22 @@ def load_model(
         net.config.image_size = image_size  # convolutional: any size works
     net.load_report = report
     net.class_names = class_names
+    net.preprocess = read_preprocess(path)
     return net
+
+
+def read_preprocess(path: str | Path) -> dict | None:
+    """How a vitkit checkpoint's inputs were prepared ({"image_size", "normalize", "in_chans"}), if recorded."""
+    p = resolve_run_dir(Path(path))
+    try:
+        if p.is_dir() and (p / CONFIG).exists():
+            return _read_json(p / CONFIG).get("preprocess")
+        if p.suffix == ".safetensors":
+            meta = _read_safetensors(p)[1]
+            return json.loads(meta["vitkit"]).get("preprocess") if "vitkit" in meta else None
+    except (CheckpointError, json.JSONDecodeError):
+        return None
+    return None
 
 
 def _reset_head(net: nn.Module, num_classes: int) -> None:
@@ -248,7 +270,7 @@ def _outside_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: nn.Module, path: str | Path, format: str = "vitkit", *, overwrite: bool = False,
-               class_names: list[str] | None = None) -> Path:
+               class_names: list[str] | None = None, preprocess: dict | None = None) -> Path:
     """Write `model` as vitkit (a directory, or one file if `path` ends in .safetensors), timm
     (.safetensors), hf (a directory) or npz (Google .npz, vit_jax naming). Atomic: on any error
     nothing is left at `path`; an existing path is refused unless `overwrite`."""
@@ -258,7 +280,8 @@ def save_model(model: nn.Module, path: str | Path, format: str = "vitkit", *, ov
     refuse_existing(path, overwrite)
     cfg = model.config
     names = class_names if class_names is not None else getattr(model, "class_names", None)
-    info = {"format": "vitkit", "version": 1, "model": config_to_dict(cfg), "class_names": names}
+    prep = preprocess if preprocess is not None else getattr(model, "preprocess", None)
+    info = {"format": "vitkit", "version": 1, "model": config_to_dict(cfg), "class_names": names, "preprocess": prep}
     if format != "vitkit" and not isinstance(cfg, ViTConfig):
         raise CheckpointError(f"a {type(model).__name__} can be saved as vitkit only; {format} holds ViTs")
     if format == "vitkit":

@@ -1,0 +1,1 @@
+"""Data: datasets, transforms, batches."""

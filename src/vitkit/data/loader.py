@@ -1,0 +1,121 @@
+"""Batches as a pure function of the step: which images, and every random draw of their augmentation,
+follow from (seed, step). A resumed run therefore sees exactly the batches an uninterrupted one would,
+with no loader state to save, and each rank of a distributed run takes its own slice of the same
+global batch."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from vitkit.config import DataConfig
+from vitkit.data.datasets import ArrayData, FileData, Split, load_image
+from vitkit.data.transforms import BatchAugment, eval_batch, eval_transform, match_channels, mix_batch, resize_batch, train_transform
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**63 - 1)
+
+
+def prepare_arrays(split: ArrayData, cfg: DataConfig, channels: int) -> ArrayData:
+    """In-memory images at the model's size and channel count, once, so batches only augment."""
+    return ArrayData(resize_batch(match_channels(split.images, channels), cfg.image_size), split.labels)
+
+
+class EpochOrder:
+    """The global batch of a step: a fresh permutation per epoch (seeded by seed and epoch), the last
+    partial batch dropped; rank r of w takes the r-th contiguous slice."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n <= 0:
+            raise ValueError("cannot draw batches from an empty split")
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.steps_per_epoch = max(1, n // self.batch_size)
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def indices(self, step: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if self._cache is None or self._cache[0] != epoch:
+            gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, salt=1))
+            self._cache = (epoch, torch.randperm(self.n, generator=gen))
+        idx = self._cache[1][b * self.batch_size:(b + 1) * self.batch_size]
+        per = len(idx) // world
+        return idx[rank * per:(rank + 1) * per]
+
+
+class StepBatches(TorchDataset):
+    """Item `step` is that step's augmented batch (x normalised float, y labels or soft labels)."""
+
+    def __init__(self, split: Split, cfg: DataConfig, channels: int, num_classes: int, batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        self.split = prepare_arrays(split, cfg, channels) if isinstance(split, ArrayData) else split
+        self.cfg, self.channels, self.num_classes, self.seed = cfg, channels, num_classes, seed
+        self.rank, self.world = rank, world
+        self.order = EpochOrder(len(split), batch_size, seed)
+        self.augment = BatchAugment(cfg) if isinstance(self.split, ArrayData) else None
+        self.transform = None if isinstance(self.split, ArrayData) else train_transform(cfg, channels)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.order.steps_per_epoch
+
+    def __len__(self) -> int:  # not used for iteration; steps are requested explicitly
+        return 2**62
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.indices(step, self.rank, self.world)
+        state = torch.get_rng_state()
+        torch.manual_seed(step_seed(self.seed, step, salt=2 + self.rank))
+        try:
+            if isinstance(self.split, ArrayData):
+                x = self.augment(self.split.images[idx])
+                y = self.split.labels[idx]
+            else:
+                files = [self.split.files[i] for i in idx.tolist()]
+                x = torch.stack([self.transform(load_image(p, self.channels)) for p, _ in files])
+                y = torch.tensor([label for _, label in files], dtype=torch.long)
+            x, y = mix_batch(x, y, self.num_classes, self.cfg)
+        finally:
+            torch.set_rng_state(state)
+        return x, y
+
+
+def train_stream(batches: StepBatches, start: int, stop: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches for steps start..stop-1, prepared by `workers` processes ahead of the training step."""
+    if workers <= 0:
+        for step in range(start, stop):
+            yield batches[step]
+        return
+    loader = DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
+                        prefetch_factor=2, persistent_workers=False)
+    yield from loader
+
+
+class _EvalFiles(TorchDataset):
+    def __init__(self, split: FileData, cfg: DataConfig, channels: int):
+        self.split, self.transform, self.channels = split, eval_transform(cfg, channels), channels
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.split.files[i]
+        return self.transform(load_image(path, self.channels)), label
+
+
+def eval_stream(split: Split, cfg: DataConfig, channels: int, batch_size: int, workers: int = 0,
+                rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every image of a split once, in order, resized (no crop) and normalised; rank r of w gets
+    every w-th batch."""
+    if isinstance(split, ArrayData):
+        data = prepare_arrays(split, cfg, channels)
+        for b, start in enumerate(range(0, len(data), batch_size)):
+            if b % world == rank:
+                yield eval_batch(data.images[start:start + batch_size], cfg), data.labels[start:start + batch_size]
+        return
+    loader = DataLoader(_EvalFiles(split, cfg, channels), batch_size=batch_size, num_workers=workers, shuffle=False)
+    for b, (x, y) in enumerate(loader):
+        if b % world == rank:
+            yield x, y

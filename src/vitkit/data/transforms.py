@@ -1,0 +1,175 @@
+"""Augmentation and preprocessing (torchvision transforms v2).
+
+Two paths give the same augmentations:
+- per image, for data read from disk: `train_transform` / `eval_transform` (PIL-free on uint8 tensors);
+- per batch, for small in-memory data: `BatchAugment` crops, flips and erases a whole uint8 batch with
+  one affine `grid_sample`, no per-image Python work (RandAugment, when on, still runs per image).
+Mixup / CutMix act on batches in both paths (`mix_batch`). Evaluation resizes without cropping, as
+the official code does, and pixels go to [-1, 1] ("google") or ImageNet statistics.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from vitkit.config import DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("google", "imagenet")
+CROPS = ("pad", "inception", "none")
+
+
+def norm_stats(kind: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if kind == "google":
+        return (0.5,) * channels, (0.5,) * channels
+    if kind == "imagenet":
+        if channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return (sum(IMAGENET_MEAN) / 3,) * channels, (sum(IMAGENET_STD) / 3,) * channels
+    raise ValueError(f"data.normalize={kind!r} is not one of {NORMALIZATIONS}")
+
+
+def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Float images in [0, 1], (B, C, H, W) -> normalised."""
+    mean, std = norm_stats(kind, x.shape[1])
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grayscale -> RGB by repetition, RGB -> grayscale by luminance; (…, C, H, W) uint8 or float."""
+    c = x.shape[-3]
+    if c == channels:
+        return x
+    if c == 1:
+        return x.expand(*x.shape[:-3], channels, *x.shape[-2:]).contiguous() if channels > 1 else x
+    if channels == 1 and c == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(3, 1, 1)
+        y = (x.float() * w).sum(dim=-3, keepdim=True)
+        return y.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else y
+    raise ValueError(f"cannot turn {c}-channel images into {channels}-channel ones")
+
+
+def eval_transform(cfg: DataConfig, channels: int) -> v2.Compose:
+    """Per image: to tensor, channels, resize (no crop), [0, 1], normalise."""
+    mean, std = norm_stats(cfg.normalize, channels)
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Lambda(lambda x: match_channels(x, channels)),
+        v2.Resize((cfg.image_size, cfg.image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def train_transform(cfg: DataConfig, channels: int) -> v2.Compose:
+    """Per image: the configured crop (inception random-resized or pad-and-crop), flip, RandAugment,
+    normalise, random erasing."""
+    if cfg.crop not in CROPS:
+        raise ValueError(f"data.crop={cfg.crop!r} is not one of {CROPS}")
+    mean, std = norm_stats(cfg.normalize, channels)
+    size = cfg.image_size
+    steps: list = [v2.ToImage(), v2.Lambda(lambda x: match_channels(x, channels))]
+    if cfg.crop == "inception":
+        steps.append(v2.RandomResizedCrop(size, scale=(cfg.crop_scale_min, 1.0), antialias=True))
+    else:
+        steps.append(v2.Resize((size, size), antialias=True))
+        if cfg.crop == "pad" and cfg.crop_padding > 0:
+            steps.append(v2.RandomCrop(size, padding=cfg.crop_padding))
+    if cfg.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.randaugment > 0:
+        steps.append(v2.RandAugment(num_ops=cfg.randaugment, magnitude=cfg.randaugment_magnitude))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if cfg.random_erasing > 0:
+        steps.append(v2.RandomErasing(p=cfg.random_erasing))
+    return v2.Compose(steps)
+
+
+class BatchAugment:
+    """Augment a uint8 batch (B, C, H, W) already at the model's size, all images at once.
+
+    Crops and flips become one affine sampling grid per image: pad-and-crop is an integer shift with
+    zero fill; the inception crop samples area in [crop_scale_min, 1] and aspect ratio in [3/4, 4/3]
+    (as torchvision's RandomResizedCrop) and resamples bilinearly.
+    """
+
+    def __init__(self, cfg: DataConfig):
+        if cfg.crop not in CROPS:
+            raise ValueError(f"data.crop={cfg.crop!r} is not one of {CROPS}")
+        self.cfg = cfg
+        self.randaugment = v2.RandAugment(num_ops=cfg.randaugment, magnitude=cfg.randaugment_magnitude) if cfg.randaugment > 0 else None
+        self.erase = v2.RandomErasing(p=cfg.random_erasing) if cfg.random_erasing > 0 else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if self.randaugment is not None:
+            x = torch.stack([self.randaugment(img) for img in x])
+        B, _, H, W = x.shape
+        xf = x.float() / 255.0
+        theta = torch.zeros(B, 2, 3)
+        theta[:, 0, 0] = 1.0
+        theta[:, 1, 1] = 1.0
+        moved = False
+        if cfg.crop == "pad" and cfg.crop_padding > 0:
+            p = cfg.crop_padding
+            shift = torch.randint(-p, p + 1, (B, 2)).float()
+            theta[:, 0, 2] = shift[:, 0] * 2 / W  # normalised coordinates: 2 / W per pixel
+            theta[:, 1, 2] = shift[:, 1] * 2 / H
+            moved = True
+        elif cfg.crop == "inception":
+            area = torch.empty(B).uniform_(cfg.crop_scale_min, 1.0)
+            log_ratio = torch.empty(B).uniform_(math.log(3 / 4), math.log(4 / 3))
+            ratio = log_ratio.exp()
+            w = (area * ratio).sqrt().clamp(max=1.0)
+            h = (area / ratio).sqrt().clamp(max=1.0)
+            theta[:, 0, 0], theta[:, 1, 1] = w, h
+            theta[:, 0, 2] = (torch.rand(B) * 2 - 1) * (1 - w)
+            theta[:, 1, 2] = (torch.rand(B) * 2 - 1) * (1 - h)
+            moved = True
+        if cfg.flip:
+            flip = torch.rand(B) < 0.5
+            theta[flip, 0, 0] *= -1
+            moved = moved or bool(flip.any())
+        if moved:
+            grid = F.affine_grid(theta, list(xf.shape), align_corners=False)
+            mode = "nearest" if cfg.crop != "inception" else "bilinear"
+            xf = F.grid_sample(xf, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        xf = normalize(xf, cfg.normalize)
+        if self.erase is not None:
+            xf = torch.stack([self.erase(img) for img in xf])
+        return xf
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> uint8 (B, C, size, size), antialiased bilinear (done once for in-memory data)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    out = []
+    for chunk in x.split(4096):
+        y = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(y.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def eval_batch(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 batch at the model's size -> normalised float."""
+    return normalize(x.float() / 255.0, cfg.normalize)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup and/or CutMix (one of them per batch when both are on); labels become soft (B, K)."""
+    ops = []
+    if cfg.mixup > 0:
+        ops.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))
+    if cfg.cutmix > 0:
+        ops.append(v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
+    if not ops:
+        return x, y
+    op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+    return op(x, y)

@@ -1,0 +1,35 @@
+"""Training objectives: what the one training loop minimises. Each is a callable
+`objective(model, x, y) -> (loss, metrics)`."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from vitkit.config import Config
+from vitkit.objectives.classification import classification_loss, hard_labels
+
+OBJECTIVES = ("classification", "mpp")
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class Classification:
+    def __init__(self, loss: str = "softmax", smoothing: float = 0.0):
+        self.loss, self.smoothing = loss, smoothing
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(x)
+        loss = classification_loss(logits, y, self.loss, self.smoothing)
+        acc = (logits.detach().argmax(-1) == hard_labels(y)).float().mean()
+        return loss, {"acc": acc}
+
+
+def build_objective(cfg: Config) -> Objective:
+    if cfg.objective == "classification":
+        return Classification(cfg.optim.loss, cfg.optim.label_smoothing)
+    if cfg.objective == "mpp":
+        from vitkit.objectives.mpp import MaskedPatchPrediction
+
+        return MaskedPatchPrediction.from_config(cfg)
+    raise ValueError(f"objective={cfg.objective!r} is not one of {OBJECTIVES}")

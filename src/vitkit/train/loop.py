@@ -1,0 +1,222 @@
+"""The training loop: one visible function, `train`, and the step it repeats, `train_step`."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from vitkit.config import Config, load_config
+from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
+from vitkit.data.loader import StepBatches, eval_stream, step_seed, train_stream
+from vitkit.evaluate.classify import evaluate
+from vitkit.models.registry import create_model
+from vitkit.objectives import build_objective
+from vitkit.train import distributed
+from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.train.metrics import MetricsLogger, plot_curves, write_json_atomic
+from vitkit.train.optim import build_optimizer, build_schedule
+
+
+def new_run_dir(out: str | Path | None, recipe: str) -> Path:
+    """A fresh run directory; an existing non-empty one is never reused silently."""
+    run = Path(out) if out else Path("runs") / f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}"
+    if run.exists() and any(run.iterdir()):
+        raise FileExistsError(f"{run} already exists and is not empty; continue it with `vitkit train --resume {run}` "
+                              f"or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def build_model(cfg: Config, ds: Dataset) -> nn.Module:
+    """From scratch by name, or from any checkpoint (`model.init`) with a new zero-initialised head
+    and position embeddings resampled to the data's resolution."""
+    m = cfg.model
+    if m.init:
+        from vitkit.convert.load import load_model
+
+        model = load_model(m.init, num_classes=ds.num_classes, image_size=cfg.data.image_size, drop_pre_logits=True,
+                           **{k: v for k, v in m.overrides().items() if k in ("dropout", "attn_dropout", "drop_path")})
+    else:
+        model = create_model(m.name, num_classes=ds.num_classes, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
+    model.class_names = ds.classes
+    return model
+
+
+@dataclass
+class Batching:
+    micro: int  # images per forward/backward on this rank
+    accum: int  # micro-batches per optimizer step
+    per_rank: int  # images per step on this rank
+
+    @staticmethod
+    def plan(batch: int, micro: int, world: int) -> "Batching":
+        """Keep the global batch fixed whatever the world size: per-rank batch and accumulation derived."""
+        if batch % world:
+            raise ValueError(f"train.batch_size={batch} is not divisible by the {world} processes")
+        per_rank = batch // world
+        micro = min(micro or per_rank, per_rank)
+        if per_rank % micro:
+            raise ValueError(f"per-process batch {per_rank} is not divisible by train.micro_batch_size={micro}")
+        return Batching(micro, per_rank // micro, per_rank)
+
+
+def train_step(model: nn.Module, objective, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               batching: Batching, clip_norm: float, precision: str, params: list[nn.Parameter]) -> dict[str, float]:
+    """One optimizer step over a (per-rank) batch, in micro-batches; returns its metrics."""
+    sums: dict[str, torch.Tensor] = {}
+    for xm, ym in zip(x.split(batching.micro), y.split(batching.micro)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss, metrics = objective(model, xm, ym)
+        (loss / batching.accum).backward()
+        for k, v in {"loss": loss.detach(), **metrics}.items():
+            sums[k] = sums.get(k, 0) + v.detach().float() / batching.accum
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else float("inf"), foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**{k: float(v) for k, v in sums.items()}, "grad_norm": float(grad_norm)}
+
+
+def _preprocess(cfg: Config, model: nn.Module) -> dict[str, Any]:
+    return {"image_size": cfg.data.image_size, "normalize": cfg.data.normalize, "in_chans": model.config.in_chans}
+
+
+def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; write the run directory; return the final metrics (metrics.json)."""
+    env = distributed.setup()
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").exists():
+            raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json); start one with `vitkit train --out {run_dir}`")
+        cfg = load_config(run_dir / "config.json")
+    else:
+        run_dir = new_run_dir(out, cfg.recipe) if env.is_main else Path(out or "")
+        run_dir = distributed.broadcast_path(run_dir, env)
+        if env.is_main:
+            write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    ds = load_dataset(cfg.data)
+    model = build_model(cfg, ds)
+    objective = build_objective(cfg)
+    modules = [model] + ([objective] if isinstance(objective, nn.Module) else [])
+    batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
+    batches = StepBatches(ds.train, cfg.data, model.config.in_chans, ds.num_classes, cfg.train.batch_size, cfg.train.seed,
+                          env.rank, env.world)
+    total = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * batches.steps_per_epoch))
+    eval_every = cfg.train.eval_every or batches.steps_per_epoch
+    ckpt_every = cfg.train.ckpt_every or batches.steps_per_epoch
+
+    trainable = nn.ModuleList(modules)
+    optimizer = build_optimizer(trainable, cfg.optim)
+    schedule = build_schedule(optimizer, cfg.optim, total)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=True) if cfg.optim.ema > 0 else None
+    start = 0
+    if resume:
+        raw, exported, state = load_checkpoint(run_dir)
+        model.load_state_dict(raw)
+        if isinstance(objective, nn.Module) and "objective" in state:
+            objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if ema is not None:
+            ema.module.load_state_dict(exported)
+            ema.n_averaged.fill_(state["ema_n"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+    wrapped = distributed.wrap(model, env, cfg.train.parallel)
+    step_model = torch.compile(wrapped) if cfg.train.compile else wrapped
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    logger = MetricsLogger(run_dir, enabled=env.is_main, resume_step=start)
+    if env.is_main:
+        print(f"vitkit train: {cfg.recipe} -> {run_dir}")
+        print(f"  data: {describe_dataset(ds)}" + "".join(f"\n  note: {n}" for n in ds.notes))
+        print(f"  model: {model.config.name or cfg.model.name}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+              f"{cfg.data.image_size} px, {model.config.in_chans} channel(s)")
+        print(f"  {total} steps of {cfg.train.batch_size} images ({total / batches.steps_per_epoch:.1f} epochs), "
+              f"{env.world} process(es) x {batching.accum} micro-batch(es) of {batching.micro}" + (f", resuming at step {start}" if start else ""))
+
+    def export_model() -> nn.Module:
+        return ema.module if ema is not None else model
+
+    def validate(step: int) -> dict:
+        res = evaluate(export_model(), eval_stream(ds.val, cfg.data, model.config.in_chans, cfg.train.eval_batch_size,
+                                                   rank=env.rank, world=env.world), cfg.train.precision)
+        res = distributed.reduce_eval(res, env)
+        logger.log(step, "val", {k: res[k] for k in ("top1", "top5", "loss")})
+        return res
+
+    def checkpoint(step: int) -> None:
+        state = {"step": step, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "rng": torch.get_rng_state(), "ema_n": int(ema.n_averaged) if ema is not None else 0}
+        if isinstance(objective, nn.Module):
+            state["objective"] = objective.state_dict()
+        if env.is_main:
+            save_checkpoint(run_dir, model, export_model(), state, ds.classes, _preprocess(cfg, model))
+        distributed.barrier(env)
+
+    bar = tqdm(total=total, initial=start, disable=not (cfg.train.progress and env.is_main), dynamic_ncols=True, desc="train")
+    t0, seen, last_val = time.perf_counter(), 0, None
+    model.train()
+    stream = train_stream(batches, start, total, cfg.data.workers)
+    for step in range(start, total):
+        x, y = next(stream)
+        torch.manual_seed(step_seed(cfg.train.seed, step, salt=3 + env.rank))  # dropout, stochastic depth
+        metrics = train_step(step_model, objective, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params)
+        metrics["lr"] = schedule.get_last_lr()[0]
+        schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        seen += len(x) * env.world
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == total:
+            metrics = distributed.reduce_metrics(metrics, env)
+            metrics["img_per_s"] = seen / (time.perf_counter() - t0)
+            metrics["epoch"] = done / batches.steps_per_epoch
+            logger.log(done, "train", metrics)
+        if done % eval_every == 0 and done != total and len(ds.val):
+            last_val = validate(done)
+        if done % ckpt_every == 0 and done != total:
+            checkpoint(done)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('acc', float('nan')):.3f}",
+                        img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                        val=f"{last_val['top1']:.3f}" if last_val else "-", refresh=False)
+        bar.update(1)
+    bar.close()
+    wall = time.perf_counter() - t0
+    checkpoint(total)
+
+    final = export_model()
+    results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / batches.steps_per_epoch,
+                               "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0}
+    for split_name, split in (("val", ds.val), ("test", ds.test)):
+        if len(split):
+            res = evaluate(final, eval_stream(split, cfg.data, model.config.in_chans, cfg.train.eval_batch_size,
+                                              rank=env.rank, world=env.world), cfg.train.precision)
+            res = distributed.reduce_eval(res, env)
+            results[split_name] = {k: res[k] for k in ("top1", "top5", "loss", "n")}
+    if hasattr(objective, "evaluate"):
+        results.update(objective.evaluate(final, ds, cfg, env))
+    if "val" in results:
+        logger.log(total, "val", {k: results["val"][k] for k in ("top1", "top5", "loss")})
+    logger.close()
+    if env.is_main:
+        write_json_atomic(run_dir / "metrics.json", results)
+        plot_curves(run_dir, f"{cfg.recipe}: {model.config.name or cfg.model.name} on {ds.name}")
+        if "test" in results:
+            print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "
+                  f"({results['test']['n']} images; {wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
+        print(f"run directory: {run_dir}")
+    distributed.teardown(env)
+    results["run_dir"] = str(run_dir)
+    return results

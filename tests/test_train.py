@@ -1,0 +1,167 @@
+"""The training loop, run directories, checkpoints that resume exactly, recipes and overrides."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.cli import main
+from vitkit.config import Config, apply_overrides, config_from_dict, valid_keys
+from vitkit.recipes import RECIPES, get_recipe
+from vitkit.train.loop import Batching, train
+from vitkit.train.optim import lr_factor, param_groups
+from vitkit.config import OptimConfig
+
+TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.mlp_dim=64", "model.patch_size=4",
+        "data.image_size=8", "train.progress=false"]
+
+
+def tiny(*extra: str) -> Config:
+    return apply_overrides(get_recipe("quickstart"), TINY + list(extra))
+
+
+def test_loop_learns_digits(tmp_path):
+    res = train(tiny("train.steps=150", "train.batch_size=64", "optim.lr=3e-3"), out=tmp_path / "run")
+    assert res["test"]["top1"] > 0.6  # chance is 0.1
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "curves.png", "checkpoint/model.safetensors",
+                 "checkpoint/config.json", "checkpoint/state.pt"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"top1", "top5", "loss", "n"} and metrics["test"]["n"] == 899
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"train", "val"} <= {l["split"] for l in lines}
+    # the run directory is a checkpoint anything can load, with its class names and preprocessing
+    model = vitkit.load_model(run)
+    assert model.class_names == [str(i) for i in range(10)]
+    assert model.preprocess == {"image_size": 8, "normalize": "google", "in_chans": 1}
+
+
+def test_run_directory_is_never_overwritten(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists.*--resume"):
+        train(tiny("train.steps=2"), out=tmp_path / "run")
+    assert (tmp_path / "run" / "precious.txt").read_text() == "mine"
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    a = train(tiny("train.steps=4", "train.batch_size=32"), out=tmp_path / "a")
+    b = train(tiny("train.steps=4", "train.batch_size=32", "train.micro_batch_size=8"), out=tmp_path / "b")
+    wa = load_file(str(tmp_path / "a/checkpoint/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/checkpoint/model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4)
+    assert a["steps"] == b["steps"] == 4
+
+
+def test_batching_plan():
+    assert Batching.plan(4096, 64, 1) == Batching(64, 64, 4096)
+    assert Batching.plan(128, 0, 2) == Batching(64, 1, 64)
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        Batching.plan(128, 0, 3)
+
+
+def test_schedule_and_decay_groups():
+    f = lr_factor(OptimConfig(schedule="cosine", warmup_steps=10, end_lr_fraction=0.0), total=110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
+    lin = lr_factor(OptimConfig(schedule="linear", warmup_steps=0), total=100)
+    assert lin(50) == pytest.approx(0.5)
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8)
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and p.ndim >= 2 for p in decay["params"])
+    assert {"pos_embed", "cls_token", "norm.weight", "head.bias"} <= {names[id(p)] for p in no_decay["params"]}
+
+
+@pytest.mark.parametrize("extra", [("optim.name=sgd",), ("optim.loss=sigmoid", "model.head_bias_init=-5.0"),
+                                   ("optim.ema=0.9", "train.precision=bf16", "data.mixup=0.8", "data.cutmix=1.0")])
+def test_options_run(tmp_path, extra):
+    res = train(tiny("train.steps=6", "train.batch_size=16", *extra), out=tmp_path / "r")
+    assert 0 <= res["test"]["top1"] <= 1
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = apply_overrides(Config(), ["optim.lr=3e-3", "train.steps=10", "data.flip=false", "model.width=none", "model.name=ViT-S/16"])
+    assert cfg.optim.lr == 3e-3 and cfg.train.steps == 10 and cfg.data.flip is False and cfg.model.width is None
+    with pytest.raises(ValueError, match=r"unknown config key 'optim.lrr'; valid keys: .*optim\.lr"):
+        apply_overrides(Config(), ["optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"unknown config key 'lr' \(did you mean optim.lr\?\)"):
+        apply_overrides(Config(), ["lr=1"])
+    with pytest.raises(ValueError, match="expected int"):
+        apply_overrides(Config(), ["train.steps=ten"])
+    with pytest.raises(ValueError, match="write key=value"):
+        apply_overrides(Config(), ["train.steps"])
+    assert config_from_dict(json.loads(get_recipe("cifar10").to_json())) == get_recipe("cifar10")
+    assert "data.randaugment" in valid_keys()
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_resolves(name):
+    cfg = get_recipe(name)
+    assert cfg.recipe == name
+    assert vitkit.models.model_config(cfg.model.name, **cfg.model.overrides())
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["train", "--set", "optim.lrr=1"]) == 2
+    assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
+    assert main(["train", "--set", "data.name=imagenet5", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown dataset 'imagenet5'" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["train", "--recipe", "fashion-mnist", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["name"] == "fashion-mnist"
+
+
+def test_eval_cli_on_a_run(tmp_path, capsys):
+    train(tiny("train.steps=20"), out=tmp_path / "run")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", "digits", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert res["n"] == 899 and res["top1"] == pytest.approx(metrics["test"]["top1"])
+    assert main(["eval", str(tmp_path / "run"), "--data", "cifar10", "--data-dir", str(tmp_path)]) == 2
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    sets = TINY + ["train.steps=60", "train.batch_size=32", "train.ckpt_every=10", "train.eval_every=25",
+                   "optim.ema=0.9", "model.dropout=0.1", "model.drop_path=0.1", "data.mixup=0.5"] + list(extra)
+    return [sys.executable, "-m", "vitkit", "train", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run(_train_cmd(tmp_path / "ref", "train.threads=1"), env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run, "train.threads=1", "train.log_every=1"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+        if (run / "checkpoint" / "state.pt").exists() and len(lines) >= 35:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
+    assert 0 < state["step"] < 60, "the kill should land mid-way"
+
+    res = subprocess.run([sys.executable, "-m", "vitkit", "train", "--resume", str(run)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for name in ("model.safetensors", "raw.safetensors"):
+        a = load_file(str(tmp_path / "ref" / "checkpoint" / name))
+        b = load_file(str(run / "checkpoint" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicate lines after the resume
