@@ -88,6 +88,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give comma-separated integers, e.g. 1,5,10,25") from None
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from vitkit.train.finetune import finetune
+
+    sweep = None
+    if args.lr_sweep:
+        try:
+            sweep = [float(t) for t in args.lr_sweep.split(",")]
+        except ValueError:
+            raise ValueError(f"--lr-sweep {args.lr_sweep!r}: give comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03") from None
+    finetune(args.src, args.data, args.resolution, args.set, args.out, sweep)
+    return 0
+
+
+def cmd_fewshot(args: argparse.Namespace) -> int:
+    from vitkit.evaluate.run import fewshot_model
+
+    res = fewshot_model(args.src, args.data, _int_list(args.shots, "--shots"), args.seeds, args.l2, args.data_dir,
+                        args.batch_size, args.precision, args.resolution)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"few-shot linear evaluation of {args.src} on {args.data} ({res['test_images']} test images, "
+          f"{res['feature_dim']}-d features, l2 {res['l2']:g}, {res['seeds']} seeds)")
+    print(f"{'shots':>6} {'top-1':>8} {'+-':>7}")
+    for n, r in res["shots"].items():
+        print(f"{n:>6} {r['mean']:>8.4f} {r['std']:>7.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vitkit.evaluate.predict import predict
+
+    res = predict(args.src, args.images, args.top_k)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for r in res:
+        print(r["image"])
+        for t in r["top"]:
+            print(f"  {t['prob']:7.2%}  {t['class']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -143,6 +193,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("finetune", help="fine-tune any checkpoint on a dataset (the paper's transfer recipe)",
+                       description="New zero-initialised head (pre-logits dropped), position embeddings resampled to "
+                                   "--resolution, SGD momentum 0.9, no weight decay, clip 1, warm-up + cosine, batch 512 "
+                                   "by accumulation, steps per dataset as the paper's table 4. Same run directory as train.")
+    p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
+    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
+    p.add_argument("--resolution", type=int, metavar="R", help="fine-tuning resolution (default: the model's)")
+    p.add_argument("--lr-sweep", metavar="LRS", help="comma-separated learning rates; the best on the validation split is kept")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/finetune-TIME)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (paper section 4.1)",
+                       description="Closed-form ridge regression to {-1,1}^K on n images per class of the training split, "
+                                   "accuracy on the test split; mean and spread over nested subsets per seed.")
+    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("--data", required=True, help="dataset")
+    p.add_argument("--shots", default="1,5,10,25", help="comma-separated shots per class (default 1,5,10,25)")
+    p.add_argument("--seeds", type=int, default=3, help="subsets drawn per shot count (default 3)")
+    p.add_argument("--l2", type=float, help="ridge regularisation (default 1024, as big_vision)")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--resolution", type=int, metavar="R")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fewshot)
+
+    p = sub.add_parser("predict", help="top-k classes of image files",
+                       description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained.")
+    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

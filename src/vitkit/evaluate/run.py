@@ -33,3 +33,21 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
     res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), precision)
     res["classes"] = ds.classes
     return res
+
+
+def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, l2: float | None = None,
+                  data_dir: str | None = None, batch_size: int = 256, precision: str = "fp32",
+                  resolution: int | None = None) -> dict:
+    """Few-shot linear evaluation of a model's frozen pre-logits features: the training split's and the
+    test split's features are computed once and reused for every shot count and seed."""
+    from vitkit.evaluate.fewshot import DEFAULT_L2, extract_features, fewshot_eval
+
+    model = load_model(src, image_size=resolution)
+    cfg = data_config_for(model, data, data_dir, resolution)
+    ds = load_dataset(cfg)
+    chans = model.config.in_chans
+    train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, chans, batch_size), precision)
+    test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, chans, batch_size), precision)
+    res = fewshot_eval(train_x, train_y, test_x, test_y, shots, seeds, DEFAULT_L2 if l2 is None else l2)
+    res.update({"model": str(src), "data": data})
+    return res

@@ -1,0 +1,41 @@
+"""`vitkit finetune`: transfer any checkpoint load_model reads, with an optional LR sweep that picks on
+the validation split."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vitkit.config import apply_overrides
+from vitkit.convert.load import load_model
+from vitkit.recipes.finetune import finetune as finetune_recipe
+from vitkit.train.loop import new_run_dir, train
+from vitkit.train.metrics import write_json_atomic
+
+
+def finetune(src: str, data: str, resolution: int | None = None, overrides: list[str] | None = None,
+             out: str | Path | None = None, lr_sweep: list[float] | None = None) -> dict[str, Any]:
+    source = load_model(src)  # to read its resolution and preprocessing, and to fail early on a bad file
+    size = source.config.image_size
+    size = resolution or (size if isinstance(size, int) else size[0])
+    normalize = (getattr(source, "preprocess", None) or {}).get("normalize", "google")
+    cfg = apply_overrides(finetune_recipe(str(src), data, size, normalize), overrides or [])
+    if not lr_sweep:
+        return train(cfg, out=out)
+    run = new_run_dir(out, "finetune")
+    results = {}
+    for lr in lr_sweep:
+        cfg.optim.lr = lr
+        res = train(cfg, out=run / "sweep" / f"lr_{lr:g}")
+        results[f"{lr:g}"] = {"val_top1": res.get("val", {}).get("top1", float("nan")), "test_top1": res["test"]["top1"]}
+    best = max(results, key=lambda k: results[k]["val_top1"])
+    best_dir = run / "sweep" / f"lr_{best}"
+    for item in best_dir.iterdir():  # the chosen run becomes the run directory's own
+        os.replace(item, run / item.name)
+    shutil.rmtree(best_dir)
+    write_json_atomic(run / "sweep.json", {"chosen_lr": float(best), "by": "val top-1", "runs": results})
+    final = json.loads((run / "metrics.json").read_text())
+    print(f"LR sweep: chose {best} by validation top-1 ({results[best]['val_top1']:.4f}); run directory: {run}")
+    return {**final, "lr_sweep": results, "chosen_lr": float(best), "run_dir": str(run)}

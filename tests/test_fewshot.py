@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from vitkit.evaluate.fewshot import fewshot_eval, linear_probe, nested_subsets, ridge_solve
+
+
+@pytest.mark.parametrize("n,d", [(50, 8), (6, 20)])  # primal (n >= d) and dual (n < d)
+def test_ridge_matches_direct_solution(n, d):
+    torch.manual_seed(0)
+    x, y = torch.randn(n, d, dtype=torch.float64), torch.randn(n, 3, dtype=torch.float64)
+    l2 = 0.7
+    w, form = ridge_solve(x, y, l2)
+    assert form == ("primal" if n >= d else "dual")
+    direct = torch.linalg.solve(x.T @ x + l2 * torch.eye(d, dtype=torch.float64), x.T @ y)
+    torch.testing.assert_close(w, direct)
+
+
+def test_tiny_l2_is_least_squares():
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 5, dtype=torch.float64), torch.randn(40, 2, dtype=torch.float64)
+    w, _ = ridge_solve(x, y, 1e-10)
+    torch.testing.assert_close(w, torch.linalg.lstsq(x, y).solution)
+
+
+def test_nested_subsets():
+    labels = torch.arange(300) % 3
+    subsets = nested_subsets(labels, [1, 5, 10, 25], seed=0)
+    for n, idx in subsets.items():
+        assert torch.bincount(labels[idx]).tolist() == [n] * 3
+    assert set(subsets[5].tolist()) <= set(subsets[10].tolist()) <= set(subsets[25].tolist())
+    assert not torch.equal(nested_subsets(labels, [5], 1)[5], subsets[5])
+    with pytest.raises(ValueError, match="needs 200 images of every class"):
+        nested_subsets(labels, [200], 0)
+
+
+def test_separable_features_are_classified_and_noise_is_not():
+    torch.manual_seed(0)
+    centers = torch.randn(4, 16) * 5
+    y = torch.arange(400) % 4
+    x = centers[y] + torch.randn(400, 16)
+    res = fewshot_eval(x[:200], y[:200], x[200:], y[200:], shots=(1, 5), seeds=3)
+    assert res["shots"]["5"]["mean"] > 0.95 and len(res["shots"]["1"]["runs"]) == 3
+    noise = linear_probe(torch.randn(100, 16), y[:100], torch.randn(200, 16), y[:200], 4)
+    assert noise < 0.45

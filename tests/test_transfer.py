@@ -1,0 +1,92 @@
+"""Fine-tuning, few-shot evaluation and prediction on small real data."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli import main
+from vitkit.config import apply_overrides
+from vitkit.recipes import get_recipe
+from vitkit.train.finetune import finetune
+from vitkit.train.loop import train
+
+TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.mlp_dim=64", "model.patch_size=4",
+        "data.image_size=8", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "run"
+    train(apply_overrides(get_recipe("quickstart"), TINY + ["train.steps=40", "model.pool=token", "model.posemb=learned"]), out=out)
+    return out
+
+
+def test_finetune_new_head_and_higher_resolution(pretrained, tmp_path):
+    res = finetune(str(pretrained), "digits", resolution=16, out=tmp_path / "ft",
+                   overrides=["train.steps=6", "train.batch_size=32", "train.progress=false"])
+    assert 0 <= res["test"]["top1"] <= 1
+    model = vitkit.load_model(tmp_path / "ft")
+    assert model.config.image_size == 16 and model.pos_embed.shape == (1, 1 + 16, 32)
+    assert model.class_names == [str(i) for i in range(10)]
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert cfg["optim"]["name"] == "sgd" and cfg["optim"]["weight_decay"] == 0 and cfg["optim"]["momentum"] == 0.9
+    assert cfg["model"]["init"] == str(pretrained)
+
+
+def test_finetune_recipe_follows_the_paper():
+    from vitkit.recipes.finetune import finetune as recipe
+
+    cfg = recipe("x", "cifar10", 384)
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.optim.clip_norm, cfg.optim.schedule) == (10_000, 512, 1.0, "cosine")
+    assert cfg.data.crop == "inception" and recipe("x", "digits", 28).data.crop == "pad"
+    assert recipe("x", "folder:/data/flowers", 384).train.steps == 500
+
+
+def test_finetune_lr_sweep_picks_on_validation(pretrained, tmp_path):
+    res = finetune(str(pretrained), "digits", out=tmp_path / "sw", lr_sweep=[0.001, 0.03],
+                   overrides=["train.steps=4", "train.batch_size=32", "train.progress=false"])
+    sweep = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    best = max(sweep["runs"], key=lambda k: sweep["runs"][k]["val_top1"])
+    assert sweep["chosen_lr"] == float(best) == res["chosen_lr"]
+    assert (tmp_path / "sw" / "checkpoint" / "model.safetensors").exists()
+    assert vitkit.load_model(tmp_path / "sw").config.num_classes == 10
+
+
+def test_fewshot_cli(pretrained, capsys):
+    assert main(["fewshot", str(pretrained), "--data", "digits", "--shots", "1,5", "--seeds", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["shots"]) == {"1", "5"} and len(res["shots"]["5"]["runs"]) == 2
+    assert res["feature_dim"] == 32 and res["test_images"] == 899
+    assert main(["fewshot", str(pretrained), "--data", "digits", "--shots", "1,x"]) == 2
+
+
+@pytest.mark.parametrize("mode,suffix", [("RGB", "jpg"), ("L", "png"), ("RGBA", "png"), ("P", "png")])
+def test_predict_any_image(pretrained, tmp_path, mode, suffix, capsys):
+    path = tmp_path / f"img.{suffix}"
+    Image.new("RGB", (37, 23), (200, 30, 90)).convert(mode).save(path)
+    assert main(["predict", str(pretrained), str(path), "--top-k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    probs = [t["prob"] for t in res[0]["top"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and res[0]["top"][0]["class"] in [str(i) for i in range(10)]
+
+
+def test_predict_bad_image_and_missing_file(pretrained, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["predict", str(pretrained), str(tmp_path / "bad.png")]) == 2
+    assert "bad.png: cannot read this image" in capsys.readouterr().err
+    assert main(["predict", str(pretrained), str(tmp_path / "none.png")]) == 2
+    assert "none.png: no such image file" in capsys.readouterr().err
+
+
+def test_unknown_dataset_in_finetune_and_fewshot(pretrained, tmp_path, capsys):
+    assert main(["finetune", str(pretrained), "--data", "imagenet5", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown dataset 'imagenet5'" in capsys.readouterr().err
+    assert main(["fewshot", str(pretrained), "--data", "imagenet5"]) == 2
+
+
+def test_zero_initialised_head_gives_zero_logits(pretrained):
+    model = vitkit.load_model(pretrained, num_classes=4).eval()
+    with torch.no_grad():
+        assert model(torch.randn(3, 1, 8, 8)).abs().max() == 0
