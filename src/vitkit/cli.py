@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 
@@ -79,12 +80,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitkit.evaluate.run import eval_model
 
+    from vitkit.evaluate.run import plot_confusion
+
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                      resolution=args.resolution, precision=args.precision, normalize=args.normalize)
+    if args.confusion:
+        res["confusion_figure"] = str(plot_confusion(res, args.confusion, f"{args.src} on {args.data} ({args.split})"))
     if args.json:
         print(json.dumps(res, indent=2))
-    else:
-        print(f"{args.src} on {args.data} ({args.split}, {res['n']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+        return 0
+    print(f"{args.src} on {args.data} ({args.split}, {res['n']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+    print(f"{'class':<20} {'top-1':>7} {'images':>7}")
+    for (name, acc), row in zip(res["per_class"].items(), res["confusion"]):
+        print(f"{name:<20} {acc:>7.4f} {sum(row):>7}")
+    if args.confusion:
+        print(f"confusion matrix: {res['confusion_figure']}")
     return 0
 
 
@@ -135,6 +145,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(r["image"])
         for t in r["top"]:
             print(f"  {t['prob']:7.2%}  {t['class']}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from vitkit.analysis.report import analyze
+
+    res = analyze(args.src, args.out, data=args.data, images=args.images, num_images=args.num_images, head=args.head,
+                  data_dir=args.data_dir, overwrite=args.force)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    d = res["attention_distance_by_layer"]
+    print(f"analysed {res['num_images']} images: {res['data']}")
+    print("mean attention distance (pixels) per layer: min / mean / max over heads")
+    for i, (lo, m, hi) in enumerate(zip(d["min"], d["mean"], d["max"])):
+        print(f"  layer {i + 1:>2}: {lo:6.1f} {m:6.1f} {hi:6.1f}")
+    print(f"figures and report: {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -191,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
+    p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
 
@@ -228,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("analyze", help="the paper's figures 6 and 7: filters, position embeddings, attention distance, rollout",
+                       description="Embedding filters (28 principal components), position-embedding similarity, mean attention "
+                                   "distance per head and layer, attention rollout maps and per-layer class-token attention, "
+                                   "as PNGs, JSON and one self-contained report.html.")
+    p.add_argument("src", help="run directory or checkpoint (ViT or hybrid)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to analyse (else --data)")
+    p.add_argument("--data", help="dataset whose test images to analyse")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (refused if not empty, unless --force)")
+    p.add_argument("--num-images", type=int, default=128, help="images averaged for attention distance (default 128, as the paper)")
+    p.add_argument("--head", type=int, default=0, help="head (0-based) for the per-layer class-token attention figure")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -95,13 +95,25 @@ class TrainConfig:
 
 
 @dataclass
+class MppConfig:
+    """Masked patch prediction (paper section 4.6, appendix B.1.2); used when objective == "mpp"."""
+
+    rate: float = 0.5  # fraction of patch embeddings corrupted
+    mask_frac: float = 0.8  # of the corrupted: replaced by the learnable [mask] embedding
+    random_frac: float = 0.1  # of the corrupted: replaced by a random other patch's embedding (the rest kept)
+    bits: int = 3  # colour bits per channel of the target (3: 512 classes for RGB, 8 for grayscale)
+    target: str = "mean"  # mean: the patch's mean colour | mean4x4: 4 x 4 downsized, 16 x 512 | l2: regress the patch
+
+
+@dataclass
 class Config:
     recipe: str = "quickstart"
-    objective: str = "classification"
+    objective: str = "classification"  # classification | mpp (masked patch prediction)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mpp: MppConfig = field(default_factory=MppConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -65,21 +65,29 @@ class StepBatches(TorchDataset):
         return 2**62
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.order.indices(step, self.rank, self.world)
+        """This rank's slice of the step's global batch, augmented exactly as in a one-process run: in-memory
+        batches are augmented whole (they are cheap) and sliced; files are read per rank, each image's
+        augmentation seeded by its place in the global batch (Mixup/CutMix then pair images within the rank)."""
         state = torch.get_rng_state()
-        torch.manual_seed(step_seed(self.seed, step, salt=2 + self.rank))
         try:
             if isinstance(self.split, ArrayData):
-                x = self.augment(self.split.images[idx])
-                y = self.split.labels[idx]
-            else:
-                files = [self.split.files[i] for i in idx.tolist()]
-                x = torch.stack([self.transform(load_image(p, self.channels)) for p, _ in files])
-                y = torch.tensor([label for _, label in files], dtype=torch.long)
-            x, y = mix_batch(x, y, self.num_classes, self.cfg)
+                idx = self.order.indices(step)
+                torch.manual_seed(step_seed(self.seed, step, salt=2))
+                x, y = mix_batch(self.augment(self.split.images[idx]), self.split.labels[idx], self.num_classes, self.cfg)
+                per = len(idx) // self.world
+                return x[self.rank * per:(self.rank + 1) * per], y[self.rank * per:(self.rank + 1) * per]
+            idx = self.order.indices(step, self.rank, self.world)
+            offset = self.rank * len(idx)
+            xs, ys = [], []
+            for j, i in enumerate(idx.tolist()):
+                path, label = self.split.files[i]
+                torch.manual_seed(step_seed(self.seed, step, salt=1000 + offset + j))
+                xs.append(self.transform(load_image(path, self.channels)))
+                ys.append(label)
+            torch.manual_seed(step_seed(self.seed, step, salt=2 + self.rank))
+            return mix_batch(torch.stack(xs), torch.tensor(ys, dtype=torch.long), self.num_classes, self.cfg)
         finally:
             torch.set_rng_state(state)
-        return x, y
 
 
 def train_stream(batches: StepBatches, start: int, stop: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

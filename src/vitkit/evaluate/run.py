@@ -1,6 +1,7 @@
 """`vitkit eval`: any loadable model on any dataset split."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vitkit.config import DataConfig
@@ -30,9 +31,45 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
         raise ValueError(f"{src}: the model has {k} classes but {data} has {ds.num_classes}; fine-tune it first "
                          f"(`vitkit finetune {src} --data {data}`)")
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
-    res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), precision)
+    res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), precision, num_classes=ds.num_classes)
     res["classes"] = ds.classes
+    conf = res["confusion"]
+    res["per_class"] = {c: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else float("nan")) for i, c in enumerate(ds.classes)}
     return res
+
+
+def plot_confusion(res: dict, path: str | Path, title: str = "") -> Path:
+    """A confusion-matrix figure (rows: true class, columns: predicted; row-normalised colours, counts written)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    conf = np.asarray(res["confusion"], dtype=float)
+    rates = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    k = len(conf)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    names = res.get("classes") or [str(i) for i in range(k)]
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if conf[i, j]:
+                    ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_title(title or f"top-1 {res['top1']:.4f} on {res['n']} images", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, l2: float | None = None,

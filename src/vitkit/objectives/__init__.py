@@ -15,8 +15,15 @@ Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor
 
 
 class Classification:
+    main_metric = "top1"
+
     def __init__(self, loss: str = "softmax", smoothing: float = 0.0):
         self.loss, self.smoothing = loss, smoothing
+
+    def evaluate(self, model: nn.Module, batches, precision: str = "fp32") -> dict:
+        from vitkit.evaluate.classify import evaluate
+
+        return evaluate(model, batches, precision)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(x)
@@ -25,11 +32,11 @@ class Classification:
         return loss, {"acc": acc}
 
 
-def build_objective(cfg: Config) -> Objective:
+def build_objective(cfg: Config, model: nn.Module) -> Objective:
     if cfg.objective == "classification":
         return Classification(cfg.optim.loss, cfg.optim.label_smoothing)
     if cfg.objective == "mpp":
         from vitkit.objectives.mpp import MaskedPatchPrediction
 
-        return MaskedPatchPrediction.from_config(cfg)
+        return MaskedPatchPrediction.from_config(cfg, model)
     raise ValueError(f"objective={cfg.objective!r} is not one of {OBJECTIVES}")

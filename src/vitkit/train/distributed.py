@@ -77,16 +77,13 @@ def reduce_metrics(metrics: dict[str, float], env: Env) -> dict[str, float]:
 
 
 def reduce_eval(res: dict, env: Env) -> dict:
-    """Combine per-rank evaluation results (each over its own share of the batches)."""
+    """Combine per-rank evaluation results (each a mean over its own share of the images): means
+    weighted by image counts; the confusion matrix, if any, is dropped (rank 0 recomputes what it needs)."""
     if not env.active:
         return res
+    keys = sorted(k for k, v in res.items() if isinstance(v, float) and k != "n")
     n = res["n"]
-    t = torch.tensor([res["top1"] * n if n else 0.0, res["top5"] * n if n else 0.0, res["loss"] * n if n else 0.0, n],
-                     dtype=torch.float64)
+    t = torch.tensor([res[k] * n if n else 0.0 for k in keys] + [float(n)], dtype=torch.float64)
     dist.all_reduce(t)
-    conf = torch.tensor(res["confusion"], dtype=torch.long) if res["confusion"] else None
-    if conf is not None:
-        dist.all_reduce(conf)
-    total = t[3].item()
-    return {"top1": t[0].item() / total, "top5": t[1].item() / total, "loss": t[2].item() / total, "n": int(total),
-            "confusion": conf.tolist() if conf is not None else []}
+    total = max(t[-1].item(), 1.0)
+    return {**{k: t[i].item() / total for i, k in enumerate(keys)}, "n": int(t[-1].item())}

@@ -1,6 +1,7 @@
 """The training loop: one visible function, `train`, and the step it repeats, `train_step`."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from tqdm import tqdm
 from vitkit.config import Config, load_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
 from vitkit.data.loader import StepBatches, eval_stream, step_seed, train_stream
-from vitkit.evaluate.classify import evaluate
 from vitkit.models.registry import create_model
 from vitkit.objectives import build_objective
 from vitkit.train import distributed
@@ -45,8 +45,10 @@ def build_model(cfg: Config, ds: Dataset) -> nn.Module:
         model = load_model(m.init, num_classes=ds.num_classes, image_size=cfg.data.image_size, drop_pre_logits=True,
                            **{k: v for k, v in m.overrides().items() if k in ("dropout", "attn_dropout", "drop_path")})
     else:
-        model = create_model(m.name, num_classes=ds.num_classes, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
-    model.class_names = ds.classes
+        # a self-supervised encoder has no classifier: finetune/fewshot put their own on its features
+        k = ds.num_classes if cfg.objective == "classification" else 0
+        model = create_model(m.name, num_classes=k, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
+    model.class_names = ds.classes if cfg.objective == "classification" else None
     return model
 
 
@@ -68,14 +70,31 @@ class Batching:
         return Batching(micro, per_rank // micro, per_rank)
 
 
-def train_step(model: nn.Module, objective, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+class TrainModule(nn.Module):
+    """The model and its objective as one module, so that DDP / FSDP see (and synchronise) everything
+    a step trains, the objective's own parameters included (e.g. masked patch prediction's head)."""
+
+    def __init__(self, model: nn.Module, objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective(self.model, x, y)
+
+
+def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                batching: Batching, clip_norm: float, precision: str, params: list[nn.Parameter]) -> dict[str, float]:
     """One optimizer step over a (per-rank) batch, in micro-batches; returns its metrics."""
     sums: dict[str, torch.Tensor] = {}
-    for xm, ym in zip(x.split(batching.micro), y.split(batching.micro)):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss, metrics = objective(model, xm, ym)
-        (loss / batching.accum).backward()
+    chunks = list(zip(x.split(batching.micro), y.split(batching.micro)))
+    for i, (xm, ym) in enumerate(chunks):
+        last = i == len(chunks) - 1
+        sync = module.no_sync() if (not last and hasattr(module, "no_sync")) else contextlib.nullcontext()
+        with sync:  # DDP: all-reduce the gradients once, after the last micro-batch
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss, metrics = module(xm, ym)
+            (loss / batching.accum).backward()
         for k, v in {"loss": loss.detach(), **metrics}.items():
             sums[k] = sums.get(k, 0) + v.detach().float() / batching.accum
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else float("inf"), foreach=True)
@@ -107,8 +126,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
 
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
-    objective = build_objective(cfg)
-    modules = [model] + ([objective] if isinstance(objective, nn.Module) else [])
+    objective = build_objective(cfg, model)
+    main_metric = objective.main_metric
+    module = TrainModule(model, objective)
     batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
     batches = StepBatches(ds.train, cfg.data, model.config.in_chans, ds.num_classes, cfg.train.batch_size, cfg.train.seed,
                           env.rank, env.world)
@@ -116,8 +136,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     eval_every = cfg.train.eval_every or batches.steps_per_epoch
     ckpt_every = cfg.train.ckpt_every or batches.steps_per_epoch
 
-    trainable = nn.ModuleList(modules)
-    optimizer = build_optimizer(trainable, cfg.optim)
+    optimizer = build_optimizer(module, cfg.optim)
     schedule = build_schedule(optimizer, cfg.optim, total)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=True) if cfg.optim.ema > 0 else None
     start = 0
@@ -133,9 +152,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             ema.n_averaged.fill_(state["ema_n"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
-    wrapped = distributed.wrap(model, env, cfg.train.parallel)
-    step_model = torch.compile(wrapped) if cfg.train.compile else wrapped
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    wrapped = distributed.wrap(module, env, cfg.train.parallel)
+    step_module = torch.compile(wrapped) if cfg.train.compile else wrapped
+    params = [p for p in module.parameters() if p.requires_grad]
 
     logger = MetricsLogger(run_dir, enabled=env.is_main, resume_step=start)
     if env.is_main:
@@ -149,11 +168,14 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     def export_model() -> nn.Module:
         return ema.module if ema is not None else model
 
+    def run_eval(split) -> dict:
+        batches = eval_stream(split, cfg.data, model.config.in_chans, cfg.train.eval_batch_size, rank=env.rank, world=env.world)
+        res = distributed.reduce_eval(objective.evaluate(export_model(), batches, cfg.train.precision), env)
+        return {k: v for k, v in res.items() if isinstance(v, (int, float))}
+
     def validate(step: int) -> dict:
-        res = evaluate(export_model(), eval_stream(ds.val, cfg.data, model.config.in_chans, cfg.train.eval_batch_size,
-                                                   rank=env.rank, world=env.world), cfg.train.precision)
-        res = distributed.reduce_eval(res, env)
-        logger.log(step, "val", {k: res[k] for k in ("top1", "top5", "loss")})
+        res = run_eval(ds.val)
+        logger.log(step, "val", res)
         return res
 
     def checkpoint(step: int) -> None:
@@ -172,7 +194,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     for step in range(start, total):
         x, y = next(stream)
         torch.manual_seed(step_seed(cfg.train.seed, step, salt=3 + env.rank))  # dropout, stochastic depth
-        metrics = train_step(step_model, objective, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params)
+        metrics = train_step(step_module, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params)
         metrics["lr"] = schedule.get_last_lr()[0]
         schedule.step()
         if ema is not None:
@@ -190,7 +212,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             checkpoint(done)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('acc', float('nan')):.3f}",
                         img_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                        val=f"{last_val['top1']:.3f}" if last_val else "-", refresh=False)
+                        val=f"{last_val[main_metric]:.3f}" if last_val else "-", refresh=False)
         bar.update(1)
     bar.close()
     wall = time.perf_counter() - t0
@@ -201,21 +223,19 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
                                "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0}
     for split_name, split in (("val", ds.val), ("test", ds.test)):
         if len(split):
-            res = evaluate(final, eval_stream(split, cfg.data, model.config.in_chans, cfg.train.eval_batch_size,
-                                              rank=env.rank, world=env.world), cfg.train.precision)
-            res = distributed.reduce_eval(res, env)
-            results[split_name] = {k: res[k] for k in ("top1", "top5", "loss", "n")}
-    if hasattr(objective, "evaluate"):
-        results.update(objective.evaluate(final, ds, cfg, env))
+            results[split_name] = run_eval(split)
     if "val" in results:
-        logger.log(total, "val", {k: results["val"][k] for k in ("top1", "top5", "loss")})
+        logger.log(total, "val", {k: v for k, v in results["val"].items() if k != "n"})
     logger.close()
     if env.is_main:
         write_json_atomic(run_dir / "metrics.json", results)
         plot_curves(run_dir, f"{cfg.recipe}: {model.config.name or cfg.model.name} on {ds.name}")
-        if "test" in results:
+        if "test" in results and main_metric == "top1":
             print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "
                   f"({results['test']['n']} images; {wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
+        elif "test" in results:
+            print(f"test {main_metric} {results['test'][main_metric]:.4f} ({results['test']['n']} images; "
+                  f"{wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
         print(f"run directory: {run_dir}")
     distributed.teardown(env)
     results["run_dir"] = str(run_dir)

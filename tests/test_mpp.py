@@ -1,0 +1,126 @@
+"""Masked patch prediction as the paper defines it."""
+import json
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.config import apply_overrides
+from vitkit.objectives.mpp import MaskedPatchPrediction, colour_classes, corrupt
+from vitkit.recipes import get_recipe
+from vitkit.train.finetune import finetune
+from vitkit.train.loop import train
+
+
+def test_corruption_statistics_match_the_rates():
+    torch.manual_seed(0)
+    patches = torch.randn(64, 49, 8)
+    mask = torch.full((1, 1, 8), 7.0)
+    counts = torch.zeros(4)
+    for _ in range(50):
+        out, chosen, kind = corrupt(patches, mask, rate=0.5, mask_frac=0.8, random_frac=0.1)
+        assert (chosen.sum(1) == 24).all()  # exactly round(0.5 * 49) per image
+        assert torch.equal(kind > 0, chosen)
+        counts += torch.bincount(kind.flatten(), minlength=4)
+        assert torch.equal(out[kind == 0], patches[kind == 0]) and torch.equal(out[kind == 3], patches[kind == 3])
+        assert (out[kind == 1] == 7.0).all()
+    frac = counts[1:] / counts[1:].sum()
+    torch.testing.assert_close(frac, torch.tensor([0.8, 0.1, 0.1]), atol=0.01, rtol=0)
+    _, chosen, _ = corrupt(patches, mask, rate=0.15, mask_frac=0.8, random_frac=0.1)
+    assert (chosen.sum(1) == 7).all()
+
+
+def test_random_replacements_are_other_patches():
+    torch.manual_seed(1)
+    patches = torch.randn(4, 16, 8)
+    out, _, kind = corrupt(patches, torch.zeros(1, 1, 8), 1.0, 0.0, 1.0)
+    pool = patches.reshape(-1, 8)
+    for row in out[kind == 2]:
+        assert (pool == row).all(1).any()
+
+
+def test_colour_targets_of_hand_made_patches():
+    x = torch.zeros(1, 3, 8, 8)  # patch 4: a 2 x 2 grid
+    x[:, 0, :4, :4] = 1.0  # top-left pure red
+    x[:, :, :4, 4:] = 0.5  # top-right mid grey
+    x[:, 2, 4:, :4] = 0.99  # bottom-left blue
+    # bottom-right black
+    idx = colour_classes(x, patch=4)[0, :, 0].tolist()
+    assert idx == [7 * 64, 4 * 64 + 4 * 8 + 4, 7, 0]
+    gray = torch.full((1, 1, 4, 4), 0.3)
+    assert colour_classes(gray, 4).item() == 2  # floor(0.3 * 8)
+    # mean over the patch, not a pixel: half white, half black -> 0.5 -> level 4
+    half = torch.zeros(1, 1, 4, 4)
+    half[..., :2] = 1.0
+    assert colour_classes(half, 4).item() == 4
+    cells = colour_classes(half, 4, cells=2)[0, 0].tolist()
+    assert cells == [7, 0, 7, 0]
+
+
+def make(target="mean", channels=1):
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, patch_size=4, image_size=16,
+                                in_chans=channels, num_classes=0)
+    return model, MaskedPatchPrediction(32, 4, channels, target=target)
+
+
+def test_classes_per_channel_count():
+    assert make(channels=1)[1].num_classes == 8 and make(channels=3)[1].num_classes == 512
+    assert make(target="mean4x4", channels=3)[1].head.out_features == 16 * 512
+
+
+def test_loss_ignores_uncorrupted_positions():
+    torch.manual_seed(0)
+    model, mpp = make()
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    loss_a, _ = mpp(model, x, None, gen())
+    _, chosen, _ = corrupt(model.patch_embed(x), mpp.mask_token, mpp.rate, mpp.mask_frac, mpp.random_frac, gen())
+    real = mpp.targets
+
+    def scrambled(images):
+        t = real(images).clone()
+        t[~chosen] = (t[~chosen] + 3) % mpp.num_classes  # change every target that is not scored
+        return t
+
+    mpp.targets = scrambled
+    loss_b, _ = mpp(model, x, None, gen())
+    assert torch.equal(loss_a, loss_b)
+
+    def scrambled_chosen(images):
+        t = real(images).clone()
+        t[chosen] = (t[chosen] + 3) % mpp.num_classes
+        return t
+
+    mpp.targets = scrambled_chosen
+    loss_c, _ = mpp(model, x, None, gen())
+    assert not torch.equal(loss_a, loss_c)
+
+
+@pytest.mark.parametrize("target", ["mean4x4", "l2"])
+def test_alternative_targets_run(target):
+    model, mpp = make(target, channels=3)
+    loss, metrics = mpp(model, torch.rand(2, 3, 16, 16))
+    assert loss.ndim == 0 and loss > 0 and metrics
+
+
+def test_hybrid_is_refused():
+    cfg = get_recipe("mpp-fashion-mnist")
+    hybrid = vitkit.create_model("R+ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=64, num_classes=0)
+    with pytest.raises(ValueError, match="not hybrids"):
+        MaskedPatchPrediction.from_config(cfg, hybrid)
+
+
+def test_tiny_mpp_run_learns_and_transfers(tmp_path):
+    sets = ["data.name=digits", "data.image_size=8", "model.patch_size=2", "model.width=32", "model.depth=2",
+            "model.heads=2", "model.mlp_dim=64", "train.steps=80", "train.batch_size=64", "train.log_every=10",
+            "train.progress=false", "optim.lr=2e-3"]
+    res = train(apply_overrides(get_recipe("mpp-fashion-mnist"), sets), out=tmp_path / "mpp")
+    lines = [json.loads(l) for l in (tmp_path / "mpp" / "metrics.jsonl").read_text().splitlines()]
+    losses = [l["loss"] for l in lines if l["split"] == "train"]
+    assert losses[-1] < 0.8 * losses[0]
+    assert 0 < res["test"]["mpp_acc"] <= 1 and "top1" not in res["test"]
+    encoder = vitkit.load_model(tmp_path / "mpp")
+    assert encoder.config.num_classes == 0 and "mask_token" not in encoder.state_dict()
+    ft = finetune(str(tmp_path / "mpp"), "digits", out=tmp_path / "ft",
+                  overrides=["train.steps=5", "train.batch_size=32", "train.progress=false"])
+    assert 0 <= ft["test"]["top1"] <= 1
