@@ -69,12 +69,15 @@ def plot_curves(run_dir: Path, title: str = "") -> Path | None:
         a.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1.2, label="train loss")
     if val and "loss" in val[0]:
         a.plot([r["step"] for r in val], [r["loss"] for r in val], lw=1.2, marker=".", label="val loss")
-    a.set_xlabel("step"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    a.set_xlabel("step"), a.set_ylabel("loss"), a.grid(alpha=0.3)
     if train and "acc" in train[0]:
         b.plot([r["step"] for r in train], [r["acc"] for r in train], lw=1.0, alpha=0.6, label="train top-1 (batch)")
     if val:
         b.plot([r["step"] for r in val], [r["top1"] for r in val], lw=1.5, marker=".", label="val top-1")
-    b.set_xlabel("step"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
+    b.set_xlabel("step"), b.set_ylabel("accuracy"), b.grid(alpha=0.3)
+    for ax in (a, b):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
