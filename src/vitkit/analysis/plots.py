@@ -56,10 +56,11 @@ def plot_posemb_similarity(sim: torch.Tensor, kind: str, path: Path, note: str =
     plt = _plt()
     gh, gw = sim.shape[:2]
     fig, axes = plt.subplots(gh, gw, figsize=(min(12, 0.9 * gw + 1), min(12, 0.9 * gh + 1)), squeeze=False)
+    lo = float(sim.min())  # the colour range spans the values present, so structure shows even when all are high
     for r in range(gh):
         for c in range(gw):
             ax = axes[r][c]
-            im = ax.imshow(sim[r, c].numpy(), cmap="viridis", vmin=-1, vmax=1)
+            im = ax.imshow(sim[r, c].numpy(), cmap="viridis", vmin=lo, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(str(r + 1), fontsize=7)
