@@ -201,8 +201,9 @@ def load_model(
     source = str(path)
     if model is not None:
         overrides.setdefault("heads", model_config(model).heads)
-    cfg, sd, notes, class_names = read_checkpoint(path, format, **overrides)
-    report = LoadReport(source=source, format=format if format != "auto" else detect_format(path), notes=notes)
+    fmt = detect_format(path) if format == "auto" else format
+    cfg, sd, notes, class_names = read_checkpoint(path, fmt, **overrides)
+    report = LoadReport(source=source, format=fmt, notes=notes)
     if isinstance(cfg, ViTConfig) and cfg.posemb == "sincos2d":
         sd = {k: v for k, v in sd.items() if k != "pos_embed"}
     net = build_model(cfg)
@@ -212,7 +213,7 @@ def load_model(
         report.notes.append(f"pre-logits layer dropped; new zero-initialised {cfg.width} x {cfg.num_classes} head")
     if num_classes is not None and num_classes != cfg.num_classes:
         report.notes.append(f"head replaced: {cfg.num_classes} -> {num_classes} classes, zero-initialised")
-        _reset_head(net, num_classes)
+        net.reset_head(num_classes, zero=True)
         class_names = None
     if image_size is not None and isinstance(net, VisionTransformer):
         old = (cfg.image_size, tuple(net.pos_embed.shape) if net.pos_embed is not None else None)
@@ -239,18 +240,6 @@ def read_preprocess(path: str | Path) -> dict | None:
     except (CheckpointError, json.JSONDecodeError):
         return None
     return None
-
-
-def _reset_head(net: nn.Module, num_classes: int) -> None:
-    if isinstance(net, VisionTransformer):
-        net.reset_head(num_classes, zero=True)
-        return
-    cin = net.num_features
-    net.config.num_classes = num_classes
-    net.head = nn.Conv2d(cin, num_classes, 1) if num_classes else nn.Identity()
-    if num_classes:
-        nn.init.zeros_(net.head.weight)
-        nn.init.zeros_(net.head.bias)
 
 
 # --- writing ---------------------------------------------------------------------------------------

@@ -184,8 +184,15 @@ class BiTResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = group_norm(cin, eps=1e-5)
         self.num_features = cin
-        self.head = nn.Conv2d(cin, cfg.num_classes, 1) if cfg.num_classes else nn.Identity()
-        if cfg.num_classes and cfg.zero_head:
+        self.head = nn.Identity()
+        self.reset_head(cfg.num_classes, zero=cfg.zero_head)
+
+    @torch.no_grad()
+    def reset_head(self, num_classes: int, zero: bool = True) -> None:
+        """A new 1x1-conv classifier of `num_classes` (zero-initialised, as BiT's fine-tuning head)."""
+        self.config.num_classes = num_classes
+        self.head = nn.Conv2d(self.num_features, num_classes, 1) if num_classes else nn.Identity()
+        if num_classes and zero:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
