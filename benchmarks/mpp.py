@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for the pre-training")
     ap.add_argument("--labels", default="100,1000", help="labelled images per class")
     ap.add_argument("--steps", type=int, default=300, help="steps of 128 images for every label-budget run")
-    ap.add_argument("--ft-lr", type=float, default=0.01)
+    ap.add_argument("--ft-lrs", default="0.01,0.03,0.1", help="fine-tuning LR sweep (SGD), picked on validation")
     args = ap.parse_args()
     out: dict = {"command": "python benchmarks/mpp.py" + "".join(f" --set {s}" for s in args.set), "date": f"{datetime.now():%Y-%m-%d}"}
     if args.pretrained:
@@ -49,10 +49,12 @@ def main() -> None:
     for n in [int(v) for v in args.labels.split(",")]:
         labels = [f"data.labels_per_class={n}"]
         ft = finetune(str(pre), "fashion-mnist", out=work / f"ft{n}",
-                      overrides=budget + labels + [f"optim.lr={args.ft_lr}", "data.crop=pad", "data.crop_padding=2"])
+                      overrides=budget + labels + ["data.crop=pad", "data.crop_padding=2"],
+                      lr_sweep=[float(v) for v in args.ft_lrs.split(",")])
         sc = train(apply_overrides(fm, budget + labels + ["train.epochs=0", "data.crop=pad", "data.crop_padding=2"]),
                    out=work / f"scratch{n}")
-        out[f"{n}_labels_per_class"] = {"mpp_then_finetune": ft["test"]["top1"], "scratch": sc["test"]["top1"]}
+        out[f"{n}_labels_per_class"] = {"mpp_then_finetune": ft["test"]["top1"], "finetune_chosen_lr": ft["chosen_lr"],
+                                         "finetune_sweep": ft["lr_sweep"], "scratch": sc["test"]["top1"]}
         print(json.dumps(out, indent=2))
     (HERE / "results" / "mpp.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

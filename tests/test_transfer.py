@@ -42,6 +42,7 @@ def test_finetune_recipe_follows_the_paper():
     assert (cfg.train.steps, cfg.train.batch_size, cfg.optim.clip_norm, cfg.optim.schedule) == (10_000, 512, 1.0, "cosine")
     assert cfg.data.crop == "inception" and recipe("x", "digits", 28).data.crop == "pad"
     assert recipe("x", "folder:/data/flowers", 384).train.steps == 500
+    assert cfg.data.flip and not recipe("x", "digits", 28).data.flip  # a mirrored digit is another class
 
 
 def test_finetune_lr_sweep_picks_on_validation(pretrained, tmp_path):

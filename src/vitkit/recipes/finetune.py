@@ -10,17 +10,21 @@ from vitkit.config import Config, DataConfig, ModelConfig, OptimConfig, TrainCon
 FINETUNE_STEPS = {"imagenet": 20_000, "cifar10": 10_000, "cifar100": 10_000, "pets": 500, "flowers": 500, "vtab": 2_500}
 DEFAULT_STEPS = 500
 LR_SWEEP = (0.001, 0.003, 0.01, 0.03)
+# Datasets whose classes a mirror image changes (a flipped 2 is not a 2): no flip augmentation.
+NO_FLIP = {"digits", "mnist", "svhn"}
 
 
 def finetune(src: str = "", data: str = "cifar10", image_size: int = 384, normalize: str = "google") -> Config:
     """Fine-tune `src` on `data` at `image_size`. Inception crop + flip as the official code for images of
-    64 px and more; a pad-and-crop for smaller ones (a 5% area crop of a 28 px digit leaves nothing)."""
+    64 px and more; a pad-and-crop for smaller ones (a 5% area crop of a 28 px digit leaves nothing); no
+    flip for digit datasets (measured on digits from the fashion-mnist model, LR 0.03: 90.2% with flips,
+    95.1% without)."""
     key = data.split(":")[-1].rstrip("/").split("/")[-1].lower()
     steps = FINETUNE_STEPS.get(key, DEFAULT_STEPS)
     return Config(
         recipe="finetune",
         data=DataConfig(name=data, image_size=image_size, crop="inception" if image_size >= 64 else "pad",
-                        crop_padding=max(1, image_size // 14), flip=True, normalize=normalize),
+                        crop_padding=max(1, image_size // 14), flip=key not in NO_FLIP, normalize=normalize),
         model=ModelConfig(name="ViT-B/16", init=src),
         optim=OptimConfig(name="sgd", lr=0.003, momentum=0.9, weight_decay=0.0, clip_norm=1.0, schedule="cosine",
                           warmup_steps=min(500, steps // 10)),
