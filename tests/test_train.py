@@ -138,6 +138,14 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vitkit", "train", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
 
 
+def _train_state(ckpt: Path, tmp: Path) -> dict:
+    """A checkpoint's DCP training state (model, objective and optimizer), read in one process."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(ckpt / "train_state", tmp)
+    return torch.load(tmp, weights_only=True)
+
+
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = subprocess.run(_train_cmd(tmp_path / "ref", "train.threads=1"), env=env, capture_output=True, text=True)
@@ -159,9 +167,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 
     res = subprocess.run([sys.executable, "-m", "vitkit", "train", "--resume", str(run)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    for name in ("model.safetensors", "raw.safetensors"):
-        a = load_file(str(tmp_path / "ref" / "checkpoint" / name))
-        b = load_file(str(run / "checkpoint" / name))
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a = load_file(str(tmp_path / "ref" / "checkpoint" / "model.safetensors"))  # the EMA weights
+    b = load_file(str(run / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (_train_state(d / "checkpoint", tmp_path / f"{d.name}.pt") for d in (tmp_path / "ref", run))
+    assert a["module"].keys() == b["module"].keys() and len(a["optim"]["state"]) > 0
+    assert all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])  # the trained weights
+    assert all(torch.equal(v, b["optim"]["state"][p][k]) for p, s in a["optim"]["state"].items() for k, v in s.items())
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicate lines after the resume

@@ -64,9 +64,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vitkit.train.loop import train
 
     if args.resume:
-        if args.recipe or args.config or args.set or args.out:
-            raise ValueError("--resume continues a run exactly as it was configured; drop --recipe/--config/--set/--out")
-        train(None, resume=args.resume)
+        if args.recipe or args.config or args.out:
+            raise ValueError("--resume continues a run exactly as it was configured; drop --recipe/--config/--out")
+        train(None, resume=args.resume, overrides=args.set or [])
         return 0
     cfg = load_config(args.config) if args.config else get_recipe(args.recipe or "quickstart")
     apply_overrides(cfg, args.set or [])

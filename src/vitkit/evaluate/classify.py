@@ -19,7 +19,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     confusion = None
     try:
         for x, y in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(x)
             logits = logits.float()
             k = logits.shape[1]

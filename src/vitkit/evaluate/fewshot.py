@@ -26,7 +26,7 @@ def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     model.eval()
     feats, labels = [], []
     for x, y in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             f = model.forward_head(model.forward_features(x), pre_logits=True)
         feats.append(f.float())
         labels.append(y)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vitkit.models.posemb import resample_posemb, sincos_2d
 from vitkit.models.resnet import ResNetConfig, ResNetStem
@@ -228,6 +229,7 @@ class VisionTransformer(nn.Module):
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.grad_checkpointing = False
         self.init_weights()
 
     def _sincos(self, grid: tuple[int, int]) -> torch.Tensor:
@@ -269,6 +271,11 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.pre_logits[0].bias)
         if isinstance(self.head, nn.Linear):
             self.reset_head(zero=cfg.zero_head)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing: in training, each block's activations are recomputed in the backward
+        pass instead of kept (one block's worth of memory instead of `depth`, about a third more compute)."""
+        self.grad_checkpointing = enable
 
     @torch.no_grad()
     def reset_head(self, num_classes: int | None = None, zero: bool = True) -> None:
@@ -329,7 +336,10 @@ class VisionTransformer(nn.Module):
         """Token states after the final LayerNorm (before it when fc_norm), (B, prefix + N, D)."""
         x = self.embed(x)
         for blk in self.blocks:
-            x, _ = blk(x)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x, _ = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x, _ = blk(x)
         return x if self.config.fc_norm else self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

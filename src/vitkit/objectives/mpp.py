@@ -142,7 +142,7 @@ class MaskedPatchPrediction(nn.Module):
         total, n, loss_sum = 0.0, 0, 0.0
         key = "mpp_mse" if self.target == "l2" else "mpp_acc"
         for x, _ in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss, metrics = self(model, x, None, gen)
             total += float(metrics[key]) * len(x)
             loss_sum += float(loss) * len(x)

@@ -1,23 +1,38 @@
-"""Training checkpoints: RUN/checkpoint/ holds the weights as a vitkit checkpoint (so `load_model(RUN)`
-works) plus `state.pt` with optimizer, scheduler, EMA and RNG state. Written into a temporary
-directory and swapped in with renames: a kill at any moment leaves the last complete checkpoint."""
+"""Training checkpoints. RUN/checkpoint/ holds
+
+- model.safetensors + config.json: the weights users load (`load_model(RUN)`), full, whatever the
+  parallelism: the EMA weights when averaging, else the trained ones;
+- train_state/: a torch.distributed.checkpoint (DCP) of the training module (model and objective) and
+  the optimizer, keyed by parameter name; under FSDP each rank writes its own shards. DCP reshards on
+  load, so a run resumes on any world size and under any parallelism (one process, DDP, FSDP);
+- state.pt: step, LR schedule, RNG, EMA count (plain tensors and numbers, read with weights_only=True).
+
+Written into a temporary directory beside it and swapped in with renames: a kill at any moment
+(of any rank) leaves the last complete checkpoint in place.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
-from vitkit.convert.common import atomic_path
 from vitkit.convert.load import save_model
+from vitkit.train import distributed
 
 CKPT = "checkpoint"
 STATE = "state.pt"
-RAW = "raw.safetensors"  # the training weights when the exported model.safetensors holds the EMA
+TRAIN_STATE = "train_state"
 
 
 def checkpoint_dir(run_dir: Path) -> Path | None:
@@ -33,22 +48,72 @@ def checkpoint_dir(run_dir: Path) -> Path | None:
     return None
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, export: nn.Module, state: dict[str, Any],
-                    class_names: list[str] | None, preprocess: dict) -> None:
-    """`export` is what users load (the EMA model when averaging, else `model`)."""
-    with atomic_path(run_dir / CKPT, overwrite=True) as tmp:
-        save_model(export, tmp, class_names=class_names, preprocess=preprocess)
-        if export is not model:
-            save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp / RAW))
-        torch.save(state, tmp / STATE)
+class _Weights:
+    """What save_model needs of a model (config, names, state dict), for weights gathered from shards."""
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]):
+        self.config, self.class_names, self.preprocess = model.config, getattr(model, "class_names", None), None
+        self._state = state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-    """(training weights, exported weights, state) of the last complete checkpoint."""
+@contextlib.contextmanager
+def _quiet_dcp() -> Iterator[None]:
+    """One process has no process group; DCP then reads and writes alone, which is what we want."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+def save_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, export: nn.Module | None,
+                    state: dict[str, Any], class_names: list[str] | None, preprocess: dict, env: distributed.Env) -> None:
+    """Every rank calls this. `module` is the training module (model + objective, sharded or not);
+    `export` the module users get (the EMA model), or None for the trained model itself."""
+    model = module.model
+    if export is None and distributed.is_sharded(module):  # gather the shards, on rank 0 only
+        full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        export = _Weights(model, {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")})
+    export = export if export is not None else model
+    msd, osd = get_state_dict(module, optimizer)
+    out = None
+    if env.is_main:
+        out = Path(tempfile.mkdtemp(prefix=f".{CKPT}.", dir=run_dir)) / "out"
+        save_model(export, out, class_names=class_names, preprocess=preprocess)
+    out = distributed.broadcast_path(out or Path(), env)
+    try:
+        with _quiet_dcp():
+            dcp.save({"module": msd, "optim": osd}, checkpoint_id=out / TRAIN_STATE)
+        distributed.barrier(env)
+        if env.is_main:
+            torch.save(state, out / STATE)
+            ckpt, old = run_dir / CKPT, run_dir / f".{CKPT}.old"
+            if ckpt.exists():
+                os.replace(ckpt, old)
+            os.replace(out, ckpt)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if env.is_main:
+            shutil.rmtree(out.parent, ignore_errors=True)
+    distributed.barrier(env)
+
+
+def load_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore the training module and optimizer in place from the last complete checkpoint, whatever
+    world size and parallelism wrote it (call on every rank, after wrapping and building the optimizer).
+    Returns (the exported weights, for the EMA model; state.pt)."""
     ckpt = checkpoint_dir(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to resume from (expected {run_dir / CKPT / STATE})")
+    if not (ckpt / TRAIN_STATE).is_dir():
+        raise FileNotFoundError(f"{ckpt}: no {TRAIN_STATE}/ (written by an older vitkit); start the run again, or fine-tune "
+                                f"from its weights with `vitkit finetune {run_dir}`")
+    msd, osd = get_state_dict(module, optimizer)
+    sd = {"module": msd, "optim": osd}
+    with _quiet_dcp():
+        dcp.load(sd, checkpoint_id=ckpt / TRAIN_STATE)
+    set_state_dict(module, optimizer, model_state_dict=sd["module"], optim_state_dict=sd["optim"])
     exported = load_file(str(ckpt / "model.safetensors"))
-    raw = load_file(str(ckpt / RAW)) if (ckpt / RAW).exists() else exported
     state = torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
-    return raw, exported, state
+    return exported, state

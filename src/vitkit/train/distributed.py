@@ -1,9 +1,12 @@
 """Multi-process training on PyTorch's own engine: torchrun sets RANK / WORLD_SIZE / MASTER_ADDR, the
 process group comes from the environment (gloo on CPU, NCCL on GPU). One process without torchrun is
-world size 1 and every call here is a no-op. Parallelism stays out of the model."""
+world size 1 and every call here is a no-op. Parallelism stays out of the model: DDP wraps it, FSDP2
+(`fully_shard`) shards each transformer block and then the whole, in place."""
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +39,15 @@ def setup() -> Env:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         timeout = timedelta(seconds=int(os.environ.get("VITKIT_DIST_TIMEOUT", "300")))
         dist.init_process_group(backend=backend, timeout=timeout)
-    return Env(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    env = Env(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+    return env
+
+
+def device(env: Env) -> torch.device:
+    """This rank's device: its local GPU when there is one, else the CPU."""
+    return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def teardown(env: Env) -> None:
@@ -58,12 +69,63 @@ def broadcast_path(path: Path, env: Env) -> Path:
     return Path(obj[0])
 
 
-def wrap(model: nn.Module, env: Env, parallel: str) -> nn.Module:
+PARALLEL = ("ddp", "fsdp")
+
+
+def wrap(module: nn.Module, env: Env, parallel: str) -> nn.Module:
+    """DDP: a wrapper that all-reduces gradients. FSDP: parameters, gradients and optimizer state sharded
+    across ranks, one unit per transformer block (or ResNet stage) plus the rest; `module` itself becomes
+    the sharded module, so build the optimizer after this. One process: `module` unchanged."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"train.parallel={parallel!r} is not available; choose one of {PARALLEL}")
     if not env.active:
-        return model
+        return module
     if parallel == "ddp":
-        return nn.parallel.DistributedDataParallel(model)
-    raise ValueError(f"train.parallel={parallel!r} is not available; use 'ddp'")
+        return nn.parallel.DistributedDataParallel(module)
+    from torch.distributed.fsdp import fully_shard
+
+    for unit in shard_units(module):
+        fully_shard(unit)
+    fully_shard(module)
+    return module
+
+
+def shard_units(module: nn.Module) -> list[nn.Module]:
+    """The sub-modules FSDP shards (and gathers) one at a time: transformer blocks, ResNet stages."""
+    units = []
+    for name, child in module.named_modules():
+        if name.endswith(".blocks") or name.endswith(".stages"):
+            units.extend(child.children())
+    return units
+
+
+def is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def gathered(module: nn.Module) -> Iterator[None]:
+    """Evaluation under FSDP: every unit's full parameters gathered once, kept through any number of
+    forwards (ranks may run different numbers of evaluation batches, with no collective in between),
+    then sharded again. Any other module: nothing to do."""
+    if not is_sharded(module):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    module.set_reshard_after_forward(False)
+    for m in units:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+        module.set_reshard_after_forward(True)
+        module.set_reshard_after_forward(False, recurse=False)  # the root keeps its parameters between forward and backward
 
 
 def reduce_metrics(metrics: dict[str, float], env: Env) -> dict[str, float]:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from vitkit.config import Config, load_config
+from vitkit.config import Config, apply_overrides, load_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
 from vitkit.data.loader import StepBatches, eval_stream, step_seed, train_stream
 from vitkit.models.registry import create_model
@@ -90,9 +90,13 @@ def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: t
     chunks = list(zip(x.split(batching.micro), y.split(batching.micro)))
     for i, (xm, ym) in enumerate(chunks):
         last = i == len(chunks) - 1
-        sync = module.no_sync() if (not last and hasattr(module, "no_sync")) else contextlib.nullcontext()
-        with sync:  # DDP: all-reduce the gradients once, after the last micro-batch
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        sync = contextlib.nullcontext()
+        if hasattr(module, "no_sync"):  # DDP: all-reduce the gradients once, after the last micro-batch
+            sync = module.no_sync() if not last else sync
+        elif hasattr(module, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once, likewise
+            module.set_requires_gradient_sync(last)
+        with sync:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss, metrics = module(xm, ym)
             (loss / batching.accum).backward()
         for k, v in {"loss": loss.detach(), **metrics}.items():
@@ -107,14 +111,25 @@ def _preprocess(cfg: Config, model: nn.Module) -> dict[str, Any]:
     return {"image_size": cfg.data.image_size, "normalize": cfg.data.normalize, "in_chans": model.config.in_chans}
 
 
-def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
-    """Train as `cfg` says; write the run directory; return the final metrics (metrics.json)."""
+# What a resumed run may change: how it runs, not what it computes.
+RESUME_KEYS = ("train.parallel", "train.threads", "train.progress", "train.stop_at_step", "train.activation_checkpointing",
+               "train.micro_batch_size", "train.eval_batch_size", "train.compile", "data.workers")
+
+
+def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
+          overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; write the run directory; return the final metrics (metrics.json). On resume,
+    `overrides` may change only RESUME_KEYS (e.g. a run from 2 FSDP processes continued in one)."""
     env = distributed.setup()
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
             raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json); start one with `vitkit train --out {run_dir}`")
         cfg = load_config(run_dir / "config.json")
+        for o in overrides or []:
+            if o.split("=", 1)[0].strip() not in RESUME_KEYS:
+                raise ValueError(f"--set {o}: a resumed run keeps its configuration; only {', '.join(RESUME_KEYS)} may change")
+        apply_overrides(cfg, overrides or [])
     else:
         run_dir = new_run_dir(out, cfg.recipe) if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
@@ -136,23 +151,28 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     eval_every = cfg.train.eval_every or batches.steps_per_epoch
     ckpt_every = cfg.train.ckpt_every or batches.steps_per_epoch
 
-    optimizer = build_optimizer(module, cfg.optim)
-    schedule = build_schedule(optimizer, cfg.optim, total)
+    dev = distributed.device(env)
+    module.to(dev)
+    if cfg.train.activation_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"train.activation_checkpointing: {type(model).__name__} has no checkpointed blocks; set it to false")
+        model.set_grad_checkpointing(True)
+    if cfg.optim.ema > 0 and cfg.train.parallel == "fsdp" and env.active:
+        raise ValueError("optim.ema with train.parallel=fsdp: the averaged copy would not be sharded; "
+                         "use train.parallel=ddp or optim.ema=0")
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=True) if cfg.optim.ema > 0 else None
+    wrapped = distributed.wrap(module, env, cfg.train.parallel)  # FSDP shards `module` in place
+    optimizer = build_optimizer(module, cfg.optim)  # after sharding: FSDP's optimizer holds only this rank's shards
+    schedule = build_schedule(optimizer, cfg.optim, total)
     start = 0
     if resume:
-        raw, exported, state = load_checkpoint(run_dir)
-        model.load_state_dict(raw)
-        if isinstance(objective, nn.Module) and "objective" in state:
-            objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
+        exported, state = load_checkpoint(run_dir, module, optimizer)
         schedule.load_state_dict(state["schedule"])
         if ema is not None:
             ema.module.load_state_dict(exported)
             ema.n_averaged.fill_(state["ema_n"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
-    wrapped = distributed.wrap(module, env, cfg.train.parallel)
     step_module = torch.compile(wrapped) if cfg.train.compile else wrapped
     params = [p for p in module.parameters() if p.requires_grad]
 
@@ -170,7 +190,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
 
     def run_eval(split) -> dict:
         batches = eval_stream(split, cfg.data, model.config.in_chans, cfg.train.eval_batch_size, rank=env.rank, world=env.world)
-        res = distributed.reduce_eval(objective.evaluate(export_model(), batches, cfg.train.precision), env)
+        with distributed.gathered(module):  # FSDP: full parameters for the whole evaluation, however many batches a rank has
+            res = objective.evaluate(export_model(), ((x.to(dev), y.to(dev)) for x, y in batches), cfg.train.precision)
+        res = distributed.reduce_eval(res, env)
         return {k: v for k, v in res.items() if isinstance(v, (int, float))}
 
     def validate(step: int) -> dict:
@@ -179,20 +201,19 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         return res
 
     def checkpoint(step: int) -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "rng": torch.get_rng_state(), "ema_n": int(ema.n_averaged) if ema is not None else 0}
-        if isinstance(objective, nn.Module):
-            state["objective"] = objective.state_dict()
-        if env.is_main:
-            save_checkpoint(run_dir, model, export_model(), state, ds.classes, _preprocess(cfg, model))
-        distributed.barrier(env)
+        state = {"step": step, "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                 "ema_n": int(ema.n_averaged) if ema is not None else 0, "world": env.world, "parallel": cfg.train.parallel}
+        save_checkpoint(run_dir, module, optimizer, ema.module if ema is not None else None, state, ds.classes,
+                        _preprocess(cfg, model), env)
 
     bar = tqdm(total=total, initial=start, disable=not (cfg.train.progress and env.is_main), dynamic_ncols=True, desc="train")
     t0, seen, last_val = time.perf_counter(), 0, None
     model.train()
     stream = train_stream(batches, start, total, cfg.data.workers)
-    for step in range(start, total):
+    stop = min(total, cfg.train.stop_at_step) if cfg.train.stop_at_step > start else total
+    for step in range(start, stop):
         x, y = next(stream)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         torch.manual_seed(step_seed(cfg.train.seed, step, salt=3 + env.rank))  # dropout, stochastic depth
         metrics = train_step(step_module, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params)
         metrics["lr"] = schedule.get_last_lr()[0]
@@ -208,7 +229,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             logger.log(done, "train", metrics)
         if done % eval_every == 0 and done != total and len(ds.val):
             last_val = validate(done)
-        if done % ckpt_every == 0 and done != total:
+        if (done % ckpt_every == 0 or done == stop) and done != total:
             checkpoint(done)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('acc', float('nan')):.3f}",
                         img_s=f"{seen / (time.perf_counter() - t0):.0f}",
@@ -216,9 +237,14 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         bar.update(1)
     bar.close()
     wall = time.perf_counter() - t0
+    if stop < total:
+        logger.close()
+        if env.is_main:
+            print(f"stopped at step {stop} of {total} (train.stop_at_step); continue with `vitkit train --resume {run_dir}`")
+        distributed.teardown(env)
+        return {"recipe": cfg.recipe, "steps": stop, "stopped": True, "run_dir": str(run_dir)}
     checkpoint(total)
 
-    final = export_model()
     results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / batches.steps_per_epoch,
                                "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0}
     for split_name, split in (("val", ds.val), ("test", ds.test)):

@@ -21,8 +21,8 @@ class MetricsLogger:
         self.tb = None
         if not enabled:
             return
-        if resume_step and self.path.exists():  # drop lines a killed run wrote after its last checkpoint
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) < resume_step]
+        if resume_step and self.path.exists():  # drop lines a killed run wrote after its last checkpoint (those up to it were written before it)
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(k + "\n" for k in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
