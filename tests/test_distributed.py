@@ -131,3 +131,18 @@ def test_killing_one_rank_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     assert step > 0 and step % 3 == 0
     res = run(1, "train", "--resume", str(out), "--set", f"train.stop_at_step={step + 2}")
     assert f"stopped at step {step + 2}" in res.stdout
+
+
+def test_memory_estimate_matches_a_real_forward_and_scales():
+    from vitkit.train.memory import activation_bytes, per_rank
+
+    tiny = dict(width=32, depth=2, heads=2, mlp_dim=64, in_chans=1)
+    meta = activation_bytes("ViT-Ti/16", 32, batch=4, **tiny)
+    real = activation_bytes("ViT-Ti/16", 32, batch=4, device="cpu", **tiny)
+    assert abs(meta - real) < 0.02 * real  # meta counts what the CPU keeps (the attention kernel's extras differ a little)
+    assert abs(activation_bytes("ViT-Ti/16", 32, batch=8, **tiny) - 2 * meta) < 0.02 * meta
+    assert activation_bytes("ViT-Ti/16", 32, batch=4, checkpointing=True, **tiny) < meta / 2
+    ddp = per_rank("ViT-B/16", 224, 8, 8, "ddp")
+    fsdp = per_rank("ViT-B/16", 224, 8, 8, "fsdp")
+    assert ddp["params"] == 86_567_656 and abs(ddp["state_gib"] * 2**30 - 16 * ddp["params"]) < 1
+    assert fsdp["state_gib"] < ddp["state_gib"] / 4 and fsdp["activations_gib"] == ddp["activations_gib"]
