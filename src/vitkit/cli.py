@@ -83,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitkit.evaluate.run import plot_confusion
 
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                     resolution=args.resolution, precision=args.precision, normalize=args.normalize)
+                     resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile)
     if args.confusion:
         res["confusion_figure"] = str(plot_confusion(res, args.confusion, f"{args.src} on {args.data} ({args.split})"))
     if args.json:
@@ -165,6 +165,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vitkit.export import export_onnx
+
+    res = export_onnx(args.src, args.out, resolution=args.resolution, opset=args.opset, overwrite=args.force)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    check = (f"ONNX Runtime matches PyTorch: max abs difference {res['max_abs_diff']:.1e}" if res["max_abs_diff"] is not None
+             else "not checked: onnxruntime is not installed")
+    print(f"wrote {res['path']} (opset {res['opset']}, input images (N, {res['in_chans']}, {res['image_size'][0]}, "
+          f"{res['image_size'][1]}), output logits (N, {res['num_classes']})); {check}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -219,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
+    p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
+                   "batches (pays on large splits, most with --precision bf16)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
 
@@ -271,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("export", help="export any loadable model to ONNX for serving (checked with onnxruntime)",
+                       description="An ONNX graph with a dynamic batch dimension: input 'images' (N, C, H, W, normalised), "
+                                   "output 'logits'; preprocessing and class names in the file's metadata. Needs "
+                                   "pip install 'vitkit[onnx]'.")
+    p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
+    p.add_argument("out", help="output file, *.onnx (refused if it exists, unless --force)")
+    p.add_argument("--resolution", type=int, metavar="R", help="export at R px (position embeddings resampled)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -22,7 +22,8 @@ def data_config_for(model, data: str, data_dir: str | None = None, resolution: i
 
 
 def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | None = None, batch_size: int = 256,
-               resolution: int | None = None, precision: str = "fp32", normalize: str | None = None) -> dict:
+               resolution: int | None = None, precision: str = "fp32", normalize: str | None = None,
+               compile: bool = False) -> dict:
     model = load_model(src, image_size=resolution)
     cfg = data_config_for(model, data, data_dir, resolution, normalize)
     ds = load_dataset(cfg)
@@ -31,6 +32,10 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
         raise ValueError(f"{src}: the model has {k} classes but {data} has {ds.num_classes}; fine-tune it first "
                          f"(`vitkit finetune {src} --data {data}`)")
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
+    if compile:  # torch.compile with frozen weights: a one-off delay, then faster batches (benchmarks/speed.py)
+        from vitkit.models.fast import InferenceModel
+
+        model = InferenceModel(model, precision, compile=True)
     res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), precision, num_classes=ds.num_classes)
     res["classes"] = ds.classes
     conf = res["confusion"]

@@ -1,0 +1,278 @@
+"""vitkit against timm and transformers, side by side in one process and one run: the same configs, the
+same weights (copied from vitkit with its converters, outputs compared) and the same inputs.
+
+For each model: inference (torch.inference_mode) and one full training step (forward, cross-entropy,
+backward, AdamW update), in fp32 and under bf16 autocast. Reported: images/s, the ratio to the best
+peer, achieved GFLOP/s and the fraction of this machine's GEMM peak measured in the same run (a large
+matmul, fp32 and bf16), and the growth of resident memory during the measurement.
+
+Rows: "vitkit" is vitkit as `vitkit train` / `eval` run it by default: eager for inference, its fused-
+optimizer training step, torch.compile for training where its recipe turns it on (the fashion-mnist
+model); "vitkit, compiled" is the opt-in path (`vitkit eval --compile`, `train.compile=true`), whose
+one-off compile time is reported. Peers run as their documentation shows: eager, torch.optim.AdamW.
+
+    python benchmarks/speed.py                      # everything (about 15 minutes on 2 cores)
+    python benchmarks/speed.py --models fmnist,Ti   # a subset
+    python benchmarks/speed.py --quick              # one short repeat each (a smoke test)
+
+Writes benchmarks/results/speed.json and prints the table as Markdown (benchmarks/results/speed.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import vitkit
+from vitkit.convert import hf as hf_convert
+from vitkit.convert import timm as timm_convert
+from vitkit.convert.load import _outside_state
+from vitkit.recipes import get_recipe
+from vitkit.train.optim import build_optimizer
+from vitkit.config import OptimConfig
+
+HERE = Path(__file__).parent
+MODELS = {  # key: (vitkit name, overrides, image size, batch)
+    "Ti": ("ViT-Ti/16", {}, 224, 32),
+    "S": ("ViT-S/16", {}, 224, 16),
+    "B": ("ViT-B/16", {}, 224, 8),
+    "fmnist": None,  # the fashion-mnist recipe's model, filled in below
+}
+
+
+def fmnist_spec() -> tuple[str, dict, int, int]:
+    r = get_recipe("fashion-mnist")
+    return r.model.name, {**r.model.overrides(), "in_chans": 1, "num_classes": 10}, r.data.image_size, 256
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Resident-memory growth over a region, sampled every 2 ms (CPU has no allocator counters)."""
+
+    def __enter__(self):
+        self.base = self.peak = rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, rss())
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    torch.mm(a, b)
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best / 1e9
+
+
+def forward_gflops(model: nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(x[:1])
+    return counter.get_total_flops() / 1e9
+
+
+def build(name: str, overrides: dict, size: int) -> dict[str, nn.Module]:
+    """vitkit's model and the peers' same-config models carrying its weights (where a peer can hold it)."""
+    torch.manual_seed(0)
+    kw = {"num_classes": 1000, **overrides}
+    ours = vitkit.create_model(name, image_size=size, **kw).eval()
+    with torch.no_grad():  # a zero head would hide differences in the comparison
+        ours.head.weight.normal_(0, 0.02)
+    cfg, models = ours.config, {"vitkit": ours}
+    state = _outside_state(ours)
+    try:
+        import timm.models.vision_transformer as tv
+
+        peer = tv.VisionTransformer(img_size=size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+                                    embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_dim / cfg.width,
+                                    class_token=cfg.class_token, global_pool="token" if cfg.pool == "token" else "avg",
+                                    fc_norm=cfg.fc_norm)
+        sd, _ = timm_convert.from_vitkit(state, cfg)
+        peer.load_state_dict(sd)
+        models["timm"] = peer.eval()
+    except ImportError:
+        print("timm is not installed: its rows are skipped (pip install timm)")
+    try:
+        import transformers
+
+        if cfg.pool == "token":
+            hcfg = transformers.ViTConfig(hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
+                                          intermediate_size=cfg.mlp_dim, image_size=size, patch_size=cfg.patch_size,
+                                          num_channels=cfg.in_chans, num_labels=cfg.num_classes, layer_norm_eps=cfg.ln_eps,
+                                          hidden_act="gelu", qkv_bias=True)
+            peer = transformers.ViTForImageClassification(hcfg, attn_implementation="sdpa")
+            sd, _ = hf_convert.from_vitkit(state, cfg)
+            missing, unexpected = peer.load_state_dict(sd, strict=False)
+            assert not unexpected and all("pooler" in k for k in missing), (missing, unexpected)
+            models["transformers"] = peer.eval()
+        else:
+            print(f"transformers' ViT pools the class token only: no peer for {name} with GAP")
+    except ImportError:
+        print("transformers is not installed: its rows are skipped (pip install transformers)")
+    return models
+
+
+def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def make_infer(model: nn.Module, bf16: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return logits(model, x)
+    return run
+
+
+def make_train(model: nn.Module, opt: torch.optim.Optimizer, bf16: bool, compiled: bool = False):
+    fwd = torch.compile(model) if compiled else model
+    model.train()
+
+    def step(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(logits(fwd, x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def measure(fns: dict[str, Callable[[], object]], seconds: float, rounds: int) -> dict[str, dict]:
+    """Round-robin over the contenders (drift hits all alike); per contender the median of its rounds."""
+    for fn in fns.values():  # warm-up (and compile)
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    mem: dict[str, float] = {k: 0.0 for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            n, t0 = 0, time.perf_counter()
+            with PeakRSS() as pk:
+                while True:
+                    fn()
+                    n += 1
+                    if time.perf_counter() - t0 >= seconds / rounds:
+                        break
+            times[k].append((time.perf_counter() - t0) / n)
+            mem[k] = max(mem[k], pk.growth_mib)
+    return {k: {"s_per_iter": statistics.median(v), "rss_growth_mib": mem[k]} for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="fmnist,Ti,S,B")
+    ap.add_argument("--seconds", type=float, default=12.0, help="timed seconds per contender and row")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 1.0, 1
+    torch.set_num_threads(args.threads)
+    from train_recipe import machine
+
+    peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
+    out: dict = {"machine": machine(), "threads": args.threads, "gemm_peak_gflops": peaks, "rows": []}
+    print(f"GEMM peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    for key in args.models.split(","):
+        name, overrides, size, batch = fmnist_spec() if key == "fmnist" else MODELS[key]
+        label = f"{name} {size}px" if key != "fmnist" else f"fashion-mnist model {size}px"
+        models = build(name, overrides, size)
+        x = torch.randn(batch, models["vitkit"].config.in_chans, size, size)
+        y = torch.randint(0, models["vitkit"].config.num_classes, (batch,))
+        ref = logits(models["vitkit"], x[:4]).detach()
+        diffs = {k: (logits(m, x[:4]).detach() - ref).abs().max().item() for k, m in models.items() if k != "vitkit"}
+        gf = forward_gflops(models["vitkit"], x)
+        for mode in ("inference", "train"):
+            for prec in ("fp32", "bf16"):
+                bf16 = prec == "bf16"
+                fns: dict[str, Callable] = {}
+                compile_s = None
+                if mode == "inference":
+                    for k, m in models.items():
+                        fns[k] = (lambda f: lambda: f(x))(make_infer(m.eval(), bf16))
+                    t = time.perf_counter()
+                    fast = vitkit.models.fast.inference_model(models["vitkit"], precision=prec, compile=True)
+                    fast(x)
+                    compile_s = time.perf_counter() - t
+                    fns["vitkit, compiled"] = lambda: fast(x)
+                else:
+                    copies = {k: build(name, overrides, size)[k] for k in models}  # fresh weights per row
+                    for k, m in copies.items():
+                        opt = (build_optimizer(m, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05)) if k == "vitkit"
+                               else torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05))
+                        fns[k] = (lambda f: lambda: f(x, y))(make_train(m, opt, bf16))
+                    m = build(name, overrides, size)["vitkit"]
+                    step = make_train(m, build_optimizer(m, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05)), bf16, compiled=True)
+                    t = time.perf_counter()
+                    step(x, y)
+                    compile_s = time.perf_counter() - t
+                    fns["vitkit, compiled"] = lambda: step(x, y)
+                res = measure(fns, args.seconds, args.rounds)
+                flops = gf * (3 if mode == "train" else 1)
+                peers = [res[k]["s_per_iter"] for k in res if not k.startswith("vitkit")]
+                best_peer = batch / min(peers) if peers else None
+                for k, r in res.items():
+                    ips = batch / r["s_per_iter"]
+                    row = {"model": label, "batch": batch, "mode": mode, "precision": prec, "library": k, "img_per_s": ips,
+                           "vs_best_peer": ips / best_peer if best_peer else None, "gflops_per_s": ips * flops,
+                           "fraction_of_peak": ips * flops / peaks[prec], "rss_growth_mib": r["rss_growth_mib"],
+                           "max_abs_diff_vs_vitkit": diffs.get(k), "compile_s": compile_s if k == "vitkit, compiled" else None}
+                    out["rows"].append(row)
+                    print(f"{label:<28} {mode:<9} {prec} {k:<17} {ips:8.1f} img/s  x{row['vs_best_peer'] or 0:.2f}  "
+                          f"{row['fraction_of_peak']:.0%} of peak  {r['rss_growth_mib']:.0f} MiB", flush=True)
+    (HERE / "results" / "speed.json").write_text(json.dumps(out, indent=2))
+    md = table(out)
+    (HERE / "results" / "speed.md").write_text(md)
+    print(md)
+
+
+def table(out: dict) -> str:
+    lines = [f"GEMM peak measured in the same run: fp32 {out['gemm_peak_gflops']['fp32']:.0f}, "
+             f"bf16 {out['gemm_peak_gflops']['bf16']:.0f} GFLOP/s; {out['machine']}", "",
+             "| model | batch | mode | precision | library | img/s | vs best peer | % of GEMM peak | RSS growth MiB | max abs diff | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        vs = f"{r['vs_best_peer']:.2f}x" if r["vs_best_peer"] else "-"
+        diff = f"{r['max_abs_diff_vs_vitkit']:.1e}" if r["max_abs_diff_vs_vitkit"] is not None else "-"
+        comp = f"{r['compile_s']:.0f}" if r["compile_s"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['precision']} | {r['library']} | {r['img_per_s']:.1f} | "
+                     f"{vs} | {r['fraction_of_peak']:.0%} | {r['rss_growth_mib']:.0f} | {diff} | {comp} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
