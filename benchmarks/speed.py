@@ -36,6 +36,7 @@ import vitkit
 from vitkit.convert import hf as hf_convert
 from vitkit.convert import timm as timm_convert
 from vitkit.convert.load import _outside_state
+from vitkit.models.fast import inference_model
 from vitkit.recipes import get_recipe
 from vitkit.train.optim import build_optimizer
 from vitkit.config import OptimConfig
@@ -225,7 +226,7 @@ def main() -> None:
                     for k, m in models.items():
                         fns[k] = (lambda f: lambda: f(x))(make_infer(m.eval(), bf16))
                     t = time.perf_counter()
-                    fast = vitkit.models.fast.inference_model(models["vitkit"], precision=prec, compile=True)
+                    fast = inference_model(models["vitkit"], precision=prec, compile=True)
                     fast(x)
                     compile_s = time.perf_counter() - t
                     fns["vitkit, compiled"] = lambda: fast(x)

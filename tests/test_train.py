@@ -176,3 +176,18 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(v, b["optim"]["state"][p][k]) for p, s in a["optim"]["state"].items() for k, v in s.items())
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicate lines after the resume
+
+
+def test_time_limit_ends_training_then_evaluates(tmp_path):
+    res = train(tiny("train.steps=100000", "train.time_limit_s=1.5"), out=tmp_path / "run")
+    assert 0 < res["steps"] < 100000 and res["test"]["n"] == 899
+    assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)["step"] == res["steps"]
+
+
+def test_resume_may_change_how_a_run_runs_not_what_it_computes(tmp_path, capsys):
+    res = train(tiny("train.steps=6", "train.stop_at_step=3"), out=tmp_path / "run")
+    assert res["stopped"] and res["steps"] == 3
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "optim.lr=1.0"]) != 0
+    assert "only train.parallel" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.threads=1"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 6

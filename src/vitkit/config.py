@@ -92,6 +92,7 @@ class TrainConfig:
     threads: int = 0  # torch threads (0: leave torch's default)
     progress: bool = True
     parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimizer state sharded)
+    time_limit_s: float = 0.0  # end training (then checkpoint and evaluate as usual) once this much training time has passed
     stop_at_step: int = 0  # end this process after this step, with a checkpoint; continue with --resume (scheduler time slices)
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 

@@ -235,6 +235,17 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
                         img_s=f"{seen / (time.perf_counter() - t0):.0f}",
                         val=f"{last_val[main_metric]:.3f}" if last_val else "-", refresh=False)
         bar.update(1)
+        if cfg.train.time_limit_s:
+            over = time.perf_counter() - t0 >= cfg.train.time_limit_s
+            if env.active:  # rank 0's clock decides, so that every rank stops after the same step
+                flag = torch.tensor([float(over)])
+                torch.distributed.broadcast(flag, 0)
+                over = bool(flag.item())
+            if over:
+                if env.is_main:
+                    print(f"time limit: stopping after step {done} of {total} ({cfg.train.time_limit_s:g} s of training)")
+                total = done
+                break
     bar.close()
     wall = time.perf_counter() - t0
     if stop < total:
