@@ -2,7 +2,7 @@
 device and one training forward is traced with saved-tensor hooks, which see every tensor autograd keeps
 for the backward pass (their sizes are exact; memory is counted once per storage).
 
-    python -m vitkit.train.memory ViT-B/16 ViT-L/16 ViT-H/14 --sizes 224,384 --world 8
+    python -m vitkit.train.memory ViT-B/16 ViT-L/16 ViT-H/14 --sizes 224,384 --world 8 --batch 32
 
 Model state is 16 bytes per parameter with AdamW in fp32 (weights 4, gradients 4, two moments 8): every
 rank holds all of it under DDP, 1/world of it under FSDP, plus, under FSDP, the gathered weights of the
@@ -22,7 +22,7 @@ GIB = 2**30
 
 
 def activation_bytes(name: str, image_size: int, batch: int = 1, checkpointing: bool = False,
-                     precision: str = "fp32", device: str = "meta", **overrides: Any) -> int:
+                     device: str = "meta", **overrides: Any) -> int:
     """Bytes autograd keeps between forward and backward for `batch` images (the peak of the backward
     pass is about this plus one block's worth). `device="cpu"` runs it for real (tests compare the two)."""
     seen: dict[int, int] = {}
@@ -42,15 +42,14 @@ def activation_bytes(name: str, image_size: int, batch: int = 1, checkpointing: 
         weights.update(p.untyped_storage()._cdata for p in model.parameters())
         x = torch.empty(batch, model.config.in_chans, image_size, image_size)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out = model(x).float().sum()  # kept alive while counting: its graph holds the saved tensors
+            out = model(x).sum()  # kept alive while counting: its graph holds the saved tensors
     total = sum(seen.values())
     del out
     return total
 
 
 def per_rank(name: str, image_size: int, batch_per_rank: int, world: int, parallel: str,
-             checkpointing: bool = False, precision: str = "fp32") -> dict[str, Any]:
+             checkpointing: bool = False) -> dict[str, Any]:
     """GiB per rank: model state (+ gathered unit under FSDP) and activations for `batch_per_rank` images."""
     with torch.device("meta"):
         model = create_model(name, image_size=image_size)
@@ -58,11 +57,11 @@ def per_rank(name: str, image_size: int, batch_per_rank: int, world: int, parall
     block = sum(p.numel() for p in model.blocks[0].parameters())
     state = 16 * params / (world if parallel == "fsdp" else 1)
     gathered = 2 * 4 * block if parallel == "fsdp" else 0
-    act = activation_bytes(name, image_size, batch_per_rank, False, precision)
+    act = activation_bytes(name, image_size, batch_per_rank, False)
     if checkpointing:  # the block inputs, plus one block's activations while it is recomputed
-        act = activation_bytes(name, image_size, batch_per_rank, True, precision) + act / model.config.depth
+        act = activation_bytes(name, image_size, batch_per_rank, True) + act / model.config.depth
     return {"model": name, "image_size": image_size, "params": params, "parallel": parallel, "world": world,
-            "batch_per_rank": batch_per_rank, "checkpointing": checkpointing, "precision": precision,
+            "batch_per_rank": batch_per_rank, "checkpointing": checkpointing,
             "state_gib": (state + gathered) / GIB, "activations_gib": act / GIB, "total_gib": (state + gathered + act) / GIB}
 
 
@@ -72,18 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="224,384")
     ap.add_argument("--batch", type=int, default=32, help="images per rank")
     ap.add_argument("--world", type=int, default=8, help="ranks, for FSDP's shards")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args(argv)
-    print(f"GiB per rank, AdamW, {args.precision} activations, {args.batch} images per rank, FSDP over {args.world} ranks")
+    print(f"GiB per rank, AdamW, fp32, {args.batch} images per rank, FSDP over {args.world} ranks")
     print(f"{'model':<10} {'px':>4} {'params':>7} {'DDP':>7} {'FSDP':>7} {'FSDP+AC':>8}   state DDP / FSDP, activations / with AC")
     for name in args.models:
         with torch.device("meta"):
             patch = create_model(name).config.patch_size
         patch = patch if isinstance(patch, int) else patch[0]
         for size in (patch * round(int(s) / patch) for s in args.sizes.split(",")):  # 384 -> 378 for /14
-            ddp = per_rank(name, size, args.batch, args.world, "ddp", precision=args.precision)
-            fsdp = per_rank(name, size, args.batch, args.world, "fsdp", precision=args.precision)
-            ac = per_rank(name, size, args.batch, args.world, "fsdp", True, args.precision)
+            ddp = per_rank(name, size, args.batch, args.world, "ddp")
+            fsdp = per_rank(name, size, args.batch, args.world, "fsdp")
+            ac = per_rank(name, size, args.batch, args.world, "fsdp", True)
             print(f"{name:<10} {size:>4} {ddp['params'] / 1e6:>6.0f}M {ddp['total_gib']:>7.1f} {fsdp['total_gib']:>7.1f} "
                   f"{ac['total_gib']:>8.1f}   {ddp['state_gib']:.1f} / {fsdp['state_gib']:.2f}, "
                   f"{ddp['activations_gib']:.1f} / {ac['activations_gib']:.2f}")
