@@ -44,7 +44,7 @@ def main() -> None:
     pre_metrics = json.loads((pre / "metrics.json").read_text())
     out.setdefault("pretrain", {"run_dir": str(pre), "test_mpp_acc": pre_metrics["test"]["mpp_acc"]})
     work = Path(tempfile.mkdtemp(prefix="vitkit-mpp-"))
-    budget = [f"train.steps={args.steps}", "train.batch_size=128", "train.progress=false"]
+    budget = [f"train.steps={args.steps}", "train.batch_size=128", "train.progress=false", "train.precision=bf16"]
     fm = get_recipe("fashion-mnist")
     for n in [int(v) for v in args.labels.split(",")]:
         labels = [f"data.labels_per_class={n}"]

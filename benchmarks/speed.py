@@ -6,9 +6,8 @@ backward, AdamW update), in fp32 and under bf16 autocast. Reported: images/s, th
 peer, achieved GFLOP/s and the fraction of this machine's GEMM peak measured in the same run (a large
 matmul, fp32 and bf16), and the growth of resident memory during the measurement.
 
-Rows: "vitkit" is vitkit as `vitkit train` / `eval` run it by default: eager for inference, its fused-
-optimizer training step, torch.compile for training where its recipe turns it on (the fashion-mnist
-model); "vitkit, compiled" is the opt-in path (`vitkit eval --compile`, `train.compile=true`), whose
+Rows: "vitkit" is vitkit eager, as `vitkit train` / `eval` run by default (its fused AdamW, its attention
+path choice); "vitkit, compiled" is the opt-in path (`vitkit eval --compile`, `train.compile=true`), whose
 one-off compile time is reported. Peers run as their documentation shows: eager, torch.optim.AdamW.
 
     python benchmarks/speed.py                      # everything (about 15 minutes on 2 cores)
@@ -61,7 +60,7 @@ def rss() -> int:
 
 
 class PeakRSS:
-    """Resident-memory growth over a region, sampled every 2 ms (CPU has no allocator counters)."""
+    """Resident-memory growth over a region, sampled every 10 ms (CPU has no allocator counters)."""
 
     def __enter__(self):
         self.base = self.peak = rss()
@@ -73,7 +72,7 @@ class PeakRSS:
     def _poll(self):
         while self.running:
             self.peak = max(self.peak, rss())
-            time.sleep(0.002)
+            time.sleep(0.01)
 
     def __exit__(self, *exc):
         self.running = False
@@ -195,7 +194,7 @@ def measure(fns: dict[str, Callable[[], object]], seconds: float, rounds: int) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="fmnist,Ti,S,B")
-    ap.add_argument("--seconds", type=float, default=12.0, help="timed seconds per contender and row")
+    ap.add_argument("--seconds", type=float, default=9.0, help="timed seconds per contender and row")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
