@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vitkit
-from vitkit.convert import hf as hf_convert
 from vitkit.convert import timm as timm_convert
 from vitkit.convert.load import _outside_state
 from vitkit.models.fast import inference_model
@@ -128,15 +128,10 @@ def build(name: str, overrides: dict, size: int) -> dict[str, nn.Module]:
     try:
         import transformers
 
-        if cfg.pool == "token":
-            hcfg = transformers.ViTConfig(hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
-                                          intermediate_size=cfg.mlp_dim, image_size=size, patch_size=cfg.patch_size,
-                                          num_channels=cfg.in_chans, num_labels=cfg.num_classes, layer_norm_eps=cfg.ln_eps,
-                                          hidden_act="gelu", qkv_bias=True)
-            peer = transformers.ViTForImageClassification(hcfg, attn_implementation="sdpa")
-            sd, _ = hf_convert.from_vitkit(state, cfg)
-            missing, unexpected = peer.load_state_dict(sd, strict=False)
-            assert not unexpected and all("pooler" in k for k in missing), (missing, unexpected)
+        if cfg.pool == "token":  # through a saved Hugging Face directory, as users get one
+            with tempfile.TemporaryDirectory() as tmp:
+                vitkit.save_model(ours, Path(tmp) / "hf", format="hf")
+                peer = transformers.ViTForImageClassification.from_pretrained(Path(tmp) / "hf", attn_implementation="sdpa")
             models["transformers"] = peer.eval()
         else:
             print(f"transformers' ViT pools the class token only: no peer for {name} with GAP")
