@@ -146,3 +146,13 @@ def test_memory_estimate_matches_a_real_forward_and_scales():
     fsdp = per_rank("ViT-B/16", 224, 8, 8, "fsdp")
     assert ddp["params"] == 86_567_656 and abs(ddp["state_gib"] * 2**30 - 16 * ddp["params"]) < 1
     assert fsdp["state_gib"] < ddp["state_gib"] / 4 and fsdp["activations_gib"] == ddp["activations_gib"]
+
+
+def test_masked_patch_prediction_runs_sharded(tmp_path):
+    out = tmp_path / "run"
+    run(2, "train", *TINY, "--set", "objective=mpp", "--set", "train.steps=3", "--set", "train.parallel=fsdp", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["mpp_acc"] <= 1.0 and metrics["test"]["n"] == 899
+    from vitkit import load_model
+
+    assert load_model(out).config.num_classes == 0  # the encoder alone; the [mask] token and head stay in the objective
