@@ -35,7 +35,7 @@ HERE = Path(__file__).parent
 
 
 def best_of(runs: dict) -> tuple[str, float]:
-    lr = max(runs, key=lambda k: runs[k]["val_top1"])
+    lr = max(runs, key=lambda k: (runs[k]["val_top1"], -runs[k]["val_loss"]))  # as `vitkit finetune --lr-sweep`
     return lr, runs[lr]["test_top1"]
 
 
@@ -74,7 +74,7 @@ def main() -> None:
             r = train(apply_overrides(get_recipe("quickstart"), scratch + ["optim.name=sgd", f"optim.lr={lr}", "optim.weight_decay=0",
                                                                            "optim.momentum=0.9", "optim.clip_norm=1.0"]),
                       out=work / f"scratch_sgd{n}_{lr:g}")
-            sgd[f"{lr:g}"] = {"val_top1": r["val"]["top1"], "test_top1": r["test"]["top1"]}
+            sgd[f"{lr:g}"] = {"val_top1": r["val"]["top1"], "val_loss": r["val"]["loss"], "test_top1": r["test"]["top1"]}
         lr, acc = best_of(sgd)
         row["scratch_sgd_28px"] = {"test_top1": acc, "chosen_lr": float(lr), "sweep": sgd}
         out[key] = row

@@ -49,7 +49,8 @@ def test_finetune_lr_sweep_picks_on_validation(pretrained, tmp_path):
     res = finetune(str(pretrained), "digits", out=tmp_path / "sw", lr_sweep=[0.001, 0.03],
                    overrides=["train.steps=4", "train.batch_size=32", "train.progress=false"])
     sweep = json.loads((tmp_path / "sw" / "sweep.json").read_text())
-    best = max(sweep["runs"], key=lambda k: sweep["runs"][k]["val_top1"])
+    runs = sweep["runs"]
+    best = max(runs, key=lambda k: (runs[k]["val_top1"], -runs[k]["val_loss"]))  # a tie goes to the lower loss
     assert sweep["chosen_lr"] == float(best) == res["chosen_lr"]
     assert (tmp_path / "sw" / "checkpoint" / "model.safetensors").exists()
     assert vitkit.load_model(tmp_path / "sw").config.num_classes == 10

@@ -29,13 +29,16 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
     for lr in lr_sweep:
         cfg.optim.lr = lr
         res = train(cfg, out=run / "sweep" / f"lr_{lr:g}")
-        results[f"{lr:g}"] = {"val_top1": res.get("val", {}).get("top1", float("nan")), "test_top1": res["test"]["top1"]}
-    best = max(results, key=lambda k: results[k]["val_top1"])
+        val = res.get("val", {})
+        results[f"{lr:g}"] = {"val_top1": val.get("top1", float("nan")), "val_loss": val.get("loss", float("nan")),
+                              "test_top1": res["test"]["top1"]}
+    # validation top-1, ties (common on small validation splits) broken by the lower validation loss
+    best = max(results, key=lambda k: (results[k]["val_top1"], -results[k]["val_loss"]))
     best_dir = run / "sweep" / f"lr_{best}"
     for item in best_dir.iterdir():  # the chosen run becomes the run directory's own
         os.replace(item, run / item.name)
     shutil.rmtree(best_dir)
-    write_json_atomic(run / "sweep.json", {"chosen_lr": float(best), "by": "val top-1", "runs": results})
+    write_json_atomic(run / "sweep.json", {"chosen_lr": float(best), "by": "val top-1, then val loss", "runs": results})
     final = json.loads((run / "metrics.json").read_text())
     print(f"LR sweep: chose {best} by validation top-1 ({results[best]['val_top1']:.4f}); run directory: {run}")
     return {**final, "lr_sweep": results, "chosen_lr": float(best), "run_dir": str(run)}
