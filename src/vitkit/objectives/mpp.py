@@ -57,11 +57,12 @@ def corrupt(patches: torch.Tensor, mask_token: torch.Tensor, rate: float, mask_f
     kind (B, N): 0 untouched, 1 mask, 2 random, 3 kept)."""
     B, N, D = patches.shape
     k = int(round(rate * N))
-    scores = torch.rand(B, N, generator=generator, device=patches.device)
+    draw = generator.device if generator is not None else patches.device  # a CPU generator draws on the CPU
+    scores = torch.rand(B, N, generator=generator, device=draw).to(patches.device)
     chosen = torch.zeros(B, N, dtype=torch.bool, device=patches.device)
     if k > 0:
         chosen.scatter_(1, scores.topk(k, dim=1).indices, True)
-    u = torch.rand(B, N, generator=generator, device=patches.device)
+    u = torch.rand(B, N, generator=generator, device=draw).to(patches.device)
     kind = torch.zeros(B, N, dtype=torch.long, device=patches.device)
     kind[chosen & (u < mask_frac)] = 1
     kind[chosen & (u >= mask_frac) & (u < mask_frac + random_frac)] = 2
@@ -70,7 +71,7 @@ def corrupt(patches: torch.Tensor, mask_token: torch.Tensor, rate: float, mask_f
     rand_pos = kind == 2
     n_rand = int(rand_pos.sum())
     if n_rand:
-        src = torch.randint(0, B * N, (n_rand,), generator=generator, device=patches.device)
+        src = torch.randint(0, B * N, (n_rand,), generator=generator, device=draw).to(patches.device)
         out = out.clone()
         out[rand_pos] = patches.reshape(B * N, D)[src]
     return out, chosen, kind

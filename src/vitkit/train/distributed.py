@@ -128,12 +128,17 @@ def gathered(module: nn.Module) -> Iterator[None]:
         module.set_reshard_after_forward(False, recurse=False)  # the root keeps its parameters between forward and backward
 
 
+def comm_device() -> torch.device:
+    """Where collective tensors must live: NCCL moves GPU tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def reduce_metrics(metrics: dict[str, float], env: Env) -> dict[str, float]:
     """Mean of each metric over ranks."""
     if not env.active:
         return metrics
     keys = sorted(metrics)
-    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     return {k: float(v) / env.world for k, v in zip(keys, t)}
 
@@ -145,7 +150,7 @@ def reduce_eval(res: dict, env: Env) -> dict:
         return res
     keys = sorted(k for k, v in res.items() if isinstance(v, float) and k != "n")
     n = res["n"]
-    t = torch.tensor([res[k] * n if n else 0.0 for k in keys] + [float(n)], dtype=torch.float64)
+    t = torch.tensor([res[k] * n if n else 0.0 for k in keys] + [float(n)], dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     total = max(t[-1].item(), 1.0)
     return {**{k: t[i].item() / total for i, k in enumerate(keys)}, "n": int(t[-1].item())}

@@ -238,7 +238,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         if cfg.train.time_limit_s:
             over = time.perf_counter() - t0 >= cfg.train.time_limit_s
             if env.active:  # rank 0's clock decides, so that every rank stops after the same step
-                flag = torch.tensor([float(over)])
+                flag = torch.tensor([float(over)], device=distributed.comm_device())
                 torch.distributed.broadcast(flag, 0)
                 over = bool(flag.item())
             if over:
