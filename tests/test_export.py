@@ -61,3 +61,15 @@ def test_inference_model_matches_eager_and_refuses_training():
         InferenceModel(model).train()
     with pytest.raises(ValueError, match="precision"):
         InferenceModel(model, "fp16")
+
+
+def test_export_without_the_onnx_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "onnxscript" else real(name, *a, **k))
+    model = vitkit.create_model("ViT-Ti/16", num_classes=3, image_size=16, patch_size=8, width=32, depth=1, heads=2, mlp_dim=64)
+    vitkit.save_model(model, tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'vitkit[onnx]'" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

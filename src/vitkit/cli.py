@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:  # ImportError: a missing extra
         print(f"vitkit {args.verb}: error: {err}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,8 @@ class InferenceModel(nn.Module):
         self.model = model.eval()
         self.config = getattr(model, "config", None)
         self.bf16 = precision == "bf16"
-        self.fn = torch.compile(self.model, options={"freezing": True}) if compile else self.model
+        # a plain attribute, not a second registered sub-module: the weights appear once in state_dict()
+        self.__dict__["fn"] = torch.compile(self.model, options={"freezing": True}) if compile else self.model
 
     def train(self, mode: bool = True) -> "InferenceModel":
         if mode:

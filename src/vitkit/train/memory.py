@@ -88,4 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # an unknown model name or a size its patch does not divide: say which, no traceback
+        raise SystemExit(f"vitkit.train.memory: error: {err}") from None
