@@ -32,11 +32,11 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
         raise ValueError(f"{src}: the model has {k} classes but {data} has {ds.num_classes}; fine-tune it first "
                          f"(`vitkit finetune {src} --data {data}`)")
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
-    if compile:  # torch.compile with frozen weights: a one-off delay, then faster batches (benchmarks/speed.py)
+    if compile or precision == "bf16":  # bf16 weights (not autocast) and, on request, torch.compile: models/fast.py
         from vitkit.models.fast import InferenceModel
 
-        model = InferenceModel(model, precision, compile=True)
-    res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), precision, num_classes=ds.num_classes)
+        model = InferenceModel(model, precision, compile=compile)
+    res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), num_classes=ds.num_classes)
     res["classes"] = ds.classes
     conf = res["confusion"]
     res["per_class"] = {c: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else float("nan")) for i, c in enumerate(ds.classes)}

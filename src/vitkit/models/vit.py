@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from vitkit.models.kernels import dense
 from vitkit.models.posemb import resample_posemb, sincos_2d
 from vitkit.models.resnet import ResNetConfig, ResNetStem
 
@@ -145,18 +146,23 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, need_weights: bool = False,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`residual` (evaluation only, where dropout is the identity) is added inside the output projection."""
         B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        q, k, v = dense(x, self.qkv).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
         weights = None
         if need_weights or _explicit_attention(q):  # explicit softmax(q k^T / sqrt(d)), the weights returned on request
-            w = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, h, N, N)
+            # scaling q (N x d) rather than the scores (N x N): fewer multiplies, and it makes q contiguous for the matmul
+            w = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
             weights = w if need_weights else None
             x = F.dropout(w, self.attn_drop, self.training) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)  # (B, h, N, d)
         x = x.transpose(1, 2).reshape(B, N, D)
-        return self.proj_drop(self.proj(x)), weights
+        if residual is not None:
+            return dense(x, self.proj, residual=residual), weights
+        return self.proj_drop(dense(x, self.proj)), weights
 
 
 class Mlp(nn.Module):
@@ -168,8 +174,12 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """`residual` (evaluation only, where dropout is the identity) is added inside fc2."""
+        h = self.drop(dense(x, self.fc1, act="gelu"))  # (B, N, mlp_dim)
+        if residual is not None:
+            return dense(h, self.fc2, residual=residual)
+        return self.drop(dense(h, self.fc2))
 
 
 class DropPath(nn.Module):
@@ -198,6 +208,9 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.training:  # dropout and stochastic depth are identities: the adds fuse into the GEMMs
+            x, weights = self.attn(self.norm1(x), need_weights, residual=x)
+            return self.mlp(self.norm2(x), residual=x), weights
         y, weights = self.attn(self.norm1(x), need_weights)
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
