@@ -230,11 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--resolution", type=int, metavar="R", help="evaluate at R px (position embeddings resampled)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: a bf16 copy of the weights (about 2x fp32 on CPUs with AVX-512 BF16; accuracy within 0.1 point here)")
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
     p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
-                   "batches (pays on large splits, most with --precision bf16)")
+                   "batches (pays for small models in bf16; on AMD CPUs fp32 eager is faster: benchmarks/speed.py)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
 
