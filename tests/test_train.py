@@ -129,6 +129,9 @@ def test_eval_cli_on_a_run(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert res["n"] == 899 and res["top1"] == pytest.approx(metrics["test"]["top1"])
+    # bf16 weights: the same verdict within a few images (the wrapped model is an InferenceModel inside evaluate())
+    assert main(["eval", str(tmp_path / "run"), "--data", "digits", "--precision", "bf16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(res["top1"], abs=0.02)
     assert main(["eval", str(tmp_path / "run"), "--data", "cifar10", "--data-dir", str(tmp_path)]) == 2
 
 
