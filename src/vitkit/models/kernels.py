@@ -98,8 +98,8 @@ def pack_dense_weights(model: nn.Module, rows_hint: int = 1024) -> int:
         return 0
     n = 0
     for layer in model.modules():
-        w = getattr(layer, "weight", None)
-        if isinstance(layer, nn.Linear) and w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16):
+        if isinstance(layer, nn.Linear) and layer.weight.device.type == "cpu" and layer.weight.dtype in (torch.float32, torch.bfloat16):
+            w = layer.weight
             layer.__dict__["_vitkit_packed"] = (reorder(w.detach(), rows_hint), w._version, w.dtype)
             n += 1
     return n
@@ -116,20 +116,15 @@ def dense(x: torch.Tensor, layer: nn.Linear, act: str | None = None, residual: t
     if act not in (None, "gelu"):
         raise ValueError(f"dense(act={act!r}): only None and 'gelu' are supported")
     w, b = layer.weight, layer.bias
-    if _usable(x, w):
-        grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
-        if not grad:
-            w = _packed(layer, w)
-            if residual is not None and act is None and residual.dtype == x.dtype and residual.shape[:-1] == x.shape[:-1]:
-                return _OP.binary(x, residual.contiguous(), w, b, "add")
-            y = _OP(x, w, b, "gelu", [], "none") if act == "gelu" else _mm(x, w, b)
-            return y if residual is None else residual + y
-        if x.dtype == torch.float32:
-            y = _OneDNNLinear.apply(x, w, b)
-        else:
-            y = F.linear(x, w, b)
-    else:
-        y = F.linear(x, w, b)
+    fast = _usable(x, w)
+    grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
+    if fast and not grad:  # inference: pre-blocked weight, GELU or the residual add inside the GEMM
+        w = _packed(layer, w)
+        if residual is not None and act is None and residual.dtype == x.dtype and residual.shape[:-1] == x.shape[:-1]:
+            return _OP.binary(x, residual.contiguous(), w, b, "add")
+        y = _OP(x, w, b, "gelu", [], "none") if act == "gelu" else _mm(x, w, b)
+        return y if residual is None else residual + y
+    y = _OneDNNLinear.apply(x, w, b) if fast and x.dtype == torch.float32 else F.linear(x, w, b)
     if act == "gelu":
         y = F.gelu(y)
     return y if residual is None else residual + y
