@@ -1,11 +1,30 @@
-"""vitkit: Vision Transformers as in "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2020)."""
-from vitkit.models import (
-    BiTConfig, BiTResNet, ViTConfig, VisionTransformer, count_params, create_model, describe, list_models,
-)
-from vitkit.convert import CheckpointError, LoadReport, load_model, save_model
+"""vitkit: Vision Transformers as in "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2020).
+
+The public names are imported on first use (PEP 562), so that `import vitkit.cli` does not import torch:
+the `vitkit` command sets OpenMP's thread variables first (vitkit.runtime.configure_threads_env).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "BiTConfig", "BiTResNet", "ViTConfig", "VisionTransformer",
-    "CheckpointError", "LoadReport", "count_params", "create_model", "load_model", "save_model", "describe", "list_models", "__version__",
-]
+_PUBLIC = {
+    "BiTConfig": "vitkit.models", "BiTResNet": "vitkit.models", "ViTConfig": "vitkit.models", "VisionTransformer": "vitkit.models",
+    "count_params": "vitkit.models", "create_model": "vitkit.models", "describe": "vitkit.models", "list_models": "vitkit.models",
+    "CheckpointError": "vitkit.convert", "LoadReport": "vitkit.convert", "load_model": "vitkit.convert", "save_model": "vitkit.convert",
+    "InferenceModel": "vitkit.models.fast",
+}
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -32,6 +32,35 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from vitkit import runtime
+
+    info = runtime.describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cpu, chosen = info["cpu"], info["chosen"]
+    print(f"CPU: {cpu['model']}")
+    print(f"  torch cpu capability {cpu['capability']}; flags: {', '.join(cpu['flags']) or 'none of interest'}")
+    kind = {"native-bf16": "native bf16 (AVX512_BF16 or AMX)", "avx512": "AVX-512 without native bf16 (bf16 emulated)",
+            "avx2": "AVX2 (bf16 emulated; no oneDNN bf16 kernels)", "other": "no AVX2"}[cpu["kind"]]
+    print(f"  kind: {kind}" + (f" (forced by VITKIT_CPU={cpu['forced']})" if cpu["forced"] else ""))
+    print(f"cores available to this process: {info['cores']}; torch threads: {info['threads']}")
+    omp = ", ".join(f"{k}={v}" for k, v in info["omp"].items() if v is not None) or "none set"
+    print(f"  OpenMP: {omp}")
+    for a in info["accelerators"]:
+        extra = f", compute capability {a['capability'][0]}.{a['capability'][1]}, {a['memory_gib']} GiB" if a["capability"] else ""
+        print(f"accelerator: {a['type']}:{a['index']} {a['name']}{extra}, native bf16: {'yes' if a['native_bf16'] else 'no'}")
+    if not info["accelerators"]:
+        print("accelerator: none (CPU only)")
+    print(f"torch {info['torch']}; {info['platform']}")
+    print("vitkit chooses:")
+    print(f"  precision 'auto' -> {chosen['precision_auto']}")
+    for dtype, c in chosen["onednn_dense"].items():
+        print(f"  oneDNN dense layers, {dtype}: {'on' if c['on'] else 'off'} ({c['why']})")
+    return 0
+
+
 def _parse_size(text: str | None) -> int | tuple[int, int] | None:
     if text is None:
         return None
@@ -84,6 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                      resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile)
+    print(f"precision: {res['precision']}", file=sys.stderr)
     if args.confusion:
         res["confusion_figure"] = str(plot_confusion(res, args.confusion, f"{args.src} on {args.data} ({args.split})"))
     if args.json:
@@ -137,7 +167,7 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit.evaluate.predict import predict
 
-    res = predict(args.src, args.images, args.top_k)
+    res = predict(args.src, args.images, args.top_k, precision=args.precision)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -152,7 +182,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from vitkit.analysis.report import analyze
 
     res = analyze(args.src, args.out, data=args.data, images=args.images, num_images=args.num_images, head=args.head,
-                  data_dir=args.data_dir, overwrite=args.force)
+                  data_dir=args.data_dir, overwrite=args.force, precision=args.precision)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -194,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (e.g. 'R50' or '/16')")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("info", help="the hardware and what vitkit chooses for it (precision, kernels, threads)",
+                       description="CPU model, torch's cpu capability, native bf16 or not, the cores this process may use, "
+                                   "accelerators; and what vitkit picks on this machine: precision 'auto', oneDNN dense layers "
+                                   "(measured once, cached), threads. Forcing: VITKIT_CPU, VITKIT_ONEDNN (README).")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
     p = sub.add_parser("convert", help="convert a checkpoint between vitkit, timm, Hugging Face and Google .npz",
                        description="Read any checkpoint vitkit knows (format detected unless --from says) and write it in "
                                    "another format. Writes are atomic; an existing DST is refused unless --force.")
@@ -230,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--resolution", type=int, metavar="R", help="evaluate at R px (position embeddings resampled)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: a bf16 copy of the weights (about 2x fp32 on CPUs with AVX-512 BF16; accuracy within 0.1 point here)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
+                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
     p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
@@ -262,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--resolution", type=int, metavar="R")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
+                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fewshot)
 
@@ -271,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="run directory or checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
+                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -285,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (refused if not empty, unless --force)")
     p.add_argument("--num-images", type=int, default=128, help="images averaged for attention distance (default 128, as the paper)")
     p.add_argument("--head", type=int, default=0, help="head (0-based) for the per-layer class-token attention figure")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
+                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
@@ -310,6 +356,9 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vitkit.runtime import configure_threads_env
+
+    configure_threads_env()  # before torch is imported: OpenMP reads these once
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)

@@ -82,7 +82,7 @@ class TrainConfig:
     steps: int = 0
     batch_size: int = 128  # global batch; reached by accumulation when micro_batch_size is smaller
     micro_batch_size: int = 0  # 0: = batch_size
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "auto"  # auto (bf16 where native, fp16 + scaler on older GPUs, else fp32; resolved and saved) | fp32 | bf16 | fp16
     seed: int = 0
     log_every: int = 50
     eval_every: int = 0  # steps between validations (0: once per epoch)

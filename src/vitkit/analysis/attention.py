@@ -21,7 +21,7 @@ def collect_attention(model: nn.Module, batches: Iterable[torch.Tensor]) -> list
     model.eval()
     per_layer: list[list[torch.Tensor]] = []
     for x in batches:
-        attn = model.forward_intermediates(x)["attn"]
+        attn = model.forward_intermediates(x.to(model.norm.weight.dtype))["attn"]  # the model's dtype (analyze's precision)
         if not per_layer:
             per_layer = [[] for _ in attn]
         for i, a in enumerate(attn):

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitkit.train.precision import autocast
+
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32",
@@ -19,7 +21,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     confusion = None
     try:
         for x, y in batches:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(precision, x.device.type):
                 logits = model(x)
             logits = logits.float()
             k = logits.shape[1]

@@ -21,12 +21,15 @@ DEFAULT_L2 = 2.0**10
 @torch.inference_mode()
 def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-logits features (B, D) and labels of every batch, in order."""
+    """Pre-logits features (B, D) and labels of every batch, in order. `precision` is autocast's (resolved
+    already); an `InferenceModel` brings its own (half-precision weights)."""
+    from vitkit.train.precision import autocast
+
     was = model.training
     model.eval()
     feats, labels = [], []
     for x, y in batches:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision, x.device.type):
             f = model.forward_head(model.forward_features(x), pre_logits=True)
         feats.append(f.float())
         labels.append(y)

@@ -11,8 +11,12 @@ from vitkit.data.datasets import load_image
 from vitkit.data.transforms import eval_transform
 
 
-def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize: str | None = None) -> list[dict]:
-    """[{"image", "top": [{"class", "index", "prob"}, ...]}] per image (softmax probabilities)."""
+def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize: str | None = None,
+            precision: str = "auto") -> list[dict]:
+    """[{"image", "top": [{"class", "index", "prob"}, ...]}] per image (softmax probabilities); `precision`
+    "auto" is what the hardware does natively (vitkit.train.precision.resolve)."""
+    from vitkit.models.fast import InferenceModel
+
     model = load_model(src).eval()
     cfg_model = model.config
     k_model = getattr(cfg_model, "num_classes", 0)
@@ -29,7 +33,7 @@ def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize
             raise FileNotFoundError(f"{p}: no such image file")
         batch.append(transform(load_image(p, cfg_model.in_chans)))
     with torch.inference_mode():
-        probs = model(torch.stack(batch)).float().softmax(-1)
+        probs = InferenceModel(model, precision)(torch.stack(batch)).float().softmax(-1)
     k = min(top_k, k_model)
     out = []
     for path, p in zip(images, probs):

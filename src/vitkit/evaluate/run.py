@@ -22,8 +22,12 @@ def data_config_for(model, data: str, data_dir: str | None = None, resolution: i
 
 
 def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | None = None, batch_size: int = 256,
-               resolution: int | None = None, precision: str = "fp32", normalize: str | None = None,
+               resolution: int | None = None, precision: str = "auto", normalize: str | None = None,
                compile: bool = False) -> dict:
+    """Top-1 / top-5, loss, per-class accuracy and the confusion matrix; `precision` "auto" is what the
+    hardware does natively (vitkit.train.precision.resolve), recorded in the result as "precision"."""
+    from vitkit.models.fast import InferenceModel
+
     model = load_model(src, image_size=resolution)
     cfg = data_config_for(model, data, data_dir, resolution, normalize)
     ds = load_dataset(cfg)
@@ -32,12 +36,10 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
         raise ValueError(f"{src}: the model has {k} classes but {data} has {ds.num_classes}; fine-tune it first "
                          f"(`vitkit finetune {src} --data {data}`)")
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
-    if compile or precision == "bf16":  # bf16 weights (not autocast) and, on request, torch.compile: models/fast.py
-        from vitkit.models.fast import InferenceModel
-
-        model = InferenceModel(model, precision, compile=compile)
+    model = InferenceModel(model, precision, compile=compile)  # fast blocks; bf16 / fp16 weights, not autocast
     res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), num_classes=ds.num_classes)
     res["classes"] = ds.classes
+    res["precision"] = model.precision
     conf = res["confusion"]
     res["per_class"] = {c: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else float("nan")) for i, c in enumerate(ds.classes)}
     return res
@@ -78,18 +80,20 @@ def plot_confusion(res: dict, path: str | Path, title: str = "") -> Path:
 
 
 def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, l2: float | None = None,
-                  data_dir: str | None = None, batch_size: int = 256, precision: str = "fp32",
+                  data_dir: str | None = None, batch_size: int = 256, precision: str = "auto",
                   resolution: int | None = None) -> dict:
     """Few-shot linear evaluation of a model's frozen pre-logits features: the training split's and the
     test split's features are computed once and reused for every shot count and seed."""
     from vitkit.evaluate.fewshot import DEFAULT_L2, extract_features, fewshot_eval
+    from vitkit.models.fast import InferenceModel
 
     model = load_model(src, image_size=resolution)
     cfg = data_config_for(model, data, data_dir, resolution)
     ds = load_dataset(cfg)
     chans = model.config.in_chans
-    train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, chans, batch_size), precision)
-    test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, chans, batch_size), precision)
+    model = InferenceModel(model, precision)
+    train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, chans, batch_size))
+    test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, chans, batch_size))
     res = fewshot_eval(train_x, train_y, test_x, test_y, shots, seeds, DEFAULT_L2 if l2 is None else l2)
-    res.update({"model": str(src), "data": data})
+    res.update({"model": str(src), "data": data, "precision": model.precision})
     return res

@@ -1,11 +1,20 @@
-"""Fast inference: eval mode, no autograd, optional bf16 weights (the CPU's AVX-512 BF16, a GPU's tensor
-cores) and optional torch.compile with inductor's freezing.
+"""Fast paths, applied to a model from outside: the reference model (models/vit.py) stays the paper's.
 
-bf16 here means a bf16 copy of the weights made once (the wrapped model is left in fp32), not autocast:
-autocast re-casts every weight on every call and keeps LayerNorm outputs in fp32, so every GEMM input is
-cast again; with bf16 weights the dense layers run through oneDNN with GELU and the residual adds fused
-(`vitkit.models.kernels`). Measured on ViT-B/16 224, batch 8, 2 cores: benchmarks/speed.py.
-Compiling costs a one-off delay (seconds to a minute), so it is opt-in (`vitkit eval --compile`)."""
+`accelerate(model)` swaps each transformer block for a `FastBlock` holding the very same sub-modules and
+parameters (state_dict keys unchanged), whose forward takes the kernels that win on this machine:
+- dense layers through oneDNN where measured faster (`vitkit.models.kernels`: fp32 on AMD CPUs), with
+  GELU fused into fc1 and, in evaluation, the residual adds fused into the output projections;
+- attention computed explicitly (two batched matmuls and a softmax) for bf16 / fp16 on the CPU up to 256
+  tokens, where PyTorch's fused CPU kernel is slower (measured on an AMD Zen 4, bf16, forward + backward:
+  49 tokens 7x, 197 tokens 2.2x; at 577 tokens the fused kernel wins at inference); elsewhere
+  `scaled_dot_product_attention` (flash / memory-efficient kernels on GPUs).
+The training loop accelerates the model it trains; `InferenceModel` the copy it evaluates.
+
+`InferenceModel(model, precision)`: eval mode, no autograd, a half-precision copy of the weights where the
+precision asks for one (not autocast: autocast re-casts every weight on every call and keeps LayerNorm
+outputs in fp32), dense weights pre-blocked for oneDNN where it is used, optional torch.compile with
+inductor's freezing (a one-off delay, so opt-in: `vitkit eval --compile`).
+"""
 from __future__ import annotations
 
 import copy
@@ -13,33 +22,116 @@ import itertools
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from vitkit.models.kernels import pack_dense_weights
+from vitkit.models.kernels import dense, pack_dense_weights
+from vitkit.models.vit import Attention, Block
+from vitkit.train.precision import DTYPES, resolve
 
 
-def bf16_copy(model: nn.Module) -> nn.Module:
-    """A copy of `model` with bf16 floating-point parameters and buffers, made without a transient fp32 copy."""
+def explicit_attention(q: torch.Tensor) -> bool:
+    """bf16 / fp16 on the CPU up to 256 tokens (module docstring)."""
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= 256
+
+
+def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention of `attn`'s weights up to (not including) the output projection: (B, N, D)."""
+    B, N, D = x.shape
+    q, k, v = dense(x, attn.qkv).reshape(B, N, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+    drop = attn.attn_drop if attn.training else 0.0
+    if explicit_attention(q):
+        # scaling q (N x d) rather than the scores (N x N): fewer multiplies, and it makes q contiguous for the matmul
+        w = ((q * attn.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
+        x = F.dropout(w, drop, attn.training) @ v
+    else:
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, N, d)
+    return x.transpose(1, 2).reshape(B, N, D)
+
+
+class FastBlock(Block):
+    """A `Block` with the same sub-modules and a forward through the fast kernels; the same function."""
+
+    def __init__(self, block: Block):
+        nn.Module.__init__(self)
+        self.norm1, self.attn, self.norm2, self.mlp, self.drop_path = block.norm1, block.attn, block.norm2, block.mlp, block.drop_path
+        self.train(block.training)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if need_weights:  # the analysis path: the reference block, which returns the attention weights
+            return super().forward(x, need_weights)
+        a, m = self.attn, self.mlp
+        if not self.training:  # dropout and stochastic depth are identities: the adds fuse into the GEMMs
+            x = dense(attention(a, self.norm1(x)), a.proj, residual=x)
+            return dense(dense(self.norm2(x), m.fc1, act="gelu"), m.fc2, residual=x), None
+        x = x + self.drop_path(a.proj_drop(dense(attention(a, self.norm1(x)), a.proj)))
+        x = x + self.drop_path(m.drop(dense(m.drop(dense(self.norm2(x), m.fc1, act="gelu")), m.fc2)))
+        return x, None
+
+
+def accelerate(model: nn.Module) -> nn.Module:
+    """Swap every transformer `Block` of `model` (in place) for a `FastBlock`; returns the model. Parameters,
+    buffers, state_dict keys and results (within rounding) are unchanged; models without blocks pass through."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is Block:
+                setattr(parent, name, FastBlock(child))
+    return model
+
+
+def reference(model: nn.Module) -> nn.Module:
+    """The inverse of `accelerate`: plain `Block`s again (in place)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is FastBlock:
+                plain = Block.__new__(Block)
+                nn.Module.__init__(plain)
+                plain.norm1, plain.attn, plain.norm2, plain.mlp, plain.drop_path = (
+                    child.norm1, child.attn, child.norm2, child.mlp, child.drop_path)
+                plain.train(child.training)
+                setattr(parent, name, plain)
+    return model
+
+
+def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `model` with `dtype` floating-point parameters and buffers, made without a transient fp32 copy."""
     memo: dict[int, object] = {}
     for t in itertools.chain(model.parameters(), model.buffers()):
         if t.is_floating_point():
-            cast = t.detach().to(torch.bfloat16)
+            cast = t.detach().to(dtype)
             memo[id(t)] = nn.Parameter(cast, requires_grad=False) if isinstance(t, nn.Parameter) else cast
     return copy.deepcopy(model, memo)
 
 
-class InferenceModel(nn.Module):
-    """`InferenceModel(model, precision="bf16", compile=True)(images)` -> fp32 logits. fp32 runs the wrapped
-    model itself (it must not be trained while compiled: its weights are frozen constants); bf16 runs a bf16
-    copy (dense weights pre-blocked for oneDNN), so later changes to the wrapped model's weights are not seen."""
+def bf16_copy(model: nn.Module) -> nn.Module:
+    return cast_copy(model, torch.bfloat16)
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", compile: bool = False):
+
+class InferenceModel(nn.Module):
+    """`InferenceModel(model, precision="auto", compile=False)(images)` -> fp32 logits.
+
+    precision: "auto" (bf16 where the hardware has it natively, fp16 on older GPUs, else fp32), "fp32",
+    "bf16" or "fp16". fp32 runs a fast-block view of the wrapped model's own weights (it must not be trained
+    while compiled: its weights are frozen constants); bf16 / fp16 run a half-precision copy, so later
+    changes to the wrapped model's weights are not seen. The wrapped model itself is left as it was."""
+
+    def __init__(self, model: nn.Module, precision: str = "auto", compile: bool = False):
         super().__init__()
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision={precision!r}: choose 'fp32' or 'bf16'")
-        self.bf16 = precision == "bf16"
-        self.model = bf16_copy(model.eval()) if self.bf16 else model.eval()
-        if self.bf16 and not compile:  # the copy is ours: its dense weights can be pre-blocked for oneDNN
-            pack_dense_weights(self.model)
+        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        self.precision = resolve(precision, device)
+        self.dtype = DTYPES[self.precision]
+        was = model.training
+        model.eval()
+        if self.dtype == torch.float32:  # a shallow copy: the same parameters, fast blocks in the copy only
+            inner = copy.copy(model)
+            inner._modules = dict(model._modules)
+            if isinstance(getattr(model, "blocks", None), nn.ModuleList):
+                inner._modules["blocks"] = nn.ModuleList([FastBlock(b) if type(b) is Block else b for b in model.blocks])
+        else:  # our own copy: fast blocks, and dense weights pre-blocked for oneDNN where it is used here
+            inner = accelerate(cast_copy(model, self.dtype))
+            if not compile:
+                pack_dense_weights(inner)
+        model.train(was)
+        self.model = inner.eval()
         self.config = getattr(model, "config", None)
         # a plain attribute, not a second registered sub-module: the weights appear once in state_dict()
         self.__dict__["fn"] = torch.compile(self.model, options={"freezing": True}) if compile else self.model
@@ -50,10 +142,18 @@ class InferenceModel(nn.Module):
             raise RuntimeError("an InferenceModel is for inference only; train the model it wraps instead")
         return super().train(False)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.forward_features(x.to(self.dtype))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.forward_head(x, pre_logits=pre_logits).float()
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x.to(torch.bfloat16) if self.bf16 else x).float()
+        return self.fn(x.to(self.dtype)).float()
 
 
-def inference_model(model: nn.Module, precision: str = "fp32", compile: bool = False) -> InferenceModel:
+def inference_model(model: nn.Module, precision: str = "auto", compile: bool = False) -> InferenceModel:
     return InferenceModel(model, precision, compile)

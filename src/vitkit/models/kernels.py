@@ -1,27 +1,37 @@
-"""Dense layers on the CPU through oneDNN, with the activation or the residual add fused in.
+"""Dense layers on the CPU through oneDNN, with the activation or the residual add fused in; used where they win.
 
-Why: PyTorch's CPU `F.linear` in fp32 goes to MKL, which on AMD CPUs (this project's machines: EPYC Zen 4,
-AVX-512) runs about half as fast as oneDNN on the same cores: measured 200 vs 420-430 GFLOP/s for
-ViT-B's (1576 x 3072) x (3072 x 768) product, and 330-390 GFLOP/s for its two backward products.
-oneDNN also fuses GELU (erf) or the residual add into the GEMM's output, which saves a pass over the
-activations at inference (bf16 weights: GELU alone cost a fifth of fc1). `torch.ops.mkldnn._linear_pointwise`
-is the op torch.compile's inductor emits for frozen CPU graphs; vitkit calls it in eager mode.
+Why: PyTorch's CPU `F.linear` in fp32 goes to MKL, which on AMD CPUs (EPYC Zen 4, AVX-512) runs about half
+as fast as oneDNN on the same cores: measured 200 vs 420-430 GFLOP/s for ViT-B's (1576 x 3072) x
+(3072 x 768) product, and 330-390 GFLOP/s for its two backward products. oneDNN also fuses GELU (erf) or
+the residual add into the GEMM's output, which saves a pass over the activations at inference (bf16
+weights: GELU alone cost a fifth of fc1). `torch.ops.mkldnn._linear_pointwise` is the op torch.compile's
+inductor emits for frozen CPU graphs; vitkit calls it in eager mode. On an AVX2-only EPYC MKL and oneDNN
+are equal, and on Intel CPUs MKL is at home: there the plain path is kept.
 
-Where it applies (else plain `F.linear`): CPU tensors of one dtype, fp32 or bf16, no autocast (autocast
-already sends bf16 GEMMs to oneDNN), not while torch.compile traces (inductor picks its own kernels),
-plain tensors only (FSDP's DTensors and other subclasses take the ordinary path). Without autograd
-(evaluation, `InferenceModel`) the fused forms are used; with autograd (fp32 training) a custom autograd
-function computes the backward products through oneDNN too. `VITKIT_ONEDNN=0` switches it all off.
+Where it runs: only inside the fast blocks that `vitkit.models.fast` swaps into a model (the reference
+model in models/vit.py calls plain nn.Linear), for CPU tensors of one dtype, fp32 or bf16, no autocast
+(autocast already sends bf16 GEMMs to oneDNN), not while torch.compile traces, plain tensors only (FSDP's
+DTensors and other subclasses take the ordinary path), and only for a dtype where it wins on this machine:
+`choices()` measures both paths once (a fraction of a second) and caches the verdict per CPU model, torch
+version and thread count in the user's cache directory. `VITKIT_ONEDNN=1` / `=0` forces it on / off
+(bf16 still only where the CPU can run oneDNN's bf16 kernels); `plain_kernels()` turns it off in a block.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import statistics
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from vitkit import runtime
 
 
 def _find_op():
@@ -35,12 +45,34 @@ def _find_op():
 
 _OP = _find_op()
 _OFF = [0]  # depth of `plain_kernels()` blocks
+_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+_CHOICES: dict[str, dict] = {}  # this process's measurements, by cache key
+_VERDICT: dict[tuple, bool] = {}  # (dtype, threads, VITKIT_CPU) -> on
 
 
-def onednn_available() -> bool:
-    """True when the fused oneDNN dense layer is on: the op is built in, oneDNN enabled, not switched off."""
-    return (_OP is not None and not _OFF[0] and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and os.environ.get("VITKIT_ONEDNN", "1") != "0")
+def _op_runs(dtype: torch.dtype) -> bool:
+    """The op exists, oneDNN is on, and (bf16) the CPU can run oneDNN's bf16 kernels."""
+    return (_OP is not None and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and (dtype != torch.bfloat16 or _bf16_runs(os.environ.get("VITKIT_CPU"))))
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_runs(forced_kind: str | None) -> bool:
+    return runtime.onednn_bf16_runs()
+
+
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when the fused oneDNN dense layer is used for `dtype` now: it can run, is not switched off,
+    and wins on this machine (or is forced with VITKIT_ONEDNN=1)."""
+    if _OFF[0] or not _op_runs(dtype):
+        return False
+    forced = os.environ.get("VITKIT_ONEDNN", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    key = (dtype, torch.get_num_threads(), os.environ.get("VITKIT_CPU"))
+    if key not in _VERDICT:  # a dict look-up per call; the measurement happens once
+        _VERDICT[key] = choices()[_DTYPES[dtype]]["on"]
+    return _VERDICT[key]
 
 
 @contextlib.contextmanager
@@ -53,10 +85,97 @@ def plain_kernels() -> Iterator[None]:
         _OFF[0] -= 1
 
 
+def _cache_file() -> Path:
+    root = os.environ.get("VITKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitkit"
+    return Path(root) / "kernels.json"
+
+
+def _cache_key() -> str:
+    cpu = runtime.cpu_info()
+    return f"{cpu.model} | {cpu.capability} | {cpu.kind} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def _gflops(fn, flops: float, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return flops / statistics.median(times) / 1e9
+
+
+def measure(dtype: torch.dtype, reps: int = 7) -> dict:
+    """Both paths on two ViT-shaped products (B/16's fc1 at 1024 rows, the fashion-mnist model's fc1 at
+    4096 rows), interleaved, median of `reps`; bf16 as inference runs it (packed weight, GELU fused)."""
+    out: dict[str, float] = {}
+    if not _op_runs(dtype):
+        return {"on": False, "why": "the oneDNN op cannot run on this CPU / build"}
+    g = torch.Generator().manual_seed(0)
+    t_torch = t_onednn = 0.0
+    for m, k, n in ((1024, 768, 3072), (4096, 128, 256)):
+        x = torch.randn(m, k, generator=g).to(dtype)
+        w, b = torch.randn(n, k, generator=g).to(dtype), torch.randn(n, generator=g).to(dtype)
+        flops = 2.0 * m * k * n
+        with torch.no_grad():
+            if dtype == torch.bfloat16:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
+                plain = lambda: F.gelu(F.linear(x, w, b))  # noqa: E731
+                fast = lambda: _OP(x, packed, b, "gelu", [], "none")  # noqa: E731
+            else:
+                plain = lambda: F.linear(x, w, b)  # noqa: E731
+                fast = lambda: _OP(x, w, b, "none", [], "")  # noqa: E731
+            for _ in range(2):  # warm-up (threads, caches, the blocked layout's first use)
+                plain(), fast()
+            a, c = [], []
+            for _ in range(reps):  # interleaved: drift hits both alike
+                a.append(_gflops(plain, flops, 1))
+                c.append(_gflops(fast, flops, 1))
+        t_torch += flops / statistics.median(a)
+        t_onednn += flops / statistics.median(c)
+        out[f"torch_gflops_{m}x{k}x{n}"], out[f"onednn_gflops_{m}x{k}x{n}"] = statistics.median(a), statistics.median(c)
+    ratio = t_torch / t_onednn  # > 1: oneDNN takes less time over both shapes
+    out.update(ratio=ratio, on=ratio > 1.05, why=f"measured: oneDNN {ratio:.2f}x the time-weighted speed of PyTorch's own kernels")
+    return out
+
+
+def choices() -> dict[str, dict]:
+    """Per dtype ("fp32", "bf16"): {"on": bool, "why": str, ...}, measured once per machine and cached
+    (~/.cache/vitkit/kernels.json, or $VITKIT_CACHE_DIR); VITKIT_ONEDNN=0/1 overrides the verdict."""
+    key = _cache_key()
+    if key not in _CHOICES:
+        path = _cache_file()
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        entry = cached.get(key) if isinstance(cached, dict) else None
+        if not (isinstance(entry, dict) and {"fp32", "bf16"} <= set(entry)):
+            entry = {"fp32": measure(torch.float32), "bf16": measure(torch.bfloat16)}
+            cached = cached if isinstance(cached, dict) else {}
+            cached[key] = entry
+            try:  # best effort: a read-only home only means measuring again next time
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(cached, indent=2))
+                os.replace(tmp, path)
+            except OSError:
+                pass
+        _CHOICES[key] = entry
+    forced = os.environ.get("VITKIT_ONEDNN", "")
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        e = dict(_CHOICES[key][name])
+        if forced in ("0", "1"):
+            e.update(on=forced == "1" and _op_runs(dtype), why=f"forced by VITKIT_ONEDNN={forced}"
+                     + ("" if forced == "0" or _op_runs(dtype) else " (but the op cannot run on this CPU)"))
+        out[name] = e
+    return out
+
+
 def _usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16)
+    return (x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in _DTYPES
             and type(x) is torch.Tensor and type(w) in (torch.Tensor, nn.Parameter) and x.dim() >= 2
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and onednn_available())
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and onednn_available(x.dtype))
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -98,9 +217,13 @@ def pack_dense_weights(model: nn.Module, rows_hint: int = 1024) -> int:
         return 0
     n = 0
     for layer in model.modules():
-        if isinstance(layer, nn.Linear) and layer.weight.device.type == "cpu" and layer.weight.dtype in (torch.float32, torch.bfloat16):
-            w = layer.weight
-            layer.__dict__["_vitkit_packed"] = (reorder(w.detach(), rows_hint), w._version, w.dtype)
+        w = getattr(layer, "weight", None)
+        if (isinstance(layer, nn.Linear) and w.device.type == "cpu" and w.dtype in _DTYPES and type(w) in (torch.Tensor, nn.Parameter)
+                and onednn_available(w.dtype)):
+            try:
+                layer.__dict__["_vitkit_packed"] = (reorder(w.detach(), rows_hint), w._version, w.dtype)
+            except RuntimeError:  # a CPU or build the blocked layout does not support: the plain weight serves
+                continue
             n += 1
     return n
 

@@ -13,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vitkit.models.kernels import dense
 from vitkit.models.posemb import resample_posemb, sincos_2d
 from vitkit.models.resnet import ResNetConfig, ResNetStem
 
@@ -127,15 +126,9 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
-def _explicit_attention(q: torch.Tensor) -> bool:
-    """bf16 / fp16 on the CPU up to 256 tokens: there PyTorch's fused CPU attention kernel is slower than two
-    batched matmuls and a softmax (measured on this project's CPU, bf16, forward + backward: 49 tokens 7x,
-    197 tokens 2.2x; at 577 tokens the fused kernel wins at inference). fp32 and GPUs use the fused kernel."""
-    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= 256
-
-
 class Attention(nn.Module):
-    """Multi-head self-attention through torch's fused SDPA; the weights on request only."""
+    """Multi-head self-attention through torch's fused SDPA; explicit softmax(q k^T / sqrt(d)) v when the
+    weights are asked for (analysis)."""
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
@@ -146,23 +139,17 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False,
-                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`residual` (evaluation only, where dropout is the identity) is added inside the output projection."""
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
-        q, k, v = dense(x, self.qkv).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
         weights = None
-        if need_weights or _explicit_attention(q):  # explicit softmax(q k^T / sqrt(d)), the weights returned on request
-            # scaling q (N x d) rather than the scores (N x N): fewer multiplies, and it makes q contiguous for the matmul
-            w = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
-            weights = w if need_weights else None
-            x = F.dropout(w, self.attn_drop, self.training) @ v
+        if need_weights:
+            weights = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, h, N, N)
+            x = F.dropout(weights, self.attn_drop, self.training) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)  # (B, h, N, d)
         x = x.transpose(1, 2).reshape(B, N, D)
-        if residual is not None:
-            return dense(x, self.proj, residual=residual), weights
-        return self.proj_drop(dense(x, self.proj)), weights
+        return self.proj_drop(self.proj(x)), weights
 
 
 class Mlp(nn.Module):
@@ -174,12 +161,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """`residual` (evaluation only, where dropout is the identity) is added inside fc2."""
-        h = self.drop(dense(x, self.fc1, act="gelu"))  # (B, N, mlp_dim)
-        if residual is not None:
-            return dense(h, self.fc2, residual=residual)
-        return self.drop(dense(h, self.fc2))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(F.gelu(self.fc1(x)))  # (B, N, mlp_dim)
+        return self.drop(self.fc2(h))
 
 
 class DropPath(nn.Module):
@@ -208,9 +192,6 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.training:  # dropout and stochastic depth are identities: the adds fuse into the GEMMs
-            x, weights = self.attn(self.norm1(x), need_weights, residual=x)
-            return self.mlp(self.norm2(x), residual=x), weights
         y, weights = self.attn(self.norm1(x), need_weights)
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))

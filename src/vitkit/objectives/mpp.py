@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from vitkit.config import Config
 from vitkit.data.transforms import norm_stats
+from vitkit.train.precision import autocast
 
 TARGETS = ("mean", "mean4x4", "l2")
 
@@ -143,7 +144,7 @@ class MaskedPatchPrediction(nn.Module):
         total, n, loss_sum = 0.0, 0, 0.0
         key = "mpp_mse" if self.target == "l2" else "mpp_acc"
         for x, _ in batches:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(precision, x.device.type):
                 loss, metrics = self(model, x, None, gen)
             total += float(metrics[key]) * len(x)
             loss_sum += float(loss) * len(x)

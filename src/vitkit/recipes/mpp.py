@@ -13,7 +13,7 @@ def mpp_paper() -> Config:
         data=DataConfig(name="folder:jft", image_size=224, crop="inception", flip=True, val_fraction=0.01, workers=8),
         model=ModelConfig(name="ViT-B/16"),
         optim=OptimConfig(name="adam", lr=2e-4, weight_decay=0.0, schedule="cosine", warmup_steps=10_000, clip_norm=1.0),
-        train=TrainConfig(steps=1_000_000, batch_size=4096, micro_batch_size=64, precision="bf16", log_every=100,
+        train=TrainConfig(steps=1_000_000, batch_size=4096, micro_batch_size=64, precision="auto", log_every=100,
                           eval_every=10_000, ckpt_every=2_000),
         mpp=MppConfig(rate=0.5, mask_frac=0.8, random_frac=0.1, bits=3, target="mean"),
     )

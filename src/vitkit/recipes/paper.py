@@ -17,7 +17,7 @@ def _pretrain(recipe: str, data: str, lr: float, wd: float, epochs: float, dropo
                           head_bias_init=-10.0 if loss == "sigmoid" else 0.0),
         optim=OptimConfig(name="adam", lr=lr, weight_decay=wd, b1=0.9, b2=0.999, schedule=schedule, warmup_steps=10_000,
                           clip_norm=1.0, loss=loss),
-        train=TrainConfig(epochs=epochs, batch_size=4096, micro_batch_size=64, precision="bf16", log_every=100,
+        train=TrainConfig(epochs=epochs, batch_size=4096, micro_batch_size=64, precision="auto", log_every=100,
                           eval_every=5_000, ckpt_every=1_000),
     )
 

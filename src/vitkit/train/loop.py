@@ -14,15 +14,18 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from vitkit import runtime
 from vitkit.config import Config, apply_overrides, load_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
 from vitkit.data.loader import StepBatches, eval_stream, step_seed, train_stream
+from vitkit.models.fast import accelerate
 from vitkit.models.registry import create_model
 from vitkit.objectives import build_objective
 from vitkit.train import distributed
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
 from vitkit.train.metrics import MetricsLogger, plot_curves, write_json_atomic
 from vitkit.train.optim import build_optimizer, build_schedule
+from vitkit.train.precision import autocast, grad_scaler, resolve
 
 
 def new_run_dir(out: str | Path | None, recipe: str) -> Path:
@@ -84,8 +87,11 @@ class TrainModule(nn.Module):
 
 
 def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-               batching: Batching, clip_norm: float, precision: str, params: list[nn.Parameter]) -> dict[str, float]:
-    """One optimizer step over a (per-rank) batch, in micro-batches; returns its metrics."""
+               batching: Batching, clip_norm: float, precision: str, params: list[nn.Parameter],
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One optimizer step over a (per-rank) batch, in micro-batches; returns its metrics. `precision` is
+    resolved ("fp32", "bf16" or "fp16"); fp16 needs `scaler` (its loss is scaled, its gradients unscaled
+    before clipping, and a step with non-finite gradients is skipped)."""
     sums: dict[str, torch.Tensor] = {}
     chunks = list(zip(x.split(batching.micro), y.split(batching.micro)))
     for i, (xm, ym) in enumerate(chunks):
@@ -96,13 +102,20 @@ def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: t
         elif hasattr(module, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once, likewise
             module.set_requires_gradient_sync(last)
         with sync:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(precision, x.device.type):
                 loss, metrics = module(xm, ym)
-            (loss / batching.accum).backward()
+            scaled = loss / batching.accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         for k, v in {"loss": loss.detach(), **metrics}.items():
             sums[k] = sums.get(k, 0) + v.detach().float() / batching.accum
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else float("inf"), foreach=True)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {**{k: float(v) for k, v in sums.items()}, "grad_norm": float(grad_norm)}
 
@@ -121,6 +134,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     """Train as `cfg` says; write the run directory; return the final metrics (metrics.json). On resume,
     `overrides` may change only RESUME_KEYS (e.g. a run from 2 FSDP processes continued in one)."""
     env = distributed.setup()
+    dev = distributed.device(env)
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
@@ -131,13 +145,16 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
                 raise ValueError(f"--set {o}: a resumed run keeps its configuration; only {', '.join(RESUME_KEYS)} may change")
         apply_overrides(cfg, overrides or [])
     else:
+        cfg.train.precision = resolve(cfg.train.precision, dev)  # "auto" -> what this hardware does natively, recorded
         run_dir = new_run_dir(out, cfg.recipe) if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
         if env.is_main:
             write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+    threads = cfg.train.threads or runtime.default_threads()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
+    hardware = runtime.describe() if env.is_main else {}
 
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
@@ -151,8 +168,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     eval_every = cfg.train.eval_every or batches.steps_per_epoch
     ckpt_every = cfg.train.ckpt_every or batches.steps_per_epoch
 
-    dev = distributed.device(env)
     module.to(dev)
+    accelerate(model)  # the fast kernels that win on this machine (models/fast.py); parameters unchanged
     if cfg.train.activation_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ValueError(f"train.activation_checkpointing: {type(model).__name__} has no checkpointed blocks; set it to false")
@@ -175,6 +192,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         start = state["step"]
     step_module = torch.compile(wrapped) if cfg.train.compile else wrapped
     params = [p for p in module.parameters() if p.requires_grad]
+    scaler = grad_scaler(cfg.train.precision, dev)
+    if resume and scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
 
     logger = MetricsLogger(run_dir, enabled=env.is_main, resume_step=start)
     if env.is_main:
@@ -184,6 +204,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
               f"{cfg.data.image_size} px, {model.config.in_chans} channel(s)")
         print(f"  {total} steps of {cfg.train.batch_size} images ({total / batches.steps_per_epoch:.1f} epochs), "
               f"{env.world} process(es) x {batching.accum} micro-batch(es) of {batching.micro}" + (f", resuming at step {start}" if start else ""))
+        print(f"  precision: {cfg.train.precision}" + (" (fp16 with a gradient scaler)" if scaler is not None else "")
+              + f"; {dev}, {torch.get_num_threads()} thread(s): {runtime.summary(hardware)}")
 
     def export_model() -> nn.Module:
         return ema.module if ema is not None else model
@@ -202,7 +224,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
 
     def checkpoint(step: int) -> None:
         state = {"step": step, "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
-                 "ema_n": int(ema.n_averaged) if ema is not None else 0, "world": env.world, "parallel": cfg.train.parallel}
+                 "ema_n": int(ema.n_averaged) if ema is not None else 0, "world": env.world, "parallel": cfg.train.parallel,
+                 "scaler": scaler.state_dict() if scaler is not None else None}
         save_checkpoint(run_dir, module, optimizer, ema.module if ema is not None else None, state, ds.classes,
                         _preprocess(cfg, model), env)
 
@@ -215,7 +238,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         x, y = next(stream)
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         torch.manual_seed(step_seed(cfg.train.seed, step, salt=3 + env.rank))  # dropout, stochastic depth
-        metrics = train_step(step_module, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params)
+        metrics = train_step(step_module, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params, scaler)
         metrics["lr"] = schedule.get_last_lr()[0]
         schedule.step()
         if ema is not None:
@@ -257,7 +280,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     checkpoint(total)
 
     results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / batches.steps_per_epoch,
-                               "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0}
+                               "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0,
+                               "precision": cfg.train.precision, "hardware": hardware}
     for split_name, split in (("val", ds.val), ("test", ds.test)):
         if len(split):
             results[split_name] = run_eval(split)
