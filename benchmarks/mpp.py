@@ -56,6 +56,9 @@ def main() -> None:
         out[f"{n}_labels_per_class"] = {"mpp_then_finetune": ft["test"]["top1"], "finetune_chosen_lr": ft["chosen_lr"],
                                          "finetune_sweep": ft["lr_sweep"], "scratch": sc["test"]["top1"]}
         print(json.dumps(out, indent=2))
+    from vitkit import runtime
+
+    out["hardware"] = runtime.describe()
     (HERE / "results" / "mpp.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 

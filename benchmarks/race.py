@@ -125,11 +125,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training for each side")
     args = ap.parse_args()
-    from train_recipe import machine
+    from train_recipe import machine, hardware
 
     work = Path(tempfile.mkdtemp(prefix="vitkit-race-"))
     out = {"command": "python benchmarks/race.py" + (f" --budget {args.budget:g}" if args.budget != 600 else ""),
-           "machine": machine(), "budget_s": args.budget}
+           "machine": machine(), "hardware": hardware(), "budget_s": args.budget}
     out["timm_plain_loop"] = race_timm(args.budget, work)
     print("timm:", json.dumps(out["timm_plain_loop"]), flush=True)
     out["vitkit"] = race_vitkit(args.budget, work)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+from vitkit import runtime
 from vitkit.config import apply_overrides
 from vitkit.recipes import get_recipe
 from vitkit.train.loop import train
@@ -25,15 +24,13 @@ HERE = Path(__file__).parent
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    """The machine in one line (vitkit.runtime.summary): CPU model and kind, cores, torch, threads."""
+    return runtime.summary()
+
+
+def hardware() -> dict:
+    """The full record (vitkit.runtime.describe): what the hardware has and what vitkit chose for it."""
+    return runtime.describe()
 
 
 def svc_baseline(cfg) -> dict:
@@ -62,7 +59,7 @@ def main() -> None:
     res = train(cfg, out=run_dir)
     wall = time.perf_counter() - t
     out = {"recipe": args.recipe, "overrides": args.set, "command": f"python benchmarks/train_recipe.py --recipe {args.recipe}"
-           + "".join(f" --set {s}" for s in args.set), "machine": machine(), "date": f"{datetime.now():%Y-%m-%d}",
+           + "".join(f" --set {s}" for s in args.set), "machine": machine(), "hardware": hardware(), "date": f"{datetime.now():%Y-%m-%d}",
            "wall_s_total": wall, "train_wall_s": res["train_wall_s"], "epochs": res["epochs"],
            "train_img_per_s": res["train_img_per_s"], "test_top1": res["test"]["top1"], "test_top5": res["test"]["top5"],
            "val_top1": res.get("val", {}).get("top1"), "run_dir": str(run_dir)}

@@ -95,6 +95,9 @@ def main() -> None:
                                            "per_init": [r[str(s)]["mean"] for r in rand]} for s in shots}
     for v in out["fewshot_pretrained"].values():
         v.pop("runs", None)
+    from vitkit import runtime
+
+    out["hardware"] = runtime.describe()
     (HERE / "results" / "transfer.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
