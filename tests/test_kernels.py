@@ -61,8 +61,8 @@ def _layer(i=24, o=40, bias=True, dtype=torch.float32):
 
 def _tiny(**kw):
     torch.manual_seed(0)
-    return vitkit.create_model("ViT-Ti/16", num_classes=5, image_size=16, patch_size=4, width=32, depth=2, heads=2,
-                               mlp_dim=64, zero_head=False, **kw)
+    return vitkit.create_model("ViT-Ti/16", **{**dict(num_classes=5, image_size=16, patch_size=4, width=32, depth=2, heads=2,
+                                                     mlp_dim=64, zero_head=False), **kw})
 
 
 @pytest.mark.parametrize("act,res", [(None, False), ("gelu", False), (None, True)])
@@ -251,3 +251,20 @@ def test_native_bf16_cpu_uses_bf16_by_default(monkeypatch):
     assert InferenceModel(_tiny()).precision == "bf16"
     monkeypatch.setenv("VITKIT_CPU", "avx512")
     assert precision.resolve("auto", "cpu") == "fp32" and InferenceModel(_tiny()).precision == "fp32"
+
+
+@pytest.mark.parametrize("patch", [4, 1])  # 17 tokens: explicit attention; 257 tokens: the fused kernel
+def test_half_precision_copy_with_the_scale_folded_in_agrees_on_both_attention_paths(patch):
+    model = _tiny(patch_size=patch)
+    x = torch.randn(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = InferenceModel(model, "bf16")
+    assert all(b.attn.__dict__.get("_vitkit_q_prescaled") for b in fast.model.blocks)
+    assert not any(b.attn.__dict__.get("_vitkit_q_prescaled") for b in model.blocks)  # the user's model is untouched
+    with torch.no_grad():
+        want, got = model.eval()(x), fast(x)
+        w_ref = model.forward_intermediates(x)["attn"]
+        w_fast = fast.model.forward_intermediates(x.to(torch.bfloat16))["attn"]
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    assert all((a.float() - b).abs().max() < 0.02 for a, b in zip(w_fast, w_ref))

@@ -34,18 +34,23 @@ def explicit_attention(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= 256
 
 
-def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention of `attn`'s weights up to (not including) the output projection: (B, N, D)."""
+def attention(attn: Attention, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-head self-attention of `attn`'s weights up to (not including) the output projection: (B, N, D),
+    and the weights (B, h, N, N) when asked for."""
     B, N, D = x.shape
     q, k, v = dense(x, attn.qkv).reshape(B, N, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
     drop = attn.attn_drop if attn.training else 0.0
-    if explicit_attention(q):
+    # InferenceModel's own copies have 1/sqrt(d) folded into the q rows of the qkv weights (`prescale_queries`)
+    scale = 1.0 if attn.__dict__.get("_vitkit_q_prescaled") else attn.head_dim**-0.5
+    weights = None
+    if need_weights or explicit_attention(q):
         # scaling q (N x d) rather than the scores (N x N): fewer multiplies, and it makes q contiguous for the matmul
-        w = ((q * attn.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
+        w = ((q * scale if scale != 1.0 else q) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
+        weights = w if need_weights else None
         x = F.dropout(w, drop, attn.training) @ v
     else:
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, N, d)
-    return x.transpose(1, 2).reshape(B, N, D)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=scale)  # (B, h, N, d)
+    return x.transpose(1, 2).reshape(B, N, D), weights
 
 
 class FastBlock(Block):
@@ -57,15 +62,33 @@ class FastBlock(Block):
         self.train(block.training)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if need_weights:  # the analysis path: the reference block, which returns the attention weights
-            return super().forward(x, need_weights)
         a, m = self.attn, self.mlp
         if not self.training:  # dropout and stochastic depth are identities: the adds fuse into the GEMMs
-            x = dense(attention(a, self.norm1(x)), a.proj, residual=x)
-            return dense(dense(self.norm2(x), m.fc1, act="gelu"), m.fc2, residual=x), None
-        x = x + self.drop_path(a.proj_drop(dense(attention(a, self.norm1(x)), a.proj)))
+            y, weights = attention(a, self.norm1(x), need_weights)
+            x = dense(y, a.proj, residual=x)
+            return dense(dense(self.norm2(x), m.fc1, act="gelu"), m.fc2, residual=x), weights
+        y, weights = attention(a, self.norm1(x), need_weights)
+        x = x + self.drop_path(a.proj_drop(dense(y, a.proj)))
         x = x + self.drop_path(m.drop(dense(m.drop(dense(self.norm2(x), m.fc1, act="gelu")), m.fc2)))
-        return x, None
+        return x, weights
+
+
+@torch.no_grad()
+def prescale_queries(model: nn.Module) -> int:
+    """Fold attention's 1/sqrt(d) into the q rows of every fast block's qkv weight and bias (in place, for a
+    model of its own, e.g. InferenceModel's half-precision copy); `attention` then skips the scaling. Returns
+    how many blocks were changed."""
+    n = 0
+    for blk in model.modules():
+        if type(blk) is FastBlock and not blk.attn.__dict__.get("_vitkit_q_prescaled"):
+            a = blk.attn
+            D = a.heads * a.head_dim
+            a.qkv.weight[:D] *= a.head_dim**-0.5
+            if a.qkv.bias is not None:
+                a.qkv.bias[:D] *= a.head_dim**-0.5
+            a.__dict__["_vitkit_q_prescaled"] = True
+            n += 1
+    return n
 
 
 def accelerate(model: nn.Module) -> nn.Module:
@@ -126,8 +149,9 @@ class InferenceModel(nn.Module):
             inner._modules = dict(model._modules)
             if isinstance(getattr(model, "blocks", None), nn.ModuleList):
                 inner._modules["blocks"] = nn.ModuleList([FastBlock(b) if type(b) is Block else b for b in model.blocks])
-        else:  # our own copy: fast blocks, and dense weights pre-blocked for oneDNN where it is used here
+        else:  # our own copy: fast blocks, the attention scale folded in, dense weights pre-blocked where oneDNN is used
             inner = accelerate(cast_copy(model, self.dtype))
+            prescale_queries(inner)
             if not compile:
                 pack_dense_weights(inner)
         model.train(was)
