@@ -27,6 +27,8 @@ SETTINGS = {  # name: environment changes (None: remove the variable)
     "vitkit defaults (PASSIVE)": {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None, "VITKIT_THREAD_DEFAULTS": None},
     "PyTorch defaults (spinning)": {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None, "VITKIT_THREAD_DEFAULTS": "0"},
     "1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": None, "VITKIT_THREAD_DEFAULTS": None},
+    "GOMP_SPINCOUNT=10000": {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000", "VITKIT_THREAD_DEFAULTS": "0"},
+    "GOMP_SPINCOUNT=100000": {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "100000", "VITKIT_THREAD_DEFAULTS": "0"},
 }
 
 
@@ -52,12 +54,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--only", help="comma-separated setting names (default: all)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     from train_recipe import hardware, machine
 
     rows = []
     for name, changes in SETTINGS.items():
+        if args.only and name not in args.only.split(","):
+            continue
         alone, busy = [], []
         for _ in range(args.reps):  # interleaved: drift hits both conditions alike
             alone.append(run_once(changes, args.steps, busy=False))

@@ -135,15 +135,14 @@ class InferenceModel(nn.Module):
     precision: "auto" (bf16 where the hardware has it natively, fp16 on older GPUs, else fp32), "fp32",
     "bf16" or "fp16". fp32 runs a fast-block view of the wrapped model's own weights (it must not be trained
     while compiled: its weights are frozen constants); bf16 / fp16 run a half-precision copy, so later
-    changes to the wrapped model's weights are not seen. The wrapped model itself is left as it was."""
+    changes to the wrapped model's weights are not seen. The wrapped model is put in eval mode, its weights untouched."""
 
     def __init__(self, model: nn.Module, precision: str = "auto", compile: bool = False):
         super().__init__()
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
         self.precision = resolve(precision, device)
         self.dtype = DTYPES[self.precision]
-        was = model.training
-        model.eval()
+        model.eval()  # as before: the wrapped model is put in eval mode (fp32 shares its modules)
         if self.dtype == torch.float32:  # a shallow copy: the same parameters, fast blocks in the copy only
             inner = copy.copy(model)
             inner._modules = dict(model._modules)
@@ -154,7 +153,6 @@ class InferenceModel(nn.Module):
             prescale_queries(inner)
             if not compile:
                 pack_dense_weights(inner)
-        model.train(was)
         self.model = inner.eval()
         self.config = getattr(model, "config", None)
         # a plain attribute, not a second registered sub-module: the weights appear once in state_dict()
