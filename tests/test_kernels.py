@@ -209,16 +209,22 @@ def test_choices_are_measured_once_and_cached_per_machine(tmp_path, monkeypatch)
     first = kernels.choices()
     saved = json.loads((tmp_path / "kernels.json").read_text())
     key = kernels._cache_key()
-    assert runtime.cpu_info().model in key and torch.__version__ in key and set(saved[key]) == {"fp32", "bf16"}
+    assert runtime.cpu_info().model in key and torch.__version__ in key and set(saved[key]) == {"fp32", "fp32_train", "bf16"}
     if kernels._OP is not None:
         assert first["fp32"]["torch_gflops_1024x768x3072"] > 0 and "measured" in first["fp32"]["why"]
     # a verdict planted in the cache is what the next process uses, without measuring again
     saved[key]["fp32"] = {"on": False, "why": "planted"}
+    saved[key]["fp32_train"] = {"on": kernels._OP is not None, "why": "planted"}
     (tmp_path / "kernels.json").write_text(json.dumps(saved))
     monkeypatch.setattr(kernels, "_CHOICES", {})
     monkeypatch.setattr(kernels, "_VERDICT", {})
-    monkeypatch.setattr(kernels, "measure", lambda dtype: pytest.fail("measured although cached"))
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: pytest.fail("measured although cached"))
     assert kernels.choices()["fp32"]["why"] == "planted" and not kernels.onednn_available(torch.float32)
+    # inference and training follow their own verdicts
+    layer, x = _layer(), torch.randn(4, 24, requires_grad=True)
+    assert ("OneDNN" in type(dense(x, layer).grad_fn).__name__) == (kernels._OP is not None)
+    with torch.no_grad():
+        assert torch.equal(dense(x, layer), F.linear(x, layer.weight, layer.bias))
     monkeypatch.setenv("VITKIT_ONEDNN", "1")
     assert kernels.onednn_available(torch.float32) == (kernels._OP is not None)
 

@@ -112,8 +112,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitkit.evaluate.run import plot_confusion
 
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                     resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile)
-    print(f"precision: {res['precision']}", file=sys.stderr)
+                     resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile,
+                     device=args.device)
+    print(f"precision: {res['precision']}, device: {res['device']}", file=sys.stderr)
     if args.confusion:
         res["confusion_figure"] = str(plot_confusion(res, args.confusion, f"{args.src} on {args.data} ({args.split})"))
     if args.json:
@@ -152,7 +153,7 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     from vitkit.evaluate.run import fewshot_model
 
     res = fewshot_model(args.src, args.data, _int_list(args.shots, "--shots"), args.seeds, args.l2, args.data_dir,
-                        args.batch_size, args.precision, args.resolution)
+                        args.batch_size, args.precision, args.resolution, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -167,7 +168,7 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit.evaluate.predict import predict
 
-    res = predict(args.src, args.images, args.top_k, precision=args.precision)
+    res = predict(args.src, args.images, args.top_k, precision=args.precision, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -182,7 +183,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from vitkit.analysis.report import analyze
 
     res = analyze(args.src, args.out, data=args.data, images=args.images, num_images=args.num_images, head=args.head,
-                  data_dir=args.data_dir, overwrite=args.force, precision=args.precision)
+                  data_dir=args.data_dir, overwrite=args.force, precision=args.precision, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
                         "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
     p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
@@ -303,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
                         "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fewshot)
 
@@ -314,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
                         "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -331,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
                         "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
@@ -367,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:  # ImportError: a missing extra
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, MemoryError) as err:
+        # ImportError: a missing extra; MemoryError: a GPU out of memory, with the estimate and a smaller micro-batch
         print(f"vitkit {args.verb}: error: {err}", file=sys.stderr)
         return 2
 

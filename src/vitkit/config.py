@@ -83,6 +83,8 @@ class TrainConfig:
     batch_size: int = 128  # global batch; reached by accumulation when micro_batch_size is smaller
     micro_batch_size: int = 0  # 0: = batch_size
     precision: str = "auto"  # auto (bf16 where native, fp16 + scaler on older GPUs, else fp32; resolved and saved) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto (the GPU when there is one: cuda:LOCAL_RANK under torchrun; else the CPU) | cpu | cuda | cuda:N | mps
+    tf32: bool = True  # fp32 matmuls and convolutions on TF32 tensor cores (Ampere and later GPUs); false: exact fp32
     seed: int = 0
     log_every: int = 50
     eval_every: int = 0  # steps between validations (0: once per epoch)

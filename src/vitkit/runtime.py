@@ -175,6 +175,42 @@ def accelerators() -> tuple[AcceleratorInfo, ...]:
     return tuple(out)
 
 
+DEVICE_HELP = "auto (the accelerator when there is one, else the CPU), cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(spec: str | None = "auto", option: str = "--device"):
+    """A torch.device from "auto" | "cpu" | "cuda" | "cuda:N" | "mps"; "auto" is this process's GPU (its
+    LOCAL_RANK under torchrun), else MPS, else the CPU. Asking for a device that is not there is an error."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps") if mps is not None and mps.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"{option} {spec!r}: choose {DEVICE_HELP}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {spec}: no CUDA device is visible (torch.cuda.is_available() is False; a CPU-only "
+                             f"torch build, or CUDA_VISIBLE_DEVICES); use {option} cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{option} mps: MPS is not available here (Apple silicon and macOS 12.3+ only); use {option} cpu")
+        return dev
+    if dev.type != "cpu":
+        raise ValueError(f"{option} {spec!r}: choose {DEVICE_HELP}")
+    return dev
+
+
 def hardware() -> Hardware:
     import torch
 

@@ -21,11 +21,12 @@ def collect_attention(model: nn.Module, batches: Iterable[torch.Tensor]) -> list
     model.eval()
     per_layer: list[list[torch.Tensor]] = []
     for x in batches:
-        attn = model.forward_intermediates(x.to(model.norm.weight.dtype))["attn"]  # the model's dtype (analyze's precision)
+        w = model.norm.weight  # the model's device and dtype (analyze's device and precision)
+        attn = model.forward_intermediates(x.to(w.device, w.dtype))["attn"]
         if not per_layer:
             per_layer = [[] for _ in attn]
         for i, a in enumerate(attn):
-            per_layer[i].append(a.float())
+            per_layer[i].append(a.float().cpu())  # the analyses and figures work on the CPU
     return [torch.cat(a) for a in per_layer]
 
 

@@ -19,6 +19,7 @@ from vitkit.analysis.plots import (plot_attention_distance, plot_class_attention
 from vitkit.convert.common import refuse_existing
 from vitkit.convert.load import load_model
 from vitkit.models.fast import cast_copy
+from vitkit.runtime import resolve_device
 from vitkit.train.precision import DTYPES, resolve
 from vitkit.data.datasets import load_dataset, load_image
 from vitkit.data.loader import eval_stream
@@ -54,7 +55,8 @@ def load_images(model, src: str, data: str | None, images: list[str], num_images
 
 
 def analyze(src: str, out: str | Path, data: str | None = None, images: list[str] | None = None, num_images: int = 128,
-            head: int = 0, data_dir: str | None = None, overwrite: bool = False, precision: str = "auto") -> dict:
+            head: int = 0, data_dir: str | None = None, overwrite: bool = False, precision: str = "auto",
+            device: str = "auto") -> dict:
     """Write filters.png, posemb_similarity.png, attention_distance.png (+ .json), rollout.png,
     class_attention.png and report.html into `out`; return the numbers."""
     out = Path(out)
@@ -82,9 +84,10 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
     except ValueError as err:
         result["posemb_note"] = str(err)
 
-    prec = resolve(precision, "cpu")  # the attention maps are computed in it (bf16 / fp16: a cast copy of the weights)
-    result["precision"] = prec
-    attn = collect_attention(model if prec == "fp32" else cast_copy(model, DTYPES[prec]), batches)
+    dev = resolve_device(device)
+    prec = resolve(precision, dev)  # the attention maps are computed in it (bf16 / fp16: a cast copy of the weights)
+    result["precision"], result["device"] = prec, str(dev)
+    attn = collect_attention((model if prec == "fp32" else cast_copy(model, DTYPES[prec])).to(dev), batches)
     px = token_stride(model)
     dist = mean_attention_distance(attn, cfg.grid, px, model.num_prefix_tokens)
     size = cfg.image_size if isinstance(cfg.image_size, int) else max(cfg.image_size)

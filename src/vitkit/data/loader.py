@@ -15,6 +15,16 @@ from vitkit.data.datasets import ArrayData, FileData, Split, load_image
 from vitkit.data.transforms import BatchAugment, eval_batch, eval_transform, match_channels, mix_batch, resize_batch, train_transform
 
 
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A batch on `device`: pinned and copied without blocking when it goes from the CPU to a GPU."""
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu" and torch.cuda.is_available() and not x.is_pinned():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=device.type == "cuda")
+
+
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**63 - 1)
 
@@ -49,8 +59,12 @@ class StepBatches(TorchDataset):
     """Item `step` is that step's augmented batch (x normalised float, y labels or soft labels)."""
 
     def __init__(self, split: Split, cfg: DataConfig, channels: int, num_classes: int, batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+        """`device`: where in-memory images live and are augmented (a GPU for GPU training: the whole batch is
+        augmented there; the random draws are made on the CPU generator, so the batches are the same)."""
         self.split = prepare_arrays(split, cfg, channels) if isinstance(split, ArrayData) else split
+        if isinstance(self.split, ArrayData) and torch.device(device).type != "cpu":
+            self.split = ArrayData(self.split.images.to(device), self.split.labels.to(device))
         self.cfg, self.channels, self.num_classes, self.seed = cfg, channels, num_classes, seed
         self.rank, self.world = rank, world
         self.order = EpochOrder(len(split), batch_size, seed)
@@ -90,14 +104,16 @@ class StepBatches(TorchDataset):
             torch.set_rng_state(state)
 
 
-def train_stream(batches: StepBatches, start: int, stop: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches for steps start..stop-1, prepared by `workers` processes ahead of the training step."""
-    if workers <= 0:
+def train_stream(batches: StepBatches, start: int, stop: int, workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches for steps start..stop-1, prepared by `workers` processes ahead of the training step (data held
+    on a GPU is augmented in this process); `pin_memory` for copies to a GPU that overlap compute."""
+    if workers <= 0 or isinstance(batches.split, ArrayData) and batches.split.images.device.type != "cpu":
         for step in range(start, stop):
             yield batches[step]
         return
     loader = DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
-                        prefetch_factor=2, persistent_workers=False)
+                        prefetch_factor=2, persistent_workers=False, pin_memory=pin_memory)
     yield from loader
 
 
@@ -114,7 +130,7 @@ class _EvalFiles(TorchDataset):
 
 
 def eval_stream(split: Split, cfg: DataConfig, channels: int, batch_size: int, workers: int = 0,
-                rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                rank: int = 0, world: int = 1, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every image of a split once, in order, resized (no crop) and normalised; rank r of w gets
     every w-th batch."""
     if isinstance(split, ArrayData):
@@ -123,7 +139,8 @@ def eval_stream(split: Split, cfg: DataConfig, channels: int, batch_size: int, w
             if b % world == rank:
                 yield eval_batch(data.images[start:start + batch_size], cfg), data.labels[start:start + batch_size]
         return
-    loader = DataLoader(_EvalFiles(split, cfg, channels), batch_size=batch_size, num_workers=workers, shuffle=False)
+    loader = DataLoader(_EvalFiles(split, cfg, channels), batch_size=batch_size, num_workers=workers, shuffle=False,
+                        pin_memory=pin_memory)
     for b, (x, y) in enumerate(loader):
         if b % world == rank:
             yield x, y

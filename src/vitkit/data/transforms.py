@@ -137,7 +137,7 @@ class BatchAugment:
             theta[flip, 0, 0] *= -1
             moved = moved or bool(flip.any())
         if moved:
-            grid = F.affine_grid(theta, list(xf.shape), align_corners=False)
+            grid = F.affine_grid(theta.to(xf.device), list(xf.shape), align_corners=False)  # draws made on the CPU: the same on any device
             mode = "nearest" if cfg.crop != "inception" else "bilinear"
             xf = F.grid_sample(xf, grid, mode=mode, padding_mode="zeros", align_corners=False)
         xf = normalize(xf, cfg.normalize)

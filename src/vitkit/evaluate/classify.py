@@ -10,31 +10,52 @@ import torch.nn.functional as F
 from vitkit.train.precision import autocast
 
 
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32",
-             num_classes: int | None = None) -> dict:
-    """{"top1", "top5", "loss", "n"} and a confusion matrix ("confusion": K x K counts, rows = truth)."""
+def evaluate_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32",
+                  num_classes: int | None = None) -> dict[str, torch.Tensor] | None:
+    """The device side of `evaluate`: batches moved to the model's device, every count and the confusion
+    matrix accumulated there, nothing synchronised; None for no batches."""
+    from vitkit.data.loader import to_device
+
+    dev = model_device(model)
     was_training = model.training
     model.eval()
-    n = correct1 = correct5 = 0
-    loss_sum = 0.0
-    confusion = None
+    sums = None
     try:
         for x, y in batches:
-            with autocast(precision, x.device.type):
+            x, y = to_device(x, dev), to_device(y, dev)
+            with autocast(precision, dev.type):
                 logits = model(x)
             logits = logits.float()
             k = logits.shape[1]
-            if confusion is None:
-                confusion = torch.zeros(num_classes or k, num_classes or k, dtype=torch.long)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            if sums is None:
+                kk = num_classes or k
+                zero = torch.zeros((), dtype=torch.float64, device=logits.device)
+                sums = {"loss": zero, "correct1": zero.clone(), "correct5": zero.clone(), "n": zero.clone(),
+                        "confusion": torch.zeros(kk, kk, dtype=torch.long, device=logits.device)}
+            sums["loss"] += F.cross_entropy(logits, y, reduction="sum")
             top = logits.topk(min(5, k), dim=1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(dim=1).sum().item()
-            confusion.index_put_((y, top[:, 0]), torch.ones_like(y), accumulate=True)
-            n += len(y)
+            sums["correct1"] += (top[:, 0] == y).sum()
+            sums["correct5"] += (top == y[:, None]).any(dim=1).sum()
+            sums["confusion"].index_put_((y, top[:, 0]), torch.ones_like(y), accumulate=True)
+            sums["n"] += len(y)
     finally:
         model.train(was_training)
-    if n == 0:
+    return sums
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32",
+             num_classes: int | None = None) -> dict:
+    """{"top1", "top5", "loss", "n"} and a confusion matrix ("confusion": K x K counts, rows = truth), on
+    the model's device (GPU or CPU) with one synchronisation at the end."""
+    sums = evaluate_sums(model, batches, precision, num_classes)
+    if sums is None:
         return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "n": 0, "confusion": []}
-    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": n, "confusion": confusion.tolist()}
+    n = int(sums["n"].item())
+    return {"top1": sums["correct1"].item() / n, "top5": sums["correct5"].item() / n, "loss": sums["loss"].item() / n,
+            "n": n, "confusion": sums["confusion"].cpu().tolist()}

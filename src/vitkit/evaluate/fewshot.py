@@ -21,18 +21,22 @@ DEFAULT_L2 = 2.0**10
 @torch.inference_mode()
 def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-logits features (B, D) and labels of every batch, in order. `precision` is autocast's (resolved
+    """Pre-logits features (B, D) and labels of every batch, in order, computed on the model's device and
+    returned on the CPU (the ridge regression runs there, in float64). `precision` is autocast's (resolved
     already); an `InferenceModel` brings its own (half-precision weights)."""
+    from vitkit.data.loader import to_device
+    from vitkit.evaluate.classify import model_device
     from vitkit.train.precision import autocast
 
+    dev = model_device(model)
     was = model.training
     model.eval()
     feats, labels = [], []
     for x, y in batches:
-        with autocast(precision, x.device.type):
-            f = model.forward_head(model.forward_features(x), pre_logits=True)
-        feats.append(f.float())
-        labels.append(y)
+        with autocast(precision, dev.type):
+            f = model.forward_head(model.forward_features(to_device(x, dev)), pre_logits=True)
+        feats.append(f.float().cpu())
+        labels.append(y.cpu())
     model.train(was)
     return torch.cat(feats), torch.cat(labels)
 

@@ -12,12 +12,15 @@ from vitkit.data.transforms import eval_transform
 
 
 def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize: str | None = None,
-            precision: str = "auto") -> list[dict]:
+            precision: str = "auto", device: str = "auto") -> list[dict]:
     """[{"image", "top": [{"class", "index", "prob"}, ...]}] per image (softmax probabilities); `precision`
     "auto" is what the hardware does natively (vitkit.train.precision.resolve)."""
+    from vitkit.data.loader import to_device
     from vitkit.models.fast import InferenceModel
+    from vitkit.runtime import resolve_device
 
-    model = load_model(src).eval()
+    dev = resolve_device(device)
+    model = load_model(src).to(dev).eval()
     cfg_model = model.config
     k_model = getattr(cfg_model, "num_classes", 0)
     if not k_model:
@@ -33,7 +36,7 @@ def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize
             raise FileNotFoundError(f"{p}: no such image file")
         batch.append(transform(load_image(p, cfg_model.in_chans)))
     with torch.inference_mode():
-        probs = InferenceModel(model, precision)(torch.stack(batch)).float().softmax(-1)
+        probs = InferenceModel(model, precision)(to_device(torch.stack(batch), dev)).float().softmax(-1).cpu()
     k = min(top_k, k_model)
     out = []
     for path, p in zip(images, probs):

@@ -23,12 +23,16 @@ def data_config_for(model, data: str, data_dir: str | None = None, resolution: i
 
 def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | None = None, batch_size: int = 256,
                resolution: int | None = None, precision: str = "auto", normalize: str | None = None,
-               compile: bool = False) -> dict:
+               compile: bool = False, device: str = "auto") -> dict:
     """Top-1 / top-5, loss, per-class accuracy and the confusion matrix; `precision` "auto" is what the
-    hardware does natively (vitkit.train.precision.resolve), recorded in the result as "precision"."""
+    hardware does natively (vitkit.train.precision.resolve), recorded in the result as "precision";
+    `device` "auto" is the accelerator when there is one (vitkit.runtime.resolve_device)."""
     from vitkit.models.fast import InferenceModel
+    from vitkit.runtime import resolve_device
 
-    model = load_model(src, image_size=resolution)
+    dev = resolve_device(device)
+
+    model = load_model(src, image_size=resolution).to(dev)
     cfg = data_config_for(model, data, data_dir, resolution, normalize)
     ds = load_dataset(cfg)
     k = getattr(model.config, "num_classes", 0)
@@ -37,7 +41,9 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
                          f"(`vitkit finetune {src} --data {data}`)")
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
     model = InferenceModel(model, precision, compile=compile)  # fast blocks; bf16 / fp16 weights, not autocast
-    res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size), num_classes=ds.num_classes)
+    res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size, pin_memory=dev.type == "cuda"),
+                   num_classes=ds.num_classes)
+    res["device"] = str(dev)
     res["classes"] = ds.classes
     res["precision"] = model.precision
     conf = res["confusion"]
@@ -81,13 +87,15 @@ def plot_confusion(res: dict, path: str | Path, title: str = "") -> Path:
 
 def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, l2: float | None = None,
                   data_dir: str | None = None, batch_size: int = 256, precision: str = "auto",
-                  resolution: int | None = None) -> dict:
+                  resolution: int | None = None, device: str = "auto") -> dict:
     """Few-shot linear evaluation of a model's frozen pre-logits features: the training split's and the
     test split's features are computed once and reused for every shot count and seed."""
     from vitkit.evaluate.fewshot import DEFAULT_L2, extract_features, fewshot_eval
     from vitkit.models.fast import InferenceModel
+    from vitkit.runtime import resolve_device
 
-    model = load_model(src, image_size=resolution)
+    dev = resolve_device(device)
+    model = load_model(src, image_size=resolution).to(dev)
     cfg = data_config_for(model, data, data_dir, resolution)
     ds = load_dataset(cfg)
     chans = model.config.in_chans
@@ -95,5 +103,5 @@ def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, 
     train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, chans, batch_size))
     test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, chans, batch_size))
     res = fewshot_eval(train_x, train_y, test_x, test_y, shots, seeds, DEFAULT_L2 if l2 is None else l2)
-    res.update({"model": str(src), "data": data, "precision": model.precision})
+    res.update({"model": str(src), "data": data, "precision": model.precision, "device": str(dev)})
     return res

@@ -61,17 +61,21 @@ def _bf16_runs(forced_kind: str | None) -> bool:
     return runtime.onednn_bf16_runs()
 
 
-def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
-    """True when the fused oneDNN dense layer is used for `dtype` now: it can run, is not switched off,
-    and wins on this machine (or is forced with VITKIT_ONEDNN=1)."""
+def _verdict_name(dtype: torch.dtype, train: bool) -> str:
+    return "fp32_train" if train and dtype == torch.float32 else _DTYPES[dtype]
+
+
+def onednn_available(dtype: torch.dtype = torch.float32, train: bool = False) -> bool:
+    """True when the oneDNN dense layer is used for `dtype` now (`train`: with autograd, forward and both
+    backward products): it can run, is not switched off, and wins on this machine (or VITKIT_ONEDNN=1)."""
     if _OFF[0] or not _op_runs(dtype):
         return False
     forced = os.environ.get("VITKIT_ONEDNN", "")
     if forced in ("0", "1"):
         return forced == "1"
-    key = (dtype, torch.get_num_threads(), os.environ.get("VITKIT_CPU"))
+    key = (dtype, train, torch.get_num_threads(), os.environ.get("VITKIT_CPU"))
     if key not in _VERDICT:  # a dict look-up per call; the measurement happens once
-        _VERDICT[key] = choices()[_DTYPES[dtype]]["on"]
+        _VERDICT[key] = choices()[_verdict_name(dtype, train)]["on"]
     return _VERDICT[key]
 
 
@@ -104,26 +108,32 @@ def _gflops(fn, flops: float, reps: int) -> float:
     return flops / statistics.median(times) / 1e9
 
 
-def measure(dtype: torch.dtype, reps: int = 7) -> dict:
+def measure(dtype: torch.dtype, reps: int = 7, train: bool = False) -> dict:
     """Both paths on two ViT-shaped products (B/16's fc1 at 1024 rows, the fashion-mnist model's fc1 at
-    4096 rows), interleaved, median of `reps`; bf16 as inference runs it (packed weight, GELU fused)."""
-    out: dict[str, float] = {}
+    4096 rows), interleaved, median of `reps`; bf16 as inference runs it (packed weight, GELU fused);
+    `train` (fp32): forward and both backward products, as a training step runs them."""
     if not _op_runs(dtype):
         return {"on": False, "why": "the oneDNN op cannot run on this CPU / build"}
+    out: dict[str, float] = {}
     g = torch.Generator().manual_seed(0)
     t_torch = t_onednn = 0.0
     for m, k, n in ((1024, 768, 3072), (4096, 128, 256)):
-        x = torch.randn(m, k, generator=g).to(dtype)
-        w, b = torch.randn(n, k, generator=g).to(dtype), torch.randn(n, generator=g).to(dtype)
-        flops = 2.0 * m * k * n
-        with torch.no_grad():
-            if dtype == torch.bfloat16:
-                packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
-                plain = lambda: F.gelu(F.linear(x, w, b))  # noqa: E731
-                fast = lambda: _OP(x, packed, b, "gelu", [], "none")  # noqa: E731
-            else:
-                plain = lambda: F.linear(x, w, b)  # noqa: E731
-                fast = lambda: _OP(x, w, b, "none", [], "")  # noqa: E731
+        x = torch.randn(m, k, generator=g).to(dtype).requires_grad_(train)
+        w = torch.randn(n, k, generator=g).to(dtype).requires_grad_(train)
+        b = torch.randn(n, generator=g).to(dtype).requires_grad_(train)
+        flops = 2.0 * m * k * n * (3 if train else 1)
+        if train:
+            grad = torch.randn(m, n, generator=g)
+            plain = lambda: F.linear(x, w, b).backward(grad)  # noqa: E731
+            fast = lambda: _OneDNNLinear.apply(x, w, b).backward(grad)  # noqa: E731
+        elif dtype == torch.bfloat16:
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
+            plain = lambda: F.gelu(F.linear(x, w, b))  # noqa: E731
+            fast = lambda: _OP(x, packed, b, "gelu", [], "none")  # noqa: E731
+        else:
+            plain = lambda: F.linear(x, w, b)  # noqa: E731
+            fast = lambda: _OP(x, w, b, "none", [], "")  # noqa: E731
+        with torch.set_grad_enabled(train):
             for _ in range(2):  # warm-up (threads, caches, the blocked layout's first use)
                 plain(), fast()
             a, c = [], []
@@ -139,7 +149,8 @@ def measure(dtype: torch.dtype, reps: int = 7) -> dict:
 
 
 def choices() -> dict[str, dict]:
-    """Per dtype ("fp32", "bf16"): {"on": bool, "why": str, ...}, measured once per machine and cached
+    """Per use ("fp32" and "bf16" inference, "fp32_train" with autograd): {"on": bool, "why": str, ...},
+    measured once per machine and cached
     (~/.cache/vitkit/kernels.json, or $VITKIT_CACHE_DIR); VITKIT_ONEDNN=0/1 overrides the verdict."""
     key = _cache_key()
     if key not in _CHOICES:
@@ -149,8 +160,9 @@ def choices() -> dict[str, dict]:
         except (OSError, ValueError):
             cached = {}
         entry = cached.get(key) if isinstance(cached, dict) else None
-        if not (isinstance(entry, dict) and {"fp32", "bf16"} <= set(entry)):
-            entry = {"fp32": measure(torch.float32), "bf16": measure(torch.bfloat16)}
+        if not (isinstance(entry, dict) and {"fp32", "fp32_train", "bf16"} <= set(entry)):
+            entry = {"fp32": measure(torch.float32), "fp32_train": measure(torch.float32, train=True),
+                     "bf16": measure(torch.bfloat16)}
             cached = cached if isinstance(cached, dict) else {}
             cached[key] = entry
             try:  # best effort: a read-only home only means measuring again next time
@@ -163,7 +175,7 @@ def choices() -> dict[str, dict]:
         _CHOICES[key] = entry
     forced = os.environ.get("VITKIT_ONEDNN", "")
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in (("fp32", torch.float32), ("fp32_train", torch.float32), ("bf16", torch.bfloat16)):
         e = dict(_CHOICES[key][name])
         if forced in ("0", "1"):
             e.update(on=forced == "1" and _op_runs(dtype), why=f"forced by VITKIT_ONEDNN={forced}"
@@ -172,10 +184,11 @@ def choices() -> dict[str, dict]:
     return out
 
 
-def _usable(x: torch.Tensor, w: torch.Tensor) -> bool:
+def _usable(x: torch.Tensor, w: torch.Tensor, train: bool = False) -> bool:
     return (x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in _DTYPES
             and type(x) is torch.Tensor and type(w) in (torch.Tensor, nn.Parameter) and x.dim() >= 2
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and onednn_available(x.dtype))
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and onednn_available(x.dtype, train))
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -239,8 +252,8 @@ def dense(x: torch.Tensor, layer: nn.Linear, act: str | None = None, residual: t
     if act not in (None, "gelu"):
         raise ValueError(f"dense(act={act!r}): only None and 'gelu' are supported")
     w, b = layer.weight, layer.bias
-    fast = _usable(x, w)
     grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
+    fast = _usable(x, w, grad)
     if fast and not grad:  # inference: pre-blocked weight, GELU or the residual add inside the GEMM
         w = _packed(layer, w)
         if residual is not None and act is None and residual.dtype == x.dtype and residual.shape[:-1] == x.shape[:-1]:

@@ -21,6 +21,7 @@ class Env:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -31,23 +32,32 @@ class Env:
         return self.world > 1
 
 
-def setup() -> Env:
+def setup(device: str = "auto") -> Env:
+    """This process's rank and device; under torchrun the process group, its device chosen first: with
+    CUDA, `cuda:LOCAL_RANK` is made current before `init_process_group` (NCCL, bound to it by `device_id`),
+    else gloo on the CPU. `device` is train.device (vitkit.runtime.resolve_device)."""
+    from vitkit.runtime import resolve_device
+
+    dev = resolve_device(device, option="train.device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Env()
+        return Env(device=dev)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if device in ("auto", "cuda") else dev.index)
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         timeout = timedelta(seconds=int(os.environ.get("VITKIT_DIST_TIMEOUT", "300")))
-        dist.init_process_group(backend=backend, timeout=timeout)
-    env = Env(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
-    return env
+        if dev.type == "cuda":
+            dist.init_process_group(backend="nccl", timeout=timeout, device_id=dev)
+        else:
+            dist.init_process_group(backend="gloo", timeout=timeout)
+    return Env(dist.get_rank(), dist.get_world_size(), local, dev)
 
 
 def device(env: Env) -> torch.device:
-    """This rank's device: its local GPU when there is one, else the CPU."""
-    return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    """This rank's device: its GPU (cuda:LOCAL_RANK) under torchrun with CUDA, else as train.device said."""
+    return env.device
 
 
 def teardown(env: Env) -> None:
@@ -72,7 +82,7 @@ def broadcast_path(path: Path, env: Env) -> Path:
 PARALLEL = ("ddp", "fsdp")
 
 
-def wrap(module: nn.Module, env: Env, parallel: str) -> nn.Module:
+def wrap(module: nn.Module, env: Env, parallel: str, precision: str = "fp32") -> nn.Module:
     """DDP: a wrapper that all-reduces gradients. FSDP: parameters, gradients and optimizer state sharded
     across ranks, one unit per transformer block (or ResNet stage) plus the rest; `module` itself becomes
     the sharded module, so build the optimizer after this. One process: `module` unchanged."""
@@ -82,11 +92,17 @@ def wrap(module: nn.Module, env: Env, parallel: str) -> nn.Module:
         return module
     if parallel == "ddp":
         return nn.parallel.DistributedDataParallel(module)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    kw = {}
+    if precision in ("bf16", "fp16") and env.device.type == "cuda":
+        # weights all-gathered and computed in half precision, gradients reduced in fp32; on the CPU (gloo)
+        # autocast alone, as one process runs (same numerics)
+        half = torch.bfloat16 if precision == "bf16" else torch.float16
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
     for unit in shard_units(module):
-        fully_shard(unit)
-    fully_shard(module)
+        fully_shard(unit, **kw)
+    fully_shard(module, **kw)
     return module
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from vitkit import runtime
 from vitkit.config import Config, apply_overrides, load_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
-from vitkit.data.loader import StepBatches, eval_stream, step_seed, train_stream
+from vitkit.data.loader import StepBatches, eval_stream, step_seed, to_device, train_stream
 from vitkit.models.fast import accelerate
 from vitkit.models.registry import create_model
 from vitkit.objectives import build_objective
@@ -25,7 +25,7 @@ from vitkit.train import distributed
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
 from vitkit.train.metrics import MetricsLogger, plot_curves, write_json_atomic
 from vitkit.train.optim import build_optimizer, build_schedule
-from vitkit.train.precision import autocast, grad_scaler, resolve
+from vitkit.train.precision import autocast, configure_matmul, grad_scaler, resolve
 
 
 def new_run_dir(out: str | Path | None, recipe: str) -> Path:
@@ -88,7 +88,7 @@ class TrainModule(nn.Module):
 
 def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                batching: Batching, clip_norm: float, precision: str, params: list[nn.Parameter],
-               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step over a (per-rank) batch, in micro-batches; returns its metrics. `precision` is
     resolved ("fp32", "bf16" or "fp16"); fp16 needs `scaler` (its loss is scaled, its gradients unscaled
     before clipping, and a step with non-finite gradients is skipped)."""
@@ -117,7 +117,21 @@ def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: t
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {**{k: float(v) for k, v in sums.items()}, "grad_norm": float(grad_norm)}
+    return {**sums, "grad_norm": grad_norm.detach()}  # tensors: turned into numbers (a device sync) at log steps only
+
+
+def _oom_message(cfg: Config, model: nn.Module, dev: torch.device, batching: Batching, err: Exception) -> str:
+    from vitkit.train.memory import oom_advice
+
+    where = f"{dev} out of memory (micro-batch {batching.micro} of {batching.per_rank} per process)"
+    try:
+        total = torch.cuda.get_device_properties(dev).total_memory
+        extra = {"in_chans": model.config.in_chans, "num_classes": model.config.num_classes, **cfg.model.overrides()}
+        advice = oom_advice(cfg.model.name, cfg.data.image_size, extra, sum(p.numel() for p in model.parameters()),
+                            batching.micro, batching.per_rank, total, cfg.train.activation_checkpointing)
+    except Exception:  # the advice is best effort; the error itself must get through
+        advice = "try a smaller --set train.micro_batch_size (same results, by accumulation)"
+    return f"{where}: {advice}"
 
 
 def _preprocess(cfg: Config, model: nn.Module) -> dict[str, Any]:
@@ -126,15 +140,13 @@ def _preprocess(cfg: Config, model: nn.Module) -> dict[str, Any]:
 
 # What a resumed run may change: how it runs, not what it computes.
 RESUME_KEYS = ("train.parallel", "train.threads", "train.progress", "train.stop_at_step", "train.activation_checkpointing",
-               "train.micro_batch_size", "train.eval_batch_size", "train.compile", "data.workers")
+               "train.micro_batch_size", "train.eval_batch_size", "train.compile", "data.workers", "train.device", "train.tf32")
 
 
 def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
           overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says; write the run directory; return the final metrics (metrics.json). On resume,
     `overrides` may change only RESUME_KEYS (e.g. a run from 2 FSDP processes continued in one)."""
-    env = distributed.setup()
-    dev = distributed.device(env)
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
@@ -144,7 +156,11 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             if o.split("=", 1)[0].strip() not in RESUME_KEYS:
                 raise ValueError(f"--set {o}: a resumed run keeps its configuration; only {', '.join(RESUME_KEYS)} may change")
         apply_overrides(cfg, overrides or [])
+        env = distributed.setup(cfg.train.device)
+        dev = distributed.device(env)
     else:
+        env = distributed.setup(cfg.train.device)  # a device that is not there is an error before anything is written
+        dev = distributed.device(env)
         cfg.train.precision = resolve(cfg.train.precision, dev)  # "auto" -> what this hardware does natively, recorded
         run_dir = new_run_dir(out, cfg.recipe) if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
@@ -154,6 +170,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
+    configure_matmul(cfg.train.precision, dev, cfg.train.tf32)
     hardware = runtime.describe() if env.is_main else {}
 
     ds = load_dataset(cfg.data)
@@ -162,8 +179,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     main_metric = objective.main_metric
     module = TrainModule(model, objective)
     batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
+    # in-memory data lives and is augmented on the training device (whole batches; draws on the CPU generator)
     batches = StepBatches(ds.train, cfg.data, model.config.in_chans, ds.num_classes, cfg.train.batch_size, cfg.train.seed,
-                          env.rank, env.world)
+                          env.rank, env.world, device=dev if cfg.data.workers <= 0 else "cpu")
     total = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * batches.steps_per_epoch))
     eval_every = cfg.train.eval_every or batches.steps_per_epoch
     ckpt_every = cfg.train.ckpt_every or batches.steps_per_epoch
@@ -178,7 +196,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         raise ValueError("optim.ema with train.parallel=fsdp: the averaged copy would not be sharded; "
                          "use train.parallel=ddp or optim.ema=0")
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=True) if cfg.optim.ema > 0 else None
-    wrapped = distributed.wrap(module, env, cfg.train.parallel)  # FSDP shards `module` in place
+    wrapped = distributed.wrap(module, env, cfg.train.parallel, cfg.train.precision)  # FSDP shards `module` in place
     optimizer = build_optimizer(module, cfg.optim)  # after sharding: FSDP's optimizer holds only this rank's shards
     schedule = build_schedule(optimizer, cfg.optim, total)
     start = 0
@@ -211,9 +229,10 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         return ema.module if ema is not None else model
 
     def run_eval(split) -> dict:
-        batches = eval_stream(split, cfg.data, model.config.in_chans, cfg.train.eval_batch_size, rank=env.rank, world=env.world)
+        batches = eval_stream(split, cfg.data, model.config.in_chans, cfg.train.eval_batch_size, workers=cfg.data.workers,
+                              rank=env.rank, world=env.world, pin_memory=dev.type == "cuda")
         with distributed.gathered(module):  # FSDP: full parameters for the whole evaluation, however many batches a rank has
-            res = objective.evaluate(export_model(), ((x.to(dev), y.to(dev)) for x, y in batches), cfg.train.precision)
+            res = objective.evaluate(export_model(), ((to_device(x, dev), to_device(y, dev)) for x, y in batches), cfg.train.precision)
         res = distributed.reduce_eval(res, env)
         return {k: v for k, v in res.items() if isinstance(v, (int, float))}
 
@@ -232,43 +251,49 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     bar = tqdm(total=total, initial=start, disable=not (cfg.train.progress and env.is_main), dynamic_ncols=True, desc="train")
     t0, seen, last_val = time.perf_counter(), 0, None
     model.train()
-    stream = train_stream(batches, start, total, cfg.data.workers)
+    stream = train_stream(batches, start, total, cfg.data.workers, pin_memory=dev.type == "cuda")
+    shown: dict[str, float] = {}
     stop = min(total, cfg.train.stop_at_step) if cfg.train.stop_at_step > start else total
-    for step in range(start, stop):
-        x, y = next(stream)
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        torch.manual_seed(step_seed(cfg.train.seed, step, salt=3 + env.rank))  # dropout, stochastic depth
-        metrics = train_step(step_module, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params, scaler)
-        metrics["lr"] = schedule.get_last_lr()[0]
-        schedule.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        seen += len(x) * env.world
-        done = step + 1
-        if done % cfg.train.log_every == 0 or done == total:
-            metrics = distributed.reduce_metrics(metrics, env)
-            metrics["img_per_s"] = seen / (time.perf_counter() - t0)
-            metrics["epoch"] = done / batches.steps_per_epoch
-            logger.log(done, "train", metrics)
-        if done % eval_every == 0 and done != total and len(ds.val):
-            last_val = validate(done)
-        if (done % ckpt_every == 0 or done == stop) and done != total:
-            checkpoint(done)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('acc', float('nan')):.3f}",
-                        img_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                        val=f"{last_val[main_metric]:.3f}" if last_val else "-", refresh=False)
-        bar.update(1)
-        if cfg.train.time_limit_s:
-            over = time.perf_counter() - t0 >= cfg.train.time_limit_s
-            if env.active:  # rank 0's clock decides, so that every rank stops after the same step
-                flag = torch.tensor([float(over)], device=distributed.comm_device())
-                torch.distributed.broadcast(flag, 0)
-                over = bool(flag.item())
-            if over:
-                if env.is_main:
-                    print(f"time limit: stopping after step {done} of {total} ({cfg.train.time_limit_s:g} s of training)")
-                total = done
-                break
+    try:
+        for step in range(start, stop):
+            x, y = next(stream)
+            x, y = to_device(x, dev), to_device(y, dev)
+            torch.manual_seed(step_seed(cfg.train.seed, step, salt=3 + env.rank))  # dropout, stochastic depth
+            metrics = train_step(step_module, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params, scaler)
+            metrics["lr"] = schedule.get_last_lr()[0]
+            schedule.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            seen += len(x) * env.world
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == total:
+                metrics = distributed.reduce_metrics({k: float(v) for k, v in metrics.items()}, env)
+                metrics["img_per_s"] = seen / (time.perf_counter() - t0)
+                metrics["epoch"] = done / batches.steps_per_epoch
+                logger.log(done, "train", metrics)
+                shown = metrics
+            if done % eval_every == 0 and done != total and len(ds.val):
+                last_val = validate(done)
+            if (done % ckpt_every == 0 or done == stop) and done != total:
+                checkpoint(done)
+            if shown:  # the last logged step's numbers: no device sync per step
+                bar.set_postfix(loss=f"{shown['loss']:.3f}", acc=f"{shown.get('acc', float('nan')):.3f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                                val=f"{last_val[main_metric]:.3f}" if last_val else "-", refresh=False)
+            bar.update(1)
+            if cfg.train.time_limit_s:
+                over = time.perf_counter() - t0 >= cfg.train.time_limit_s
+                if env.active:  # rank 0's clock decides, so that every rank stops after the same step
+                    flag = torch.tensor([float(over)], device=distributed.comm_device())
+                    torch.distributed.broadcast(flag, 0)
+                    over = bool(flag.item())
+                if over:
+                    if env.is_main:
+                        print(f"time limit: stopping after step {done} of {total} ({cfg.train.time_limit_s:g} s of training)")
+                    total = done
+                    break
+    except torch.OutOfMemoryError as err:
+        raise MemoryError(_oom_message(cfg, model, dev, batching, err)) from None
     bar.close()
     wall = time.perf_counter() - t0
     if stop < total:

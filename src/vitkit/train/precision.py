@@ -89,3 +89,13 @@ def autocast(precision: str, device_type: str) -> contextlib.AbstractContextMana
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 training needs its loss scaled (fp16's range is too narrow for small gradients); bf16 and fp32 do not."""
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def configure_matmul(precision: str, device: torch.device, tf32: bool = True) -> None:
+    """fp32 on a CUDA GPU of compute capability 8.0+: matmuls and convolutions on TF32 tensor cores (10-bit
+    mantissa inputs, fp32 accumulation: what PyTorch leaves off by default) unless `tf32` is False."""
+    if device.type != "cuda" or precision != "fp32":
+        return
+    on = tf32 and torch.cuda.get_device_capability(device)[0] >= 8
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    torch.backends.cudnn.allow_tf32 = on
