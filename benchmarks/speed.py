@@ -214,6 +214,9 @@ def main() -> None:
     ap.add_argument("--models", default="fmnist,Ti,S,B")
     ap.add_argument("--seconds", type=float, default=9.0, help="timed seconds per contender and row")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default="inference,train", help="which of inference,train")
+    ap.add_argument("--precisions", default="fp32,bf16", help="which of fp32,bf16")
+    ap.add_argument("--out", default="speed", help="result name: benchmarks/results/NAME.json and .md")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
@@ -234,8 +237,8 @@ def main() -> None:
         ref = logits(models["vitkit"], x[:4]).detach()
         diffs = {k: (logits(m, x[:4]).detach() - ref).abs().max().item() for k, m in models.items() if k != "vitkit"}
         gf = forward_gflops(models["vitkit"], x)
-        for mode in ("inference", "train"):
-            for prec in ("fp32", "bf16"):
+        for mode in args.modes.split(","):
+            for prec in args.precisions.split(","):
                 bf16 = prec == "bf16"
                 fns: dict[str, Callable] = {}
                 compile_s = None
@@ -281,9 +284,9 @@ def main() -> None:
                     out["rows"].append(row)
                     print(f"{label:<28} {mode:<9} {prec} {k:<17} {ips:8.1f} img/s  x{row['vs_best_peer'] or 0:.2f}  "
                           f"{row['fraction_of_peak']:.0%} of peak  {r['rss_growth_mib']:.0f} MiB", flush=True)
-    (HERE / "results" / "speed.json").write_text(json.dumps(out, indent=2))
+    (HERE / "results" / f"{args.out}.json").write_text(json.dumps(out, indent=2))
     md = table(out)
-    (HERE / "results" / "speed.md").write_text(md + "\n" + summary(out))
+    (HERE / "results" / f"{args.out}.md").write_text(md + "\n" + summary(out))
     print(md + "\n" + summary(out))
 
 
