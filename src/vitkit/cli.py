@@ -95,10 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.recipe or args.config or args.out:
             raise ValueError("--resume continues a run exactly as it was configured; drop --recipe/--config/--out")
-        train(None, resume=args.resume, overrides=args.set or [])
+        train(None, resume=args.resume, overrides=(args.set or []) + ([f"train.device={args.device}"] if args.device else []))
         return 0
     cfg = load_config(args.config) if args.config else get_recipe(args.recipe or "quickstart")
-    apply_overrides(cfg, args.set or [])
+    apply_overrides(cfg, (args.set or []) + ([f"train.device={args.device}"] if args.device else []))
     if args.print_config:
         print(cfg.to_json())
         return 0
@@ -145,7 +145,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             sweep = [float(t) for t in args.lr_sweep.split(",")]
         except ValueError:
             raise ValueError(f"--lr-sweep {args.lr_sweep!r}: give comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03") from None
-    finetune(args.src, args.data, args.resolution, args.set, args.out, sweep)
+    finetune(args.src, args.data, args.resolution, (args.set or []) + ([f"train.device={args.device}"] if args.device else []),
+             args.out, sweep)
     return 0
 
 
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split",
@@ -290,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-sweep", metavar="LRS", help="comma-separated learning rates; the best on the validation split is kept")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/finetune-TIME)")
+    p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (paper section 4.1)",

@@ -187,6 +187,7 @@ def load_model(
     model: str | None = None,
     drop_pre_logits: bool = False,
     resample_mode: str = "bilinear",
+    device: str | torch.device | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """A model with the weights of any checkpoint vitkit reads; the architecture comes from the file.
@@ -195,7 +196,8 @@ def load_model(
     `image_size` resamples the position embeddings over the new grid (class token untouched);
     `drop_pre_logits` removes a pre-logits layer (as for fine-tuning); `model` names the variant when
     the file cannot say (timm state dicts do not record the number of heads); `overrides` set any
-    other architecture option (dropout, drop_path, heads, ...). The returned model has a
+    other architecture option (dropout, drop_path, heads, ...); `device` ("auto", "cpu", "cuda:1", ...) places
+    it (default: the CPU, where the file is read). The returned model has a
     `load_report` (missing, unexpected and resampled tensors) and `class_names` (or None).
     """
     source = str(path)
@@ -225,6 +227,10 @@ def load_model(
     net.load_report = report
     net.class_names = class_names
     net.preprocess = read_preprocess(path)
+    if device is not None:
+        from vitkit.runtime import resolve_device
+
+        net.to(resolve_device(str(device), option="device"))
     return net
 
 
