@@ -13,12 +13,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from vitkit import runtime
-from vitkit.config import apply_overrides
-from vitkit.recipes import get_recipe
-from vitkit.train.loop import train
+
+runtime.configure_threads_env()  # as the `vitkit` command does, before torch starts: the figures are `vitkit train`'s
+
+from vitkit.config import apply_overrides  # noqa: E402
+from vitkit.recipes import get_recipe  # noqa: E402
+from vitkit.train.loop import train  # noqa: E402
 
 HERE = Path(__file__).parent
 
