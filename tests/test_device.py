@@ -50,6 +50,29 @@ def test_inference_model_runs_on_the_models_device(precision):
     assert all(p.device.type == "cuda" for p in fast.parameters())
 
 
+def test_prediction_runs_on_the_models_device_and_returns_to_the_cpu():
+    from vitkit.evaluate.predict import probabilities
+
+    model = _model()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        probs = probabilities(InferenceModel(model.to("cuda"), "fp32"), torch.randn(3, 3, 16, 16))
+    assert probs.device.type == "cpu" and probs.shape == (3, 5)
+
+
+def test_in_memory_batches_are_augmented_on_the_training_device():
+    from vitkit.config import DataConfig
+    from vitkit.data.datasets import ArrayData
+    from vitkit.data.loader import StepBatches
+
+    split = ArrayData(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8), torch.arange(40) % 5)
+    cfg = DataConfig(image_size=8, crop="pad", crop_padding=1, flip=True)
+    cpu = StepBatches(split, cfg, 1, 5, 16, seed=0)[3]
+    # the meta device stands in for a GPU here (the augmentation's random draws are data-dependent CPU work,
+    # which FakeTensorMode cannot run): any tensor left behind on the CPU would raise a device mismatch
+    x, y = StepBatches(split, cfg, 1, 5, 16, seed=0, device="meta")[3]
+    assert x.device.type == "meta" and y.device.type == "meta" and x.shape == cpu[0].shape == (16, 1, 8, 8)
+
+
 def test_fewshot_features_come_back_to_the_cpu():
     model = _model()
     with FakeTensorMode(allow_non_fake_inputs=True):

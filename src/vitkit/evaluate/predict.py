@@ -11,11 +11,19 @@ from vitkit.data.datasets import load_image
 from vitkit.data.transforms import eval_transform
 
 
+@torch.inference_mode()
+def probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (B, K) on the CPU of prepared images (B, C, H, W), computed on the model's device."""
+    from vitkit.data.loader import to_device
+    from vitkit.evaluate.classify import model_device
+
+    return model(to_device(images, model_device(model))).float().softmax(-1).cpu()
+
+
 def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize: str | None = None,
             precision: str = "auto", device: str = "auto") -> list[dict]:
     """[{"image", "top": [{"class", "index", "prob"}, ...]}] per image (softmax probabilities); `precision`
     "auto" is what the hardware does natively (vitkit.train.precision.resolve)."""
-    from vitkit.data.loader import to_device
     from vitkit.models.fast import InferenceModel
     from vitkit.runtime import resolve_device
 
@@ -35,8 +43,7 @@ def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such image file")
         batch.append(transform(load_image(p, cfg_model.in_chans)))
-    with torch.inference_mode():
-        probs = InferenceModel(model, precision)(to_device(torch.stack(batch), dev)).float().softmax(-1).cpu()
+    probs = probabilities(InferenceModel(model, precision), torch.stack(batch))
     k = min(top_k, k_model)
     out = []
     for path, p in zip(images, probs):
