@@ -92,11 +92,11 @@ class PeakRSS:
 def gemm_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
     """Best GFLOP/s of a large square product through torch.mm (MKL for fp32, oneDNN for bf16) and through
     oneDNN directly; the machine's peak is the larger (on AMD CPUs MKL's fp32 reaches about half of oneDNN's)."""
-    from vitkit.models.kernels import _mm, onednn_available
+    from vitkit.models.kernels import _mm, _op_runs
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     fns = {"torch.mm": lambda: torch.mm(a, b)}
-    if onednn_available():
+    if _op_runs(dtype):  # oneDNN can run this dtype on this CPU (bf16 needs AVX-512 or AVX_NE_CONVERT)
         fns["oneDNN"] = lambda: _mm(a, b.t(), None)  # a @ b, as torch.mm
     out = {}
     for name, fn in fns.items():
