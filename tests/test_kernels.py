@@ -274,3 +274,73 @@ def test_half_precision_copy_with_the_scale_folded_in_agrees_on_both_attention_p
         w_fast = fast.model.forward_intermediates(x.to(torch.bfloat16))["attn"]
     assert (got - want).abs().max() < 0.05 * want.abs().max()
     assert all((a.float() - b).abs().max() < 0.02 for a, b in zip(w_fast, w_ref))
+
+
+def _cold_cache(monkeypatch, path):
+    monkeypatch.setenv("VITKIT_CACHE_DIR", str(path))
+    monkeypatch.delenv("VITKIT_ONEDNN", raising=False)
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    monkeypatch.setattr(kernels, "_VERDICT", {})
+
+
+def test_first_use_on_a_new_machine_inside_inference_mode_and_checkpointing(tmp_path, monkeypatch):
+    """The measurement runs on first use: it must work inside torch.inference_mode (evaluation) and must not
+    happen inside an activation-checkpointed forward (its recomputation would see other tensors)."""
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
+    _cold_cache(monkeypatch, tmp_path / "a")
+    with torch.inference_mode():
+        fast = InferenceModel(_tiny(), "fp32")
+        res = evaluate(fast, [(x, y)])
+    assert res["n"] == 4 and (tmp_path / "a/kernels.json").exists()
+    _cold_cache(monkeypatch, tmp_path / "b")
+    with torch.inference_mode():
+        assert kernels.measure(torch.float32, reps=1, train=True)["why"]
+    _cold_cache(monkeypatch, tmp_path / "c")
+    model = _tiny()
+    model.set_grad_checkpointing(True)
+    accelerate(model).train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.blocks.parameters())
+
+
+def test_a_replaced_weight_is_never_served_from_the_packed_copy(onednn_on):
+    layer = _layer()
+    x = torch.randn(6, 24)
+    with torch.no_grad():
+        pack_dense_weights(layer)
+        layer.weight = nn.Parameter(torch.randn_like(layer.weight))  # a new tensor, version counter 0 like the old one
+        assert kernels._packed(layer, layer.weight) is layer.weight
+        assert torch.allclose(dense(x, layer), F.linear(x, layer.weight, layer.bias), atol=1e-5)
+
+
+def test_the_folded_scale_never_leaves_the_copy():
+    model = _tiny()
+    x = torch.randn(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = InferenceModel(model, "bf16")
+    sd = fast.model.state_dict()  # what save_model or an export would write: the model's own weights
+    for k, v in model.state_dict().items():
+        assert torch.allclose(sd[k].float(), v.to(torch.bfloat16).float(), atol=1e-6), k
+    with torch.no_grad():
+        want = model.eval()(x)
+        got = reference(fast.model)(x.to(torch.bfloat16)).float()  # plain blocks again, which scale q themselves
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_a_cpu_that_cannot_run_onednn_bf16_is_safe_even_when_told_it_has_native_bf16(monkeypatch, spy):
+    """The risky direction of forcing: VITKIT_CPU=native-bf16 on an AVX2-only CPU (its probe faked here) may
+    change what vitkit chooses, never make it call a bf16 kernel the CPU lacks."""
+    monkeypatch.setattr(runtime, "_probe_cpu", lambda: ("AMD EPYC (AVX2)", "AVX2", ("avx2",)))
+    monkeypatch.setenv("VITKIT_CPU", "native-bf16")
+    monkeypatch.setenv("VITKIT_ONEDNN", "1")
+    kernels._bf16_runs.cache_clear()
+    try:
+        assert runtime.cpu_info().native_bf16 and not runtime.onednn_bf16_runs()
+        assert not kernels._op_runs(torch.bfloat16) and not kernels.onednn_available(torch.bfloat16)
+        fast = InferenceModel(_tiny(), "auto")
+        assert fast.precision == "bf16"
+        with torch.no_grad():
+            fast(torch.randn(2, 3, 16, 16))
+        assert all(dtype != torch.bfloat16 for _, dtype in spy.calls)
+    finally:
+        kernels._bf16_runs.cache_clear()

@@ -59,17 +59,26 @@ def test_available_cores_honours_affinity_and_cgroup_quota(monkeypatch):
     assert runtime.available_cores() == 1
 
 
-def test_cgroup_v2_quota_file(monkeypatch, tmp_path):
-    real = runtime.Path
-
-    def fake(p):
-        return real(tmp_path / "cpu.max") if str(p) == "/sys/fs/cgroup/cpu.max" else real(p)
-
-    monkeypatch.setattr(runtime, "Path", fake)
-    (tmp_path / "cpu.max").write_text("150000 100000\n")
+def test_cgroup_v2_quota_anywhere_up_the_tree(monkeypatch, tmp_path):
+    """systemd / SLURM put a job's quota on its own cgroup, below the root: the tightest one up the tree counts."""
+    job, parent, root = tmp_path / "root/slurm/job", tmp_path / "root/slurm", tmp_path / "root"
+    job.mkdir(parents=True)
+    monkeypatch.setattr(runtime, "_cgroup_v2_dirs", lambda: [job, parent, root])
+    (job / "cpu.max").write_text("max 100000\n")
+    (parent / "cpu.max").write_text("150000 100000\n")
     assert runtime._cgroup_quota() == 1.5
-    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (root / "cpu.max").write_text("100000 100000\n")
+    assert runtime._cgroup_quota() == 1.0
+    for d in (parent, root):
+        (d / "cpu.max").write_text("max 100000\n")
     assert runtime._cgroup_quota() is None
+    monkeypatch.setattr(runtime, "_cgroup_v2_dirs", lambda: [tmp_path / "nowhere"])
+    real = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: real(tmp_path / "v1" / real(p).name) if "cpu.cfs" in str(p) else real(p))
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1/cpu.cfs_quota_us").write_text("250000")
+    (tmp_path / "v1/cpu.cfs_period_us").write_text("100000")
+    assert runtime._cgroup_quota() == 2.5  # cgroup v1
 
 
 @pytest.mark.parametrize("cc,want", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
@@ -134,8 +143,8 @@ def test_configure_threads_env_fills_only_what_the_user_left_unset(monkeypatch):
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
     set_now = runtime.configure_threads_env(env)
     assert env == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"} and set_now == {"OMP_NUM_THREADS": "3"}
-    monkeypatch.setenv("VITKIT_THREAD_DEFAULTS", "0")
-    assert runtime.configure_threads_env({}) == {}
+    off = {"VITKIT_THREAD_DEFAULTS": "0"}
+    assert runtime.configure_threads_env(off) == {} and off == {"VITKIT_THREAD_DEFAULTS": "0"}
 
 
 def test_vitkit_info_names_the_cpu_and_the_choices(monkeypatch, capsys):

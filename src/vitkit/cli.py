@@ -370,7 +370,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from vitkit.runtime import configure_threads_env
 
-    configure_threads_env()  # before torch is imported: OpenMP reads these once
+    if "torch" not in sys.modules:  # OpenMP reads these once, when torch starts; later they would only leak
+        configure_threads_env()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
@@ -383,6 +384,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ImportError: a missing extra; MemoryError: a GPU out of memory, with the estimate and a smaller micro-batch
         print(f"vitkit {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(err, torch.OutOfMemoryError):  # outside the training steps (evaluation, verbs)
+            first = str(err).splitlines()[0] if str(err) else "out of memory"
+            print(f"vitkit {args.verb}: error: {first}; try a smaller --batch-size (or train.eval_batch_size), "
+                  f"or --device cpu", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

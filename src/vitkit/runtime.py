@@ -144,14 +144,32 @@ def default_threads() -> int:
     return available_cores()
 
 
+def _cgroup_v2_dirs() -> list[Path]:
+    """This process's cgroup v2 directory and its parents (a quota anywhere up the tree applies)."""
+    try:
+        rel = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
+    except (OSError, StopIteration, IndexError):
+        rel = "/"
+    d = Path("/sys/fs/cgroup") / rel.strip().lstrip("/")
+    dirs = [d, *d.parents]
+    return [p for p in dirs if str(p).startswith("/sys/fs/cgroup")]
+
+
 def _cgroup_quota() -> float | None:
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if text and text[0] != "max":
-            return int(text[0]) / int(text[1])
-        return None
-    except (OSError, ValueError, IndexError):
-        pass
+    quotas, v2 = [], False
+    for d in _cgroup_v2_dirs():  # cgroup v2: cpu.max holds "max 100000" or "200000 100000"
+        try:
+            text = Path(d / "cpu.max").read_text().split()
+        except OSError:
+            continue
+        v2 = True
+        try:
+            if text and text[0] != "max":
+                quotas.append(int(text[0]) / int(text[1]))
+        except (ValueError, IndexError):
+            continue
+    if v2:
+        return min(quotas) if quotas else None
     try:  # cgroup v1
         q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
         p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
@@ -255,9 +273,9 @@ def configure_threads_env(environ: dict[str, str] | None = None) -> dict[str, st
     """Set OpenMP's thread count (the cores this process may use) and wait policy in `environ` where unset;
     returns what it set. Call before torch is imported (the console script does)."""
     environ = os.environ if environ is None else environ
-    wanted = {"OMP_NUM_THREADS": str(available_cores()), **THREAD_DEFAULTS}
-    if os.environ.get("VITKIT_THREAD_DEFAULTS", "1") == "0":
+    if environ.get("VITKIT_THREAD_DEFAULTS", "1") == "0":
         return {}
+    wanted = {"OMP_NUM_THREADS": str(available_cores()), **THREAD_DEFAULTS}
     set_now = {k: v for k, v in wanted.items() if k not in environ}
     environ.update(set_now)
     return set_now

@@ -24,9 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitkit.models import kernels
 from vitkit.models.kernels import dense, pack_dense_weights
 from vitkit.models.vit import Attention, Block
-from vitkit.train.precision import DTYPES, resolve
+from vitkit.train.precision import DTYPES, configure_matmul, resolve
 
 
 def explicit_attention(q: torch.Tensor) -> bool:
@@ -87,13 +88,36 @@ def prescale_queries(model: nn.Module) -> int:
             if a.qkv.bias is not None:
                 a.qkv.bias[:D] *= a.head_dim**-0.5
             a.__dict__["_vitkit_q_prescaled"] = True
+            a.register_state_dict_post_hook(_unscaled_state)  # saved or exported, the weights are the model's own
             n += 1
     return n
+
+
+def _unscale(attn: Attention, t: torch.Tensor) -> torch.Tensor:
+    D = attn.heads * attn.head_dim
+    t = t.clone()
+    t[:D] *= attn.head_dim**0.5
+    return t
+
+
+def _unscaled_state(attn: Attention, state: dict, prefix: str, local_metadata: dict) -> None:
+    if attn.__dict__.get("_vitkit_q_prescaled"):
+        for name in ("qkv.weight", "qkv.bias"):
+            if prefix + name in state:
+                state[prefix + name] = _unscale(attn, state[prefix + name])
+
+
+def _measure_kernels_now(model: nn.Module) -> None:
+    """The per-machine kernel verdicts, measured here (once per machine, then cached) rather than inside the
+    first forward, where activation checkpointing or inference mode would be in the way."""
+    if any(p.device.type == "cpu" for p in model.parameters()):
+        kernels.choices()
 
 
 def accelerate(model: nn.Module) -> nn.Module:
     """Swap every transformer `Block` of `model` (in place) for a `FastBlock`; returns the model. Parameters,
     buffers, state_dict keys and results (within rounding) are unchanged; models without blocks pass through."""
+    _measure_kernels_now(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is Block:
@@ -106,6 +130,12 @@ def reference(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is FastBlock:
+                a = child.attn
+                if a.__dict__.pop("_vitkit_q_prescaled", False):  # the reference block scales q itself
+                    with torch.no_grad():
+                        a.qkv.weight.copy_(_unscale(a, a.qkv.weight))
+                        if a.qkv.bias is not None:
+                            a.qkv.bias.copy_(_unscale(a, a.qkv.bias))
                 plain = Block.__new__(Block)
                 nn.Module.__init__(plain)
                 plain.norm1, plain.attn, plain.norm2, plain.mlp, plain.drop_path = (
@@ -141,6 +171,8 @@ class InferenceModel(nn.Module):
         super().__init__()
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
         self.precision = resolve(precision, device)
+        configure_matmul(self.precision, device)  # fp32 on Ampere+ GPUs: TF32 tensor cores, as training does
+        _measure_kernels_now(model)
         self.dtype = DTYPES[self.precision]
         model.eval()  # as before: the wrapped model is put in eval mode (fp32 shares its modules)
         if self.dtype == torch.float32:  # a shallow copy: the same parameters, fast blocks in the copy only

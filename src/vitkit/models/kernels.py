@@ -10,8 +10,9 @@ are equal, and on Intel CPUs MKL is at home: there the plain path is kept.
 
 Where it runs: only inside the fast blocks that `vitkit.models.fast` swaps into a model (the reference
 model in models/vit.py calls plain nn.Linear), for CPU tensors of one dtype, fp32 or bf16, no autocast
-(autocast already sends bf16 GEMMs to oneDNN), not while torch.compile traces, plain tensors only (FSDP's
-DTensors and other subclasses take the ordinary path), and only for a dtype where it wins on this machine:
+(autocast already sends bf16 GEMMs to oneDNN), not while torch.compile traces, plain tensors only (tensor
+subclasses such as FakeTensors take the ordinary path; FSDP2 computes on unsharded plain parameters, so its
+blocks can use it), and only for a dtype where it wins on this machine:
 `choices()` measures both paths once (a fraction of a second) and caches the verdict per CPU model, torch
 version and thread count in the user's cache directory. `VITKIT_ONEDNN=1` / `=0` forces it on / off
 (bf16 still only where the CPU can run oneDNN's bf16 kernels); `plain_kernels()` turns it off in a block.
@@ -24,6 +25,7 @@ import json
 import os
 import statistics
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,33 +120,44 @@ def measure(dtype: torch.dtype, reps: int = 7, train: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     t_torch = t_onednn = 0.0
     for m, k, n in ((1024, 768, 3072), (4096, 128, 256)):
-        x = torch.randn(m, k, generator=g).to(dtype).requires_grad_(train)
-        w = torch.randn(n, k, generator=g).to(dtype).requires_grad_(train)
-        b = torch.randn(n, generator=g).to(dtype).requires_grad_(train)
-        flops = 2.0 * m * k * n * (3 if train else 1)
-        if train:
-            grad = torch.randn(m, n, generator=g)
-            plain = lambda: F.linear(x, w, b).backward(grad)  # noqa: E731
-            fast = lambda: _OneDNNLinear.apply(x, w, b).backward(grad)  # noqa: E731
-        elif dtype == torch.bfloat16:
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
-            plain = lambda: F.gelu(F.linear(x, w, b))  # noqa: E731
-            fast = lambda: _OP(x, packed, b, "gelu", [], "none")  # noqa: E731
-        else:
-            plain = lambda: F.linear(x, w, b)  # noqa: E731
-            fast = lambda: _OP(x, w, b, "none", [], "")  # noqa: E731
-        with torch.set_grad_enabled(train):
-            for _ in range(2):  # warm-up (threads, caches, the blocked layout's first use)
-                plain(), fast()
-            a, c = [], []
-            for _ in range(reps):  # interleaved: drift hits both alike
-                a.append(_gflops(plain, flops, 1))
-                c.append(_gflops(fast, flops, 1))
-        t_torch += flops / statistics.median(a)
-        t_onednn += flops / statistics.median(c)
-        out[f"torch_gflops_{m}x{k}x{n}"], out[f"onednn_gflops_{m}x{k}x{n}"] = statistics.median(a), statistics.median(c)
+        with torch.inference_mode(False):
+            out.update(_measure_shape(dtype, reps, train, m, k, n, g))
+        t_torch += out[f"_t_torch_{m}"]
+        t_onednn += out[f"_t_onednn_{m}"]
     ratio = t_torch / t_onednn  # > 1: oneDNN takes less time over both shapes
+    out = {k: v for k, v in out.items() if not k.startswith("_")}
     out.update(ratio=ratio, on=ratio > 1.05, why=f"measured: oneDNN {ratio:.2f}x the time-weighted speed of PyTorch's own kernels")
+    return out
+
+
+def _measure_shape(dtype: torch.dtype, reps: int, train: bool, m: int, k: int, n: int, g: torch.Generator) -> dict:
+    """Both paths on one (m x k) @ (k x n) product: GFLOP/s of each and the time per FLOP ("_t_*")."""
+    out: dict[str, float] = {}
+    x = torch.randn(m, k, generator=g).to(dtype).requires_grad_(train)
+    w = torch.randn(n, k, generator=g).to(dtype).requires_grad_(train)
+    b = torch.randn(n, generator=g).to(dtype).requires_grad_(train)
+    flops = 2.0 * m * k * n * (3 if train else 1)
+    if train:
+        grad = torch.randn(m, n, generator=g)
+        plain = lambda: F.linear(x, w, b).backward(grad)  # noqa: E731
+        fast = lambda: _OneDNNLinear.apply(x, w, b).backward(grad)  # noqa: E731
+    elif dtype == torch.bfloat16:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
+        plain = lambda: F.gelu(F.linear(x, w, b))  # noqa: E731
+        fast = lambda: _OP(x, packed, b, "gelu", [], "none")  # noqa: E731
+    else:
+        plain = lambda: F.linear(x, w, b)  # noqa: E731
+        fast = lambda: _OP(x, w, b, "none", [], "")  # noqa: E731
+    # callers may be inside inference_mode / no_grad (evaluation): the training measurement needs autograd
+    with torch.inference_mode(False), torch.set_grad_enabled(train):
+        for _ in range(2):  # warm-up (threads, caches, the blocked layout's first use)
+            plain(), fast()
+        a, c = [], []
+        for _ in range(reps):  # interleaved: drift hits both alike
+            a.append(_gflops(plain, flops, 1))
+            c.append(_gflops(fast, flops, 1))
+    out[f"_t_torch_{m}"], out[f"_t_onednn_{m}"] = flops / statistics.median(a), flops / statistics.median(c)
+    out[f"torch_gflops_{m}x{k}x{n}"], out[f"onednn_gflops_{m}x{k}x{n}"] = statistics.median(a), statistics.median(c)
     return out
 
 
@@ -234,7 +247,7 @@ def pack_dense_weights(model: nn.Module, rows_hint: int = 1024) -> int:
         if (isinstance(layer, nn.Linear) and w.device.type == "cpu" and w.dtype in _DTYPES and type(w) in (torch.Tensor, nn.Parameter)
                 and onednn_available(w.dtype)):
             try:
-                layer.__dict__["_vitkit_packed"] = (reorder(w.detach(), rows_hint), w._version, w.dtype)
+                layer.__dict__["_vitkit_packed"] = (reorder(w.detach(), rows_hint), w._version, w.dtype, weakref.ref(w))
             except RuntimeError:  # a CPU or build the blocked layout does not support: the plain weight serves
                 continue
             n += 1
@@ -243,7 +256,8 @@ def pack_dense_weights(model: nn.Module, rows_hint: int = 1024) -> int:
 
 def _packed(layer: nn.Linear, w: torch.Tensor) -> torch.Tensor:
     packed = layer.__dict__.get("_vitkit_packed")
-    return packed[0] if packed is not None and packed[1] == w._version and packed[2] == w.dtype else w
+    fresh = packed is not None and packed[3]() is w and packed[1] == w._version and packed[2] == w.dtype  # same tensor, unchanged
+    return packed[0] if fresh else w
 
 
 def dense(x: torch.Tensor, layer: nn.Linear, act: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:

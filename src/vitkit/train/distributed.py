@@ -44,7 +44,10 @@ def setup(device: str = "auto") -> Env:
         return Env(device=dev)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
-        dev = torch.device("cuda", local if device in ("auto", "cuda") else dev.index)
+        if (device or "auto").strip().lower() not in ("auto", "cuda"):
+            raise ValueError(f"train.device={device} under torchrun: each process takes its own GPU (cuda:LOCAL_RANK); "
+                             f"use train.device=auto or cuda, and CUDA_VISIBLE_DEVICES to choose the GPUs")
+        dev = torch.device("cuda", local % torch.cuda.device_count())  # one visible GPU per task (SLURM): cuda:0
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         timeout = timedelta(seconds=int(os.environ.get("VITKIT_DIST_TIMEOUT", "300")))

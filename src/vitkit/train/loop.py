@@ -158,6 +158,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         apply_overrides(cfg, overrides or [])
         env = distributed.setup(cfg.train.device)
         dev = distributed.device(env)
+        cfg.train.precision = resolve(cfg.train.precision, dev)  # recorded already; checked (and warned about) on this device
     else:
         env = distributed.setup(cfg.train.device)  # a device that is not there is an error before anything is written
         dev = distributed.device(env)

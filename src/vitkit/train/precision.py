@@ -94,7 +94,7 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
 def configure_matmul(precision: str, device: torch.device, tf32: bool = True) -> None:
     """fp32 on a CUDA GPU of compute capability 8.0+: matmuls and convolutions on TF32 tensor cores (10-bit
     mantissa inputs, fp32 accumulation: what PyTorch leaves off by default) unless `tf32` is False."""
-    if device.type != "cuda" or precision != "fp32":
+    if device.type != "cuda" or precision != "fp32" or not torch.cuda.is_available():
         return
     on = tf32 and torch.cuda.get_device_capability(device)[0] >= 8
     torch.set_float32_matmul_precision("high" if on else "highest")
