@@ -307,7 +307,11 @@ def test_a_replaced_weight_is_never_served_from_the_packed_copy(onednn_on):
     x = torch.randn(6, 24)
     with torch.no_grad():
         pack_dense_weights(layer)
-        layer.weight = nn.Parameter(torch.randn_like(layer.weight))  # a new tensor, version counter 0 like the old one
+        new = nn.Parameter(torch.randn_like(layer.weight))
+        while new._version < layer.weight._version:  # a new tensor whose version counter matches the old one's
+            new.add_(0)
+        assert new._version == layer.weight._version
+        layer.weight = new
         assert kernels._packed(layer, layer.weight) is layer.weight
         assert torch.allclose(dense(x, layer), F.linear(x, layer.weight, layer.bias), atol=1e-5)
 
