@@ -42,3 +42,15 @@ def test_separable_features_are_classified_and_noise_is_not():
     assert res["shots"]["5"]["mean"] > 0.95 and len(res["shots"]["1"]["runs"]) == 3
     noise = linear_probe(torch.randn(100, 16), y[:100], torch.randn(200, 16), y[:200], 4)
     assert noise < 0.45
+
+
+def test_test_features_are_whitened_with_the_fewshot_sets_statistics():
+    """Whitening the test features with their own mean and std (not the few-shot set's) would erase a test set
+    that holds one class: all of it sits at +1, which the few-shot set's statistics keep at +1."""
+    train_x = torch.tensor([[-1.0], [-1.1], [-0.9], [1.0], [1.1], [0.9]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1])
+    test_x = torch.full((50, 1), 1.0) + 0.01 * torch.randn(50, 1, generator=torch.Generator().manual_seed(0))
+    test_y = torch.ones(50, dtype=torch.long)
+    assert linear_probe(train_x, train_y, test_x, test_y, 2, l2=1e-3) == 1.0
+    # and the mirror image: a test set of class 0 only
+    assert linear_probe(train_x, train_y, -test_x, 0 * test_y, 2, l2=1e-3) == 1.0

@@ -267,3 +267,18 @@ def test_hybrid_feature_grid():
     assert model.patch_embed.backbone.out_channels == 1024
     with torch.no_grad():
         assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 17, 32)
+
+
+def test_drop_path_keeps_the_expectation():
+    """Stochastic depth drops a sample's branch with probability p and scales the rest by 1 / (1 - p), so the
+    expected output is the input (without the rescale it would be 0.7 of it for p = 0.3)."""
+    from vitkit.models.vit import DropPath
+
+    torch.manual_seed(0)
+    dp = DropPath(0.3).train()
+    y = dp(torch.ones(200_000, 2, 3))
+    kept = y[:, 0, 0] != 0
+    assert abs(y.mean().item() - 1.0) < 0.01 and abs(kept.float().mean().item() - 0.7) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))  # whole samples, one factor
+    assert torch.equal(dp.eval()(torch.ones(4, 2, 3)), torch.ones(4, 2, 3))
+

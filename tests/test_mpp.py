@@ -125,3 +125,35 @@ def test_tiny_mpp_run_learns_and_transfers(tmp_path):
     ft = finetune(str(tmp_path / "mpp"), "digits", out=tmp_path / "ft",
                   overrides=["train.steps=5", "train.batch_size=32", "train.progress=false"])
     assert 0 <= ft["test"]["top1"] <= 1
+
+
+def test_quantisation_boundaries_are_floors():
+    """3 bits per channel: level = floor(mean * 8), clamped to 7 (a rounding bug moves 0.1 to level 1)."""
+    def level(v):
+        return colour_classes(torch.full((1, 1, 4, 4), v), 4).item()
+
+    assert [level(v) for v in (0.0, 0.1, 0.124, 0.125, 0.2, 0.49, 0.5, 0.874, 0.875, 0.99, 1.0)] == [0, 0, 0, 1, 1, 3, 4, 6, 7, 7, 7]
+    rgb = torch.empty(1, 3, 4, 4)
+    rgb[:, 0], rgb[:, 1], rgb[:, 2] = 0.5, 0.2, 0.9  # levels 4, 1, 7 -> (4 * 8 + 1) * 8 + 7
+    assert colour_classes(rgb, 4).item() == 271
+
+
+def test_l2_target_is_each_patch_row_by_row_channels_last():
+    """The l2 target of patch n is its pixels in (row, column, channel) order, as the flattened patches of eq. 1."""
+    _, mpp = make("l2", channels=2)
+    x = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(1, 2, 8, 8)  # patch 4: a 2 x 2 grid
+    t = mpp.targets(x)
+    assert t.shape == (1, 4, 4 * 4 * 2)
+    for n, (r0, c0) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
+        want = [x[0, ch, r0 + i, c0 + j].item() for i in range(4) for j in range(4) for ch in range(2)]
+        assert t[0, n].tolist() == want
+
+
+def test_mean4x4_target_is_sixteen_cells_in_reading_order():
+    """mean4x4: the patch downsized to 4 x 4 cells, each cell's mean colour quantised, cells row by row."""
+    _, mpp = make("mean4x4", channels=1)
+    x01 = torch.zeros(1, 1, 4, 4)
+    levels = torch.arange(16).reshape(4, 4) % 8  # cell (i, j) gets level (4i + j) mod 8
+    x01[0, 0] = (levels.float() + 0.5) / 8  # a 4 x 4 patch: each cell is one pixel
+    t = mpp.targets(x01 * 2 - 1)  # inputs are normalised to [-1, 1]
+    assert t.shape == (1, 1, 16) and t[0, 0].tolist() == levels.flatten().tolist()
