@@ -80,7 +80,10 @@ def class_names_from_hf(hf: dict) -> list[str] | None:
 
 
 def to_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
-    """HF names (legacy or transformers 5, with or without the `vit.` prefix) -> vitkit names."""
+    """HF names (legacy or transformers 5, with or without the `vit.` prefix) -> vitkit names.
+
+    A config without labels (transformers 5 writes no id2label for its default num_labels=2) leaves
+    `cfg.num_classes` at 0; a classifier in the tensors then sets it from its shape, in place."""
     legacy = {_legacy(k): v for k, v in sd.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in legacy.items():
@@ -99,6 +102,8 @@ def to_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Te
             parts = [legacy.get(f"encoder.layer.{i}.{name}.{kind}") for name in QKV]
             if all(p is not None for p in parts):
                 out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+    if not cfg.num_classes and "head.weight" in out:
+        cfg.num_classes = out["head.weight"].shape[0]
     return out
 
 
