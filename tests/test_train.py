@@ -108,7 +108,9 @@ def test_overrides_are_typed_and_checked():
 def test_every_recipe_resolves(name):
     cfg = get_recipe(name)
     assert cfg.recipe == name
-    assert vitkit.models.model_config(cfg.model.name, **cfg.model.overrides())
+    over = cfg.model.overrides()
+    mc = vitkit.models.model_config(cfg.model.name, image_size=cfg.data.image_size, **over)  # raises if the size does not fit
+    assert all(getattr(mc, k) == v for k, v in over.items()), over  # every override reaches the model
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
