@@ -12,14 +12,7 @@ import vitkit
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
 
-
-def jitter(model, scale=0.02):
-    """Random non-zero values everywhere (a zero head, class token or position row would hide a wrong mapping)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return model.eval()
+from test_convert import jitter  # noqa: E402  (random non-zero values everywhere)
 
 
 # --- 1. Google .npz: the pre-logits Dense ------------------------------------------------------------
