@@ -1,0 +1,87 @@
+"""Mutation testing of the numeric cores with mutmut: every small change mutmut makes to a module (an
+operator, a constant, a condition) should make one of its tests fail. Too slow for every CI run.
+
+    pip install mutmut==3.8.1
+    python benchmarks/mutation.py                                  # the modules below, about 1 mutant a second
+    python benchmarks/mutation.py --modules src/vitkit/evaluate/fewshot.py --tests tests/test_fewshot.py
+
+Works on a copy of the tree in a temporary directory (mutmut rewrites the sources it mutates), writes
+benchmarks/results/mutation.json: per module the mutants killed, survived and timed out, the score, and the
+surviving mutants' names (`mutmut show NAME` in the copy prints a diff).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+# module -> the tests that guard it
+PLAN = {
+    "src/vitkit/evaluate/fewshot.py": ["tests/test_fewshot.py"],
+    "src/vitkit/train/optim.py": ["tests/test_options.py", "tests/test_train.py::test_schedule_and_decay_groups"],
+}
+
+
+def run(modules: dict[str, list[str]], timeout: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "tree"
+        shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "runs", "mutants", "__pycache__", "*.egg-info"))
+        tests = sorted({t.split("::")[0] for ts in modules.values() for t in ts} | {"tests/conftest.py", "tests/test_convert.py"})
+        selection = sorted({t for ts in modules.values() for t in ts})
+        cfg = (f"\n[tool.mutmut]\npaths_to_mutate = {json.dumps(list(modules))}\ntests_dir = {json.dumps(tests)}\n"
+               f"pytest_add_cli_args_test_selection = {json.dumps(selection)}\nalso_copy = [\"src/vitkit\"]\n")
+        with open(work / "pyproject.toml", "a") as f:
+            f.write(cfg)
+        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, timeout=timeout, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True,
+                             text=True, timeout=600).stdout
+    status: dict[str, str] = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*(\S+): (\w[\w ]*)$", line)
+        if m:
+            status[m.group(1)] = m.group(2).strip()
+    per_module: dict[str, dict] = {}
+    for name, st in status.items():
+        module = name.split(".x")[0].split(".xǁ")[0]
+        entry = per_module.setdefault(module, {"killed": 0, "survived": [], "timeout": 0, "other": 0})
+        if st == "killed":
+            entry["killed"] += 1
+        elif st == "survived":
+            entry["survived"].append(name)
+        elif st == "timeout":
+            entry["timeout"] += 1
+        else:
+            entry["other"] += 1
+    for entry in per_module.values():
+        total = entry["killed"] + len(entry["survived"]) + entry["timeout"]
+        entry["score"] = (entry["killed"] + entry["timeout"]) / total if total else None
+    return per_module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modules", help="comma-separated source files (default: the plan in this script)")
+    ap.add_argument("--tests", help="comma-separated tests for --modules")
+    ap.add_argument("--timeout", type=int, default=3600)
+    args = ap.parse_args()
+    modules = PLAN if not args.modules else {m: (args.tests or "tests").split(",") for m in args.modules.split(",")}
+    sys.path.insert(0, str(HERE))
+    from train_recipe import hardware, machine
+
+    res = run(modules, args.timeout)
+    for module, e in res.items():
+        print(f"{module}: score {e['score']:.0%}  killed {e['killed']}  survived {len(e['survived'])}  timeout {e['timeout']}")
+    (HERE / "results" / "mutation.json").write_text(json.dumps({"plan": modules, "modules": res, "machine": machine(),
+                                                                  "hardware": hardware()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
