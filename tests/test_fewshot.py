@@ -54,3 +54,34 @@ def test_test_features_are_whitened_with_the_fewshot_sets_statistics():
     assert linear_probe(train_x, train_y, test_x, test_y, 2, l2=1e-3) == 1.0
     # and the mirror image: a test set of class 0 only
     assert linear_probe(train_x, train_y, -test_x, 0 * test_y, 2, l2=1e-3) == 1.0
+
+
+def test_subsets_are_a_function_of_the_seed_alone():
+    """Nested subsets are drawn from their own seeded generator: the same seed gives the same images whatever
+    the global random state (a run's few-shot numbers must be reproducible)."""
+    labels = torch.arange(300) % 3
+    torch.manual_seed(1)
+    a = nested_subsets(labels, [1, 5], seed=7)
+    torch.manual_seed(2)
+    b = nested_subsets(labels, [1, 5], seed=7)
+    assert all(torch.equal(a[n], b[n]) for n in (1, 5))
+
+
+def test_whitening_is_per_feature_dimension():
+    """Each feature dimension is centred and scaled on its own: two dimensions on very different scales and
+    offsets must not share one mean and std (the informative small one would drown)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 2
+    informative = (2.0 * y - 1).unsqueeze(1) * 0.01 + 0.001 * torch.randn(60, 1, generator=g)  # tiny, separates the classes
+    loud = 1000.0 + 100.0 * torch.randn(60, 1, generator=g)  # huge offset and spread, no information
+    x = torch.cat([informative, loud], dim=1)
+    assert linear_probe(x[:20], y[:20], x[20:], y[20:], 2, l2=1.0) == 1.0
+
+
+def test_result_layout():
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4), torch.arange(40) % 2
+    res = fewshot_eval(x[:20], y[:20], x[20:], y[20:], shots=(1, 2), seeds=2, l2=3.0)
+    assert set(res) >= {"shots", "l2", "seeds", "num_classes", "test_images", "feature_dim"} and res["l2"] == 3.0
+    assert res["seeds"] == 2 and res["num_classes"] == 2 and res["test_images"] == 20 and res["feature_dim"] == 4
+    assert set(res["shots"]) == {"1", "2"} and set(res["shots"]["1"]) == {"mean", "std", "runs"}
