@@ -348,3 +348,14 @@ def test_a_cpu_that_cannot_run_onednn_bf16_is_safe_even_when_told_it_has_native_
         assert all(dtype != torch.bfloat16 for _, dtype in spy.calls)
     finally:
         kernels._bf16_runs.cache_clear()
+
+
+def test_a_damaged_cache_is_measured_again_and_a_bad_switch_is_an_error(tmp_path, monkeypatch):
+    _cold_cache(monkeypatch, tmp_path)
+    key = kernels._cache_key()
+    (tmp_path / "kernels.json").write_text(json.dumps({key: {"fp32": "on", "fp32_train": {}, "bf16": None}}))
+    assert all(isinstance(v["on"], bool) for v in kernels.choices().values())
+    assert kernels._valid(json.loads((tmp_path / "kernels.json").read_text())[key])  # rewritten whole
+    monkeypatch.setenv("VITKIT_ONEDNN", "yes")
+    with pytest.raises(ValueError, match="VITKIT_ONEDNN='yes': set 0 \\(off\\), 1 \\(on\\), or unset it"):
+        kernels.choices()

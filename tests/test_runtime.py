@@ -164,3 +164,10 @@ def test_the_command_sets_openmp_variables_before_torch_starts(tmp_path):
     assert info["threads"] == runtime.available_cores()
     assert info["cpu"]["kind"] == "avx2" and info["chosen"]["precision_auto"] == "fp32"
     assert info["chosen"]["onednn_dense"]["bf16"]["on"] is False
+
+
+def test_an_unknown_training_precision_names_the_key_before_anything_is_written(tmp_path):
+    cfg = apply_overrides(get_recipe("quickstart"), TINY + ["train.precision=fp8"])
+    with pytest.raises(ValueError, match="train.precision='fp8': choose one of auto, fp32, bf16, fp16"):
+        train(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -87,6 +87,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sets(args: argparse.Namespace) -> list[str]:
+    """--set overrides, with --device as the shorthand for train.device."""
+    return (args.set or []) + ([f"train.device={args.device}"] if args.device else [])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vitkit.config import apply_overrides, load_config
     from vitkit.recipes import get_recipe
@@ -95,10 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.recipe or args.config or args.out:
             raise ValueError("--resume continues a run exactly as it was configured; drop --recipe/--config/--out")
-        train(None, resume=args.resume, overrides=(args.set or []) + ([f"train.device={args.device}"] if args.device else []))
+        train(None, resume=args.resume, overrides=_sets(args))
         return 0
     cfg = load_config(args.config) if args.config else get_recipe(args.recipe or "quickstart")
-    apply_overrides(cfg, (args.set or []) + ([f"train.device={args.device}"] if args.device else []))
+    apply_overrides(cfg, _sets(args))
     if args.print_config:
         print(cfg.to_json())
         return 0
@@ -145,8 +150,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             sweep = [float(t) for t in args.lr_sweep.split(",")]
         except ValueError:
             raise ValueError(f"--lr-sweep {args.lr_sweep!r}: give comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03") from None
-    finetune(args.src, args.data, args.resolution, (args.set or []) + ([f"train.device={args.device}"] if args.device else []),
-             args.out, sweep)
+    finetune(args.src, args.data, args.resolution, _sets(args), args.out, sweep)
     return 0
 
 

@@ -229,6 +229,14 @@ def resolve_device(spec: str | None = "auto", option: str = "--device"):
     return dev
 
 
+def model_device(model):
+    """Where a model's parameters live (the CPU for a model without any)."""
+    import torch
+
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def hardware() -> Hardware:
     import torch
 

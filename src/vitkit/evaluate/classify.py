@@ -7,12 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitkit.runtime import model_device
 from vitkit.train.precision import autocast
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.inference_mode()

@@ -25,7 +25,7 @@ def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     returned on the CPU (the ridge regression runs there, in float64). `precision` is autocast's (resolved
     already); an `InferenceModel` brings its own (half-precision weights)."""
     from vitkit.data.loader import to_device
-    from vitkit.evaluate.classify import model_device
+    from vitkit.runtime import model_device
     from vitkit.train.precision import autocast
 
     dev = model_device(model)

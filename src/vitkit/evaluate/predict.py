@@ -15,7 +15,7 @@ from vitkit.data.transforms import eval_transform
 def probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Softmax probabilities (B, K) on the CPU of prepared images (B, C, H, W), computed on the model's device."""
     from vitkit.data.loader import to_device
-    from vitkit.evaluate.classify import model_device
+    from vitkit.runtime import model_device
 
     return model(to_device(images, model_device(model))).float().softmax(-1).cpu()
 

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitkit.models import kernels
+from vitkit.runtime import model_device
 from vitkit.models.kernels import dense, pack_dense_weights
 from vitkit.models.vit import Attention, Block
 from vitkit.train.precision import DTYPES, configure_matmul, resolve
@@ -169,7 +170,7 @@ class InferenceModel(nn.Module):
 
     def __init__(self, model: nn.Module, precision: str = "auto", compile: bool = False):
         super().__init__()
-        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        device = model_device(model)
         self.precision = resolve(precision, device)
         configure_matmul(self.precision, device)  # fp32 on Ampere+ GPUs: TF32 tensor cores, as training does
         _measure_kernels_now(model)

@@ -116,23 +116,23 @@ def measure(dtype: torch.dtype, reps: int = 7, train: bool = False) -> dict:
     `train` (fp32): forward and both backward products, as a training step runs them."""
     if not _op_runs(dtype):
         return {"on": False, "why": "the oneDNN op cannot run on this CPU / build"}
-    out: dict[str, float] = {}
+    out: dict = {}
     g = torch.Generator().manual_seed(0)
-    t_torch = t_onednn = 0.0
+    t_torch = t_onednn = 0.0  # time of each path over both shapes (FLOPs / speed): a time-weighted comparison
     for m, k, n in ((1024, 768, 3072), (4096, 128, 256)):
-        with torch.inference_mode(False):
-            out.update(_measure_shape(dtype, reps, train, m, k, n, g))
-        t_torch += out[f"_t_torch_{m}"]
-        t_onednn += out[f"_t_onednn_{m}"]
+        with torch.inference_mode(False):  # callers may be evaluating; the training measurement needs autograd
+            torch_gflops, onednn_gflops = _measure_shape(dtype, reps, train, m, k, n, g)
+        flops = 2.0 * m * k * n
+        t_torch, t_onednn = t_torch + flops / torch_gflops, t_onednn + flops / onednn_gflops
+        out[f"torch_gflops_{m}x{k}x{n}"], out[f"onednn_gflops_{m}x{k}x{n}"] = torch_gflops, onednn_gflops
     ratio = t_torch / t_onednn  # > 1: oneDNN takes less time over both shapes
-    out = {k: v for k, v in out.items() if not k.startswith("_")}
     out.update(ratio=ratio, on=ratio > 1.05, why=f"measured: oneDNN {ratio:.2f}x the time-weighted speed of PyTorch's own kernels")
     return out
 
 
-def _measure_shape(dtype: torch.dtype, reps: int, train: bool, m: int, k: int, n: int, g: torch.Generator) -> dict:
-    """Both paths on one (m x k) @ (k x n) product: GFLOP/s of each and the time per FLOP ("_t_*")."""
-    out: dict[str, float] = {}
+def _measure_shape(dtype: torch.dtype, reps: int, train: bool, m: int, k: int, n: int,
+                   g: torch.Generator) -> tuple[float, float]:
+    """Median GFLOP/s of PyTorch's path and of oneDNN's on one (m x k) @ (k x n) product."""
     x = torch.randn(m, k, generator=g).to(dtype).requires_grad_(train)
     w = torch.randn(n, k, generator=g).to(dtype).requires_grad_(train)
     b = torch.randn(n, generator=g).to(dtype).requires_grad_(train)
@@ -148,17 +148,29 @@ def _measure_shape(dtype: torch.dtype, reps: int, train: bool, m: int, k: int, n
     else:
         plain = lambda: F.linear(x, w, b)  # noqa: E731
         fast = lambda: _OP(x, w, b, "none", [], "")  # noqa: E731
-    # callers may be inside inference_mode / no_grad (evaluation): the training measurement needs autograd
-    with torch.inference_mode(False), torch.set_grad_enabled(train):
+    with torch.set_grad_enabled(train):
         for _ in range(2):  # warm-up (threads, caches, the blocked layout's first use)
             plain(), fast()
         a, c = [], []
         for _ in range(reps):  # interleaved: drift hits both alike
             a.append(_gflops(plain, flops, 1))
             c.append(_gflops(fast, flops, 1))
-    out[f"_t_torch_{m}"], out[f"_t_onednn_{m}"] = flops / statistics.median(a), flops / statistics.median(c)
-    out[f"torch_gflops_{m}x{k}x{n}"], out[f"onednn_gflops_{m}x{k}x{n}"] = statistics.median(a), statistics.median(c)
-    return out
+    return statistics.median(a), statistics.median(c)
+
+
+USES = ("fp32", "fp32_train", "bf16")
+
+
+def _forced() -> str:
+    value = os.environ.get("VITKIT_ONEDNN", "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"VITKIT_ONEDNN={value!r}: set 0 (off), 1 (on), or unset it (measured per machine)")
+    return value
+
+
+def _valid(entry: object) -> bool:
+    """A cached verdict vitkit wrote: every use, each with a boolean "on"."""
+    return isinstance(entry, dict) and all(isinstance(entry.get(u), dict) and isinstance(entry[u].get("on"), bool) for u in USES)
 
 
 def choices() -> dict[str, dict]:
@@ -173,7 +185,7 @@ def choices() -> dict[str, dict]:
         except (OSError, ValueError):
             cached = {}
         entry = cached.get(key) if isinstance(cached, dict) else None
-        if not (isinstance(entry, dict) and {"fp32", "fp32_train", "bf16"} <= set(entry)):
+        if not _valid(entry):  # absent, from an older vitkit, or damaged: measure again
             entry = {"fp32": measure(torch.float32), "fp32_train": measure(torch.float32, train=True),
                      "bf16": measure(torch.bfloat16)}
             cached = cached if isinstance(cached, dict) else {}
@@ -186,7 +198,7 @@ def choices() -> dict[str, dict]:
             except OSError:
                 pass
         _CHOICES[key] = entry
-    forced = os.environ.get("VITKIT_ONEDNN", "")
+    forced = _forced()
     out = {}
     for name, dtype in (("fp32", torch.float32), ("fp32_train", torch.float32), ("bf16", torch.bfloat16)):
         e = dict(_CHOICES[key][name])

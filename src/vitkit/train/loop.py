@@ -156,13 +156,12 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             if o.split("=", 1)[0].strip() not in RESUME_KEYS:
                 raise ValueError(f"--set {o}: a resumed run keeps its configuration; only {', '.join(RESUME_KEYS)} may change")
         apply_overrides(cfg, overrides or [])
-        env = distributed.setup(cfg.train.device)
-        dev = distributed.device(env)
-        cfg.train.precision = resolve(cfg.train.precision, dev)  # recorded already; checked (and warned about) on this device
-    else:
-        env = distributed.setup(cfg.train.device)  # a device that is not there is an error before anything is written
-        dev = distributed.device(env)
-        cfg.train.precision = resolve(cfg.train.precision, dev)  # "auto" -> what this hardware does natively, recorded
+    # the device first: one that is not there is an error before anything is written
+    env = distributed.setup(cfg.train.device)
+    dev = distributed.device(env)
+    # "auto" -> what this hardware does natively, recorded in config.json; a resumed run's value is checked here
+    cfg.train.precision = resolve(cfg.train.precision, dev, "train.precision")
+    if not resume:
         run_dir = new_run_dir(out, cfg.recipe) if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
         if env.is_main:

@@ -33,10 +33,11 @@ def check(precision: str, option: str = "precision") -> str:
     return precision
 
 
-def resolve(precision: str = "auto", device: str | torch.device | None = None) -> str:
+def resolve(precision: str = "auto", device: str | torch.device | None = None, option: str = "precision") -> str:
     """"auto" -> the precision `device` (default: the accelerator, else the CPU) runs natively; an explicit
-    precision is returned as given, with a one-time warning where the hardware only emulates it."""
-    check(precision)
+    precision is returned as given, with a one-time warning where the hardware only emulates it. `option`
+    names the setting in the error for an unknown value (e.g. "train.precision")."""
+    check(precision, option)
     dev = _device(device)
     if precision == "auto":
         if dev.type == "cuda":
