@@ -101,7 +101,7 @@ def test_precision_values(monkeypatch):
 def test_emulated_bf16_warns_once_with_the_measured_slowdown(monkeypatch):
     monkeypatch.setenv("VITKIT_CPU", "avx512")
     monkeypatch.setattr(precision, "_WARNED", set())
-    with pytest.warns(RuntimeWarning, match=r"bf16 is emulated.*no AVX512_BF16 or AMX.*x slower than fp32"):
+    with pytest.warns(RuntimeWarning, match=r"bf16 is treated as emulated \(VITKIT_CPU=avx512\).*x the time of an fp32 one"):
         assert precision.resolve("bf16", "cpu") == "bf16"
     import warnings
 
@@ -171,3 +171,12 @@ def test_an_unknown_training_precision_names_the_key_before_anything_is_written(
     with pytest.raises(ValueError, match="train.precision='fp8': choose one of auto, fp32, bf16, fp16"):
         train(cfg, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_real_cpu_without_native_bf16_names_itself_in_the_warning(monkeypatch):
+    monkeypatch.delenv("VITKIT_CPU", raising=False)
+    monkeypatch.setattr(runtime, "_probe_cpu", lambda: ("Intel Xeon", "AVX512", ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq")))
+    monkeypatch.setattr(precision, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match=r"bf16 is emulated on this CPU \(Intel Xeon: no AVX512_BF16 or AMX\): .*precision 'auto' picks fp32"):
+        assert precision.resolve("bf16", "cpu") == "bf16"
+    assert precision.resolve("auto", "cpu") == "fp32"
