@@ -1,5 +1,6 @@
 """The training loop, run directories, checkpoints that resume exactly, recipes and overrides."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -82,11 +83,62 @@ def test_schedule_and_decay_groups():
     assert {"pos_embed", "cls_token", "norm.weight", "head.bias"} <= {names[id(p)] for p in no_decay["params"]}
 
 
-@pytest.mark.parametrize("extra", [("optim.name=sgd",), ("optim.loss=sigmoid", "model.head_bias_init=-5.0"),
-                                   ("optim.ema=0.9", "train.precision=bf16", "data.mixup=0.8", "data.cutmix=1.0")])
-def test_options_run(tmp_path, extra):
-    res = train(tiny("train.steps=6", "train.batch_size=16", *extra), out=tmp_path / "r")
-    assert 0 <= res["test"]["top1"] <= 1
+def _first_step(tmp_path, name, *extra):
+    """One training step from the zero-initialised head: (head.bias after it, the step's logged train record)."""
+    train(tiny("train.steps=1", "train.batch_size=16", "train.log_every=1", "optim.warmup_steps=0", *extra), out=tmp_path / name)
+    record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+    return load_file(str(tmp_path / name / "checkpoint/model.safetensors"))["head.bias"], record
+
+
+def test_optimizers_first_step_in_a_run(tmp_path):
+    # AdamW's first update is lr * sign(grad) on every head bias (no decay on biases)
+    bias, rec = _first_step(tmp_path, "adamw")
+    assert rec["loss"] == pytest.approx(math.log(10), abs=1e-5)  # zero head: uniform over 10 classes
+    torch.testing.assert_close(bias.abs(), torch.full((10,), rec["lr"]), rtol=1e-4, atol=0)
+    # SGD's first update is -lr * clipped grad; the bias gradient of softmax CE with label smoothing s at a
+    # zero head is (1 - s) * (1/10 - share of class c in the batch): the shares come back as multiples of 1/16
+    bias, rec = _first_step(tmp_path, "sgd", "optim.name=sgd", "optim.label_smoothing=0.2")
+    share = 0.1 + bias.double() * max(1.0, rec["grad_norm"]) / (rec["lr"] * 0.8)
+    torch.testing.assert_close(share * 16, (share * 16).round(), atol=1e-3, rtol=0)
+    assert share.sum().item() == pytest.approx(1.0, abs=1e-4) and share.min() >= -1e-4
+
+
+def test_sigmoid_loss_with_head_bias_init_in_a_run(tmp_path):
+    _, rec = _first_step(tmp_path, "sig", "optim.loss=sigmoid", "model.head_bias_init=-5.0")
+    # every logit is -5: nine negatives cost softplus(-5) each, the true class softplus(5)
+    assert rec["loss"] == pytest.approx(9 * math.log1p(math.exp(-5)) + math.log1p(math.exp(5)), abs=1e-4)
+
+
+def test_ema_exports_the_average_of_the_trained_weights(tmp_path):
+    const = ("optim.schedule=constant", "optim.warmup_steps=0", "train.batch_size=16")
+    train(tiny("train.steps=1", *const), out=tmp_path / "one")
+    train(tiny("train.steps=2", *const), out=tmp_path / "two")
+    train(tiny("train.steps=2", "optim.ema=0.75", *const), out=tmp_path / "ema")
+    p1, p2, ema = (load_file(str(tmp_path / n / "checkpoint/model.safetensors")) for n in ("one", "two", "ema"))
+    # torch's AveragedModel copies the weights at its first update, then ema = d * ema + (1 - d) * weights
+    moved = 0
+    for k in p1:
+        torch.testing.assert_close(ema[k], 0.75 * p1[k] + 0.25 * p2[k], atol=1e-6, rtol=1e-5)
+        moved += int(not torch.equal(p1[k], p2[k]))
+    assert moved > 10  # the second step changed the weights, so the average is no copy of either
+
+
+def test_mixup_cutmix_reach_the_bf16_loss(tmp_path, monkeypatch):
+    import vitkit.data.loader as loader
+
+    seen = []
+
+    def spy(x, y, num_classes, cfg):
+        xm, ym = loader_mix(x, y, num_classes, cfg)
+        seen.append(ym)
+        return xm, ym
+
+    loader_mix = loader.mix_batch
+    monkeypatch.setattr(loader, "mix_batch", spy)
+    _, rec = _first_step(tmp_path, "mix", "train.precision=bf16", "data.mixup=0.8", "data.cutmix=1.0")
+    assert seen and all(y.ndim == 2 and torch.allclose(y.sum(1), torch.ones(len(y))) for y in seen)
+    assert any((y.max(1).values < 1).any() for y in seen)  # soft labels, not one-hot ones
+    assert rec["loss"] == pytest.approx(math.log(10), abs=1e-2)  # any soft target over a uniform prediction
 
 
 def test_overrides_are_typed_and_checked():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,8 @@ def save_model(model: nn.Module, path: str | Path, format: str = "vitkit", *, ov
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: timm checkpoints are written as .safetensors; name the file *.safetensors")
         sd, notes = timm.from_vitkit(_outside_state(model), cfg)
+        for note in notes:
+            warnings.warn(f"{path}: {note}", stacklevel=2)
         if cfg.representation_size:
             info["model"]["representation_size"] = None
         with atomic_path(path, overwrite) as tmp:

@@ -117,7 +117,7 @@ def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, 
         if k.startswith("pre_logits."):
             continue
         if cfg.fc_norm and k.startswith("norm."):
-            k = "fc" + k
+            k = "fc_" + k
         out[_rename(k, VITKIT_TO_TIMM)] = v
     if cfg.representation_size:
         notes.append("timm's VisionTransformer has no pre-logits layer: pre_logits dropped")

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-RESAMPLE_MODES = ("bilinear", "bicubic", "nearest")
+RESAMPLE_MODES = ("bilinear", "bicubic", "bicubic-antialias", "nearest")
 
 
 def sincos_2d(grid: tuple[int, int], width: int, temperature: float = 10_000.0) -> torch.Tensor:
@@ -36,8 +36,9 @@ def resample_posemb(
     """Resize a learned position embedding (1, prefix + h*w, D) to a new patch grid by 2-D interpolation.
 
     The prefix (class token) rows are kept as they are (paper section 3.2). The default, bilinear with
-    corner pixels aligned, is what the official code does (scipy.ndimage.zoom, order 1); "bicubic"
-    matches timm's default. `old_grid` defaults to the square grid the token count implies.
+    corner pixels aligned, is what the official code does (scipy.ndimage.zoom, order 1); "bicubic" is
+    transformers' `interpolate_pos_encoding`; "bicubic-antialias" is timm's default (torch's antialiased
+    bicubic uses another kernel, so the two differ even when upsampling). `old_grid` defaults to the square grid the token count implies.
     """
     if mode not in RESAMPLE_MODES:
         raise ValueError(f"unknown position-embedding resample mode {mode!r}; choose one of {RESAMPLE_MODES}")
@@ -61,6 +62,8 @@ def resample_posemb(
     dtype = grid.dtype
     grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, D, h, w)
     kwargs = {} if mode == "nearest" else {"align_corners": mode == "bilinear"}
+    if mode == "bicubic-antialias":
+        mode, kwargs["antialias"] = "bicubic", True
     grid = F.interpolate(grid, size=new_grid, mode=mode, **kwargs)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(dtype)
     return torch.cat([prefix, grid], dim=1)

@@ -1,0 +1,169 @@
+"""Converter parity in the directions test_convert.py leaves open, each checked against the other library or an
+independent computation: vitkit -> timm read by timm itself, loading at another image size against timm's and
+transformers' own position-embedding interpolation and against scipy's zoom (what the official code uses),
+vitkit -> Hugging Face config fields and pooler as transformers reads them, Google .npz GAP models against NumPy."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import vitkit
+from vitkit.models.resnet import ResNetConfig
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+scipy_ndimage = pytest.importorskip("scipy.ndimage")
+
+from test_convert import hybrid_for_timm, jitter, max_diff  # noqa: E402
+from test_converter_bugs import gelu, layer_norm  # noqa: E402
+
+TOL = 1e-4
+
+# vitkit model (name, overrides) -> the timm model that must hold the same weights
+VITKIT_TO_TIMM = {
+    "class-token": (("ViT-B/16", dict(image_size=32, patch_size=8)),
+                    ("vit_base_patch16_224", dict(img_size=32, patch_size=8)), 3),
+    "gap-no-class-token": (("ViT-B/16", dict(image_size=32, patch_size=8, class_token=False, pool="gap", fc_norm=True)),
+                           ("vit_base_patch16_224", dict(img_size=32, patch_size=8, class_token=False, global_pool="avg")), 3),
+    "gap-with-class-token": (("ViT-B/16", dict(image_size=32, patch_size=8, pool="gap", fc_norm=True, class_token=True)),
+                             ("vit_base_patch16_224", dict(img_size=32, patch_size=8, global_pool="avg")), 3),
+    "no-qkv-bias-grayscale": (("ViT-B/16", dict(image_size=28, patch_size=4, in_chans=1, qkv_bias=False)),
+                              ("vit_base_patch16_224", dict(img_size=28, patch_size=4, in_chans=1, qkv_bias=False)), 1),
+    "r-ti-hybrid": (("R+ViT-Ti/16", dict(image_size=64, resnet=ResNetConfig(layers=(), ws_eps=1e-8, gn_eps=1e-5))),
+                    ("vit_tiny_r_s16_p8_224", dict(img_size=64)), 3),
+    "r50-hybrid": (("R50+ViT-B/16", dict(image_size=64, **hybrid_for_timm())), ("vit_base_r50_s16_224", dict(img_size=64)), 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VITKIT_TO_TIMM))
+def test_vitkit_to_timm_read_by_timm(case, tmp_path):
+    (name, kw), (arch, tkw), chans = VITKIT_TO_TIMM[case]
+    torch.manual_seed(0)
+    model = jitter(vitkit.create_model(name, width=64, depth=2, heads=4, mlp_dim=128, num_classes=5, **kw))
+    path = vitkit.save_model(model, tmp_path / "m.safetensors", format="timm")
+    ref = timm.create_model(arch, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2, num_classes=5, **tkw).eval()
+    ref.load_state_dict(load_file(str(path)), strict=True)  # every tensor timm has, no extras
+    size = kw["image_size"]
+    assert max_diff(ref, model, torch.randn(2, chans, size, size)) <= TOL
+
+
+def test_vitkit_pre_logits_to_timm_is_dropped_with_a_note(tmp_path):
+    model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8,
+                                       num_classes=3, representation_size=32))
+    with pytest.warns(UserWarning, match="pre_logits dropped"):
+        path = vitkit.save_model(model, tmp_path / "m.safetensors", format="timm")
+    assert not any(k.startswith("pre_logits") for k in load_file(str(path)))
+
+
+# --- another image size: each library's own interpolation is the reference ---------------------------------
+
+
+@pytest.mark.parametrize("no_embed_class", [False, True])
+def test_timm_at_larger_image_size_matches_timms_resampling(no_embed_class, tmp_path):
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    torch.manual_seed(0)
+    small = jitter(VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2,
+                                     num_classes=3, no_embed_class=no_embed_class), scale=0.5)
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
+    big = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2, num_classes=3,
+                            no_embed_class=no_embed_class).eval()
+    big.load_state_dict(checkpoint_filter_fn(small.state_dict(), big))  # timm resamples bicubic, class row kept
+    model = vitkit.load_model(path, heads=2, image_size=32, resample_mode="bicubic-antialias").eval()
+    assert model.pos_embed.shape == (1, 65, 32)
+    assert max_diff(big, model, torch.randn(2, 3, 32, 32)) <= TOL
+
+
+def test_hf_at_larger_image_size_matches_interpolate_pos_encoding(tmp_path):
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=16, patch_size=4, num_labels=3)
+    ref = jitter(transformers.ViTForImageClassification(cfg), scale=0.5)
+    ref.save_pretrained(tmp_path / "hf")
+    model = vitkit.load_model(tmp_path / "hf", image_size=32, resample_mode="bicubic").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x, interpolate_pos_encoding=True).logits, atol=TOL, rtol=0)
+
+
+def test_npz_at_larger_image_size_is_scipy_zoom_order_1(tmp_path):
+    """The official fine-tuning code resizes the grid with scipy.ndimage.zoom(order=1); vitkit's default is that."""
+    model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=4,
+                                       num_classes=3), scale=0.5)
+    path = vitkit.save_model(model, tmp_path / "m.npz", format="npz")
+    big = vitkit.load_model(path, image_size=28)  # 4x4 -> 7x7: a zoom factor that is no integer
+    pe = model.pos_embed.detach().numpy()[0]
+    grid = pe[1:].reshape(4, 4, 32)
+    zoomed = scipy_ndimage.zoom(grid, (7 / 4, 7 / 4, 1), order=1).reshape(49, 32)
+    expected = np.concatenate([pe[:1], zoomed])
+    np.testing.assert_allclose(big.pos_embed.detach().numpy()[0], expected, atol=1e-5)
+
+
+# --- vitkit -> Hugging Face: what transformers reads -----------------------------------------------------
+
+
+def test_vitkit_to_hf_config_fields_as_transformers_reads_them(tmp_path):
+    model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=2, heads=2, mlp_dim=48, image_size=24, patch_size=8,
+                                       num_classes=3, ln_eps=1e-3, dropout=0.1, attn_dropout=0.25, qkv_bias=False,
+                                       in_chans=1), scale=0.5)
+    vitkit.save_model(model, tmp_path / "out", format="hf")
+    c = transformers.ViTConfig.from_pretrained(tmp_path / "out")
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (32, 2, 2, 48)
+    assert (c.image_size, c.patch_size, c.num_channels, c.qkv_bias) == (24, 8, 1, False)
+    assert (c.layer_norm_eps, c.hidden_dropout_prob, c.attention_probs_dropout_prob) == (1e-3, 0.1, 0.25)
+    ref = transformers.ViTForImageClassification.from_pretrained(tmp_path / "out").eval()
+    assert max_diff(ref, model.eval(), torch.randn(2, 1, 24, 24)) <= TOL  # eps 1e-3 matters at this scale
+
+
+def test_vitkit_pre_logits_without_head_to_hf_pooler(tmp_path):
+    model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8,
+                                       num_classes=0, representation_size=32), scale=0.5).eval()
+    vitkit.save_model(model, tmp_path / "out", format="hf")
+    ref = transformers.ViTModel.from_pretrained(tmp_path / "out").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x).pooler_output, model(x), atol=TOL, rtol=0)
+
+
+# --- Google .npz, GAP classifier: NumPy from the paper's equations -----------------------------------------
+
+
+def numpy_gap_logits(w, images, patch, heads):
+    """vit_jax with classifier='gap': no class token, encoder_norm, mean over the patch tokens, head."""
+    w = {k: v.astype(np.float64) for k, v in w.items()}
+    x = images.astype(np.float64).transpose(0, 2, 3, 1)
+    B, H, W, C = x.shape
+    gh, gw = H // patch, W // patch
+    patches = x.reshape(B, gh, patch, gw, patch, C).transpose(0, 1, 3, 2, 4, 5).reshape(B, gh * gw, -1)
+    k = w["embedding/kernel"]
+    z = patches @ k.reshape(-1, k.shape[-1]) + w["embedding/bias"] + w["Transformer/posembed_input/pos_embedding"]
+    b = "Transformer/encoderblock_0/"
+    a = b + "MultiHeadDotProductAttention_1/"
+    y = layer_norm(z, w[b + "LayerNorm_0/scale"], w[b + "LayerNorm_0/bias"])
+    q, kk, v = (np.einsum("btd,dhe->bhte", y, w[f"{a}{n}/kernel"]) + w[f"{a}{n}/bias"][None, :, None] for n in ("query", "key", "value"))
+    att = q @ kk.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    att = np.exp(att - att.max(-1, keepdims=True))
+    att /= att.sum(-1, keepdims=True)
+    z = z + np.einsum("bhte,hed->btd", att @ v, w[a + "out/kernel"]) + w[a + "out/bias"]
+    y = layer_norm(z, w[b + "LayerNorm_2/scale"], w[b + "LayerNorm_2/bias"])
+    z = z + gelu(y @ w[b + "MlpBlock_3/Dense_0/kernel"] + w[b + "MlpBlock_3/Dense_0/bias"]) @ w[b + "MlpBlock_3/Dense_1/kernel"] \
+        + w[b + "MlpBlock_3/Dense_1/bias"]
+    y = layer_norm(z, w["Transformer/encoder_norm/scale"], w["Transformer/encoder_norm/bias"]).mean(1)
+    return y @ w["head/kernel"] + w["head/bias"]
+
+
+def test_npz_gap_model_matches_numpy(tmp_path):
+    from test_converter_bugs import vit_jax_arrays
+
+    rng = np.random.default_rng(3)
+    w = vit_jax_arrays(rng)
+    del w["cls"], w["pre_logits/kernel"], w["pre_logits/bias"]
+    w["Transformer/posembed_input/pos_embedding"] = w["Transformer/posembed_input/pos_embedding"][:, 1:]
+    w["head/kernel"] = (rng.standard_normal((16, 5)) * 0.3).astype(np.float32)
+    np.savez(tmp_path / "gap.npz", **w)
+    model = vitkit.load_model(tmp_path / "gap.npz").eval()
+    assert not model.config.class_token and model.config.pool == "gap"
+    images = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(got, numpy_gap_logits(w, images, patch=4, heads=2), atol=1e-4)
