@@ -13,6 +13,7 @@ diff). Run it alone: on a busy machine tests slow down and mutants time out inst
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -23,25 +24,45 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-# module -> the tests that guard it
+# module -> the tests that guard it (in-process tests only: a test that starts `python -m vitkit` in a
+# subprocess imports the unmutated package, so it could not kill a mutant)
+MODEL_TESTS = ["tests/test_models.py", "tests/test_convert.py", "tests/test_converter_bugs.py", "tests/test_converter_parity.py"]
+CONVERT_TESTS = ["tests/test_convert.py", "tests/test_converter_bugs.py", "tests/test_converter_parity.py"]
+RUN_TESTS = ["tests/test_train.py::test_optimizers_first_step_in_a_run", "tests/test_train.py::test_sigmoid_loss_with_head_bias_init_in_a_run",
+             "tests/test_train.py::test_ema_exports_the_average_of_the_trained_weights"]
 PLAN = {
+    "src/vitkit/models/vit.py": MODEL_TESTS,
+    "src/vitkit/models/posemb.py": MODEL_TESTS,
+    "src/vitkit/models/resnet.py": MODEL_TESTS,
+    "src/vitkit/convert/common.py": CONVERT_TESTS,
+    "src/vitkit/convert/google_npz.py": CONVERT_TESTS,
+    "src/vitkit/convert/timm.py": CONVERT_TESTS,
+    "src/vitkit/convert/hf.py": CONVERT_TESTS,
     "src/vitkit/evaluate/fewshot.py": ["tests/test_fewshot.py"],
-    "src/vitkit/train/optim.py": ["tests/test_options.py", "tests/test_train.py::test_schedule_and_decay_groups"],
+    "src/vitkit/objectives/mpp.py": ["tests/test_mpp.py"],
+    "src/vitkit/objectives/classification.py": ["tests/test_options.py"] + RUN_TESTS,
+    "src/vitkit/train/optim.py": ["tests/test_options.py", "tests/test_train.py::test_schedule_and_decay_groups"] + RUN_TESTS,
+    "src/vitkit/train/checkpoint.py": ["tests/test_train.py::test_stop_and_resume_in_process_equals_one_run",
+                                       "tests/test_train.py::test_a_kill_between_the_two_renames_keeps_the_last_checkpoint"],
 }
 
 
-def run(modules: dict[str, list[str]], timeout: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
+def run(modules: dict[str, list[str]], timeout: int, log: Path, keep: Path | None = None) -> dict:
+    with (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as tmp:
         work = Path(tmp) / "tree"
+        if work.exists():
+            shutil.rmtree(work)
         shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "runs", "mutants", "__pycache__", "*.egg-info"))
-        tests = sorted({t.split("::")[0] for ts in modules.values() for t in ts} | {"tests/conftest.py", "tests/test_convert.py"})
+        tests = sorted({t.split("::")[0] for ts in modules.values() for t in ts}
+                       | {"tests/conftest.py", "tests/test_convert.py", "tests/test_converter_bugs.py"})  # imported by others
         selection = sorted({t for ts in modules.values() for t in ts})
         cfg = (f"\n[tool.mutmut]\npaths_to_mutate = {json.dumps(list(modules))}\ntests_dir = {json.dumps(tests)}\n"
                f"pytest_add_cli_args_test_selection = {json.dumps(selection)}\nalso_copy = [\"src/vitkit\"]\n")
         with open(work / "pyproject.toml", "a") as f:
             f.write(cfg)
-        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, timeout=timeout, check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(log, "w") as f:  # mutmut's progress, to follow with tail -f
+            subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, timeout=timeout, check=False,
+                           stdout=f, stderr=subprocess.STDOUT)
         out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True,
                              text=True, timeout=600).stdout
     status: dict[str, str] = {}
@@ -71,13 +92,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modules", help="comma-separated source files (default: the plan in this script)")
     ap.add_argument("--tests", help="comma-separated tests for --modules")
-    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--timeout", type=int, default=4 * 3600)
+    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (then `cd KEEP/tree && mutmut show NAME`)")
+    ap.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "vitkit-mutation.log", help="mutmut's progress")
     args = ap.parse_args()
     modules = PLAN if not args.modules else {m: (args.tests or "tests").split(",") for m in args.modules.split(",")}
     sys.path.insert(0, str(HERE))
     from train_recipe import hardware, machine
 
-    res = run(modules, args.timeout)
+    res = run(modules, args.timeout, args.log, args.keep)
     for module, e in res.items():
         score = f"{e['score']:.0%}" if e["score"] is not None else "-"
         print(f"{module}: score {score}  killed {e['killed']}  survived {len(e['survived'])}  timeout {e['timeout']}")

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,3 +249,40 @@ def test_resume_may_change_how_a_run_runs_not_what_it_computes(tmp_path, capsys)
     assert "only train.parallel" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.threads=1"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 6
+
+
+def test_stop_and_resume_in_process_equals_one_run(tmp_path):
+    """Weights, optimizer moments, LR schedule and RNG all come back: 3 + 3 steps are the 6 steps of one run."""
+    extra = ("train.steps=6", "train.batch_size=16", "optim.ema=0.5", "data.mixup=0.5")
+    train(tiny(*extra), out=tmp_path / "one")
+    train(tiny(*extra, "train.stop_at_step=3"), out=tmp_path / "two")
+    state = torch.load(tmp_path / "two" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["step"] == 3 and state["ema_n"] == 3
+    train(Config(), resume=tmp_path / "two")
+    a = load_file(str(tmp_path / "one" / "checkpoint/model.safetensors"))  # the EMA weights
+    b = load_file(str(tmp_path / "two" / "checkpoint/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (_train_state(tmp_path / n / "checkpoint", tmp_path / f"{n}.pt") for n in ("one", "two"))
+    assert all(torch.equal(sa["module"][k], sb["module"][k]) for k in sa["module"])
+    assert all(torch.equal(v, sb["optim"]["state"][p][k]) for p, s in sa["optim"]["state"].items() for k, v in s.items())
+
+
+def test_a_kill_between_the_two_renames_keeps_the_last_checkpoint(tmp_path):
+    from vitkit.train.checkpoint import checkpoint_dir
+
+    train(tiny("train.steps=2", "train.batch_size=16"), out=tmp_path / "run")
+    run = tmp_path / "run"
+    assert checkpoint_dir(run) == run / "checkpoint"
+    # the old checkpoint moved aside, the new one not yet in place: the old one is put back
+    os.replace(run / "checkpoint", run / ".checkpoint.old")
+    assert checkpoint_dir(run) == run / "checkpoint" and (run / "checkpoint" / "state.pt").exists()
+    assert not (run / ".checkpoint.old").exists()
+    # a half-written checkpoint/ (no state.pt) loses to a complete .checkpoint.old
+    os.replace(run / "checkpoint", run / ".checkpoint.old")
+    (run / "checkpoint").mkdir()
+    (run / "checkpoint" / "model.safetensors").write_bytes(b"partial")
+    assert checkpoint_dir(run) == run / "checkpoint" and (run / "checkpoint" / "state.pt").exists()
+    shutil.rmtree(run / "checkpoint")
+    assert checkpoint_dir(run) is None
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train(Config(), resume=run)
