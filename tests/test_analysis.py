@@ -49,19 +49,34 @@ def test_rollout_of_identity_is_identity():
     torch.testing.assert_close(attention_rollout([eye, eye, eye]), torch.eye(T).expand(3, T, T))
 
 
-def test_rollout_multiplies_layers_with_residual():
-    torch.manual_seed(0)
-    a1, a2 = torch.rand(1, 2, 5, 5).softmax(-1), torch.rand(1, 2, 5, 5).softmax(-1)
-    r = attention_rollout([a1, a2])
+def test_rollout_worked_by_hand():
+    # layer 1, two heads: identity and "everyone looks at token 1"; mean [[.5, .5], [0, 1]]; + I, rows
+    # renormalised: [[.75, .25], [0, 1]]. Layer 2: [[0, 1], [0, 1]] -> [[.5, .5], [0, 1]].
+    # Rollout = layer 2 @ layer 1 = [[.375, .625], [0, 1]].
+    a1 = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+    a2 = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    torch.testing.assert_close(attention_rollout([a1, a2]), torch.tensor([[[0.375, 0.625], [0.0, 1.0]]]))
+    # without the residual: [[.5, .5], [0, 1]] then [[0, 1], [0, 1]] -> [[0, 1], [0, 1]]
+    torch.testing.assert_close(attention_rollout([a1, a2], add_residual=False), torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]))
 
-    def step(a):
-        m = a.mean(1) + torch.eye(5)
-        return m / m.sum(-1, keepdim=True)
 
-    torch.testing.assert_close(r, step(a2) @ step(a1))
-    torch.testing.assert_close(r.sum(-1), torch.ones(1, 5))
-    maps = rollout_maps(r, (2, 2))
-    assert maps.shape == (1, 2, 2) and maps.max() == 1
+def test_rollout_maps_worked_by_hand():
+    r = torch.tensor([[[0.1, 0.2, 0.4, 0.1, 0.2], [0.0] * 5, [0.0] * 5, [0.0] * 5, [0.0] * 5]])
+    # the class token's row over the 2 x 2 patches, scaled to a maximum of 1
+    torch.testing.assert_close(rollout_maps(r, (2, 2)), torch.tensor([[[0.5, 1.0], [0.25, 0.5]]]))
+    # no class token: the mean of the patch rows
+    r = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    torch.testing.assert_close(rollout_maps(r, (1, 2), num_prefix_tokens=0), torch.tensor([[[1.0, 1.0]]]))
+
+
+def test_mean_attention_distance_worked_by_hand():
+    # two patches side by side, 16 px apart; a class token in front. Patch query 1 puts 0.25 on patch 2
+    # (distance 4 px), patch query 2 puts 0.5 on patch 1 and 0.5 on the class token (dropped, not renormalised:
+    # 8 px). Mean over the two queries: 6 px. The class token's own row (all on patch 2) is ignored.
+    a = torch.tensor([[[[0.0, 0.0, 1.0], [0.0, 0.75, 0.25], [0.5, 0.5, 0.0]]]])
+    torch.testing.assert_close(mean_attention_distance([a], (1, 2), 16.0), torch.tensor([[6.0]]))
+    # a 2 x 2 grid: the diagonal neighbour is sqrt(2) patches away
+    assert patch_distances((2, 2), 10.0)[0, 3].item() == pytest.approx(10 * 2 ** 0.5)
 
 
 def test_sincos_similarity_is_symmetric_with_diagonal_maximum():
