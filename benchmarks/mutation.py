@@ -47,41 +47,60 @@ PLAN = {
 }
 
 
-def run(modules: dict[str, list[str]], timeout: int, log: Path, keep: Path | None = None) -> dict:
-    with (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as tmp:
-        work = Path(tmp) / "tree"
-        if work.exists():
-            shutil.rmtree(work)
-        shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "runs", "mutants", "__pycache__", "*.egg-info"))
-        tests = sorted({t.split("::")[0] for ts in modules.values() for t in ts}
-                       | {"tests/conftest.py", "tests/test_convert.py", "tests/test_converter_bugs.py"})  # imported by others
-        selection = sorted({t for ts in modules.values() for t in ts})
-        cfg = (f"\n[tool.mutmut]\npaths_to_mutate = {json.dumps(list(modules))}\ntests_dir = {json.dumps(tests)}\n"
-               f"pytest_add_cli_args_test_selection = {json.dumps(selection)}\nalso_copy = [\"src/vitkit\"]\n")
-        with open(work / "pyproject.toml", "a") as f:
-            f.write(cfg)
-        with open(log, "w") as f:  # mutmut's progress, to follow with tail -f
-            subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, timeout=timeout, check=False,
-                           stdout=f, stderr=subprocess.STDOUT)
-        out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True,
-                             text=True, timeout=600).stdout
+# Mutants judged equivalent (no test could tell them from the original), with the reason. The score leaves them out.
+EQUIVALENT: dict[str, str] = {}
+
+
+def groups(modules: dict[str, list[str]]) -> list[dict[str, list[str]]]:
+    """Modules guarded by the same tests are mutated in one mutmut run (one clean run and one coverage run each)."""
+    by_tests: dict[tuple[str, ...], dict[str, list[str]]] = {}
+    for module, tests in modules.items():
+        by_tests.setdefault(tuple(tests), {})[module] = tests
+    return list(by_tests.values())
+
+
+def run(modules: dict[str, list[str]], timeout: int, log: Path, work: Path) -> dict[str, str]:
+    """One mutmut run over `modules` in a fresh copy of the tree at `work`; returns mutant -> status."""
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "runs", "mutants", "__pycache__", "*.egg-info"))
+    tests = sorted({t.split("::")[0] for ts in modules.values() for t in ts}
+                   | {"tests/conftest.py", "tests/test_convert.py", "tests/test_converter_bugs.py"})  # imported by others
+    selection = sorted({t for ts in modules.values() for t in ts})
+    cfg = (f"\n[tool.mutmut]\npaths_to_mutate = {json.dumps(list(modules))}\ntests_dir = {json.dumps(tests)}\n"
+           f"pytest_add_cli_args_test_selection = {json.dumps(selection)}\nalso_copy = [\"src/vitkit\"]\n")
+    with open(work / "pyproject.toml", "a") as f:
+        f.write(cfg)
+    with open(log, "a") as f:  # mutmut's progress, to follow with tail -f
+        f.write(f"\n=== {', '.join(modules)}\n")
+        f.flush()
+        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, timeout=timeout, check=False,
+                       stdout=f, stderr=subprocess.STDOUT)
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True,
+                         text=True, timeout=600).stdout
     status: dict[str, str] = {}
     for line in out.splitlines():
         m = re.match(r"\s*(\S+): (\w[\w ]*)$", line)
         if m:
             status[m.group(1)] = m.group(2).strip()
+    return status
+
+
+def summarise(status: dict[str, str]) -> dict[str, dict]:
     per_module: dict[str, dict] = {}
     for name, st in status.items():
         module = name.split(".x")[0].split(".xǁ")[0]
-        entry = per_module.setdefault(module, {"killed": 0, "survived": [], "timeout": 0, "other": 0})
+        entry = per_module.setdefault(module, {"killed": 0, "survived": [], "equivalent": {}, "timeout": 0, "other": {}})
         if st == "killed":
             entry["killed"] += 1
+        elif st == "survived" and name in EQUIVALENT:
+            entry["equivalent"][name] = EQUIVALENT[name]
         elif st == "survived":
             entry["survived"].append(name)
         elif st == "timeout":
             entry["timeout"] += 1
-        else:
-            entry["other"] += 1
+        else:  # e.g. "no tests": code no selected test runs
+            entry["other"][st] = entry["other"].get(st, 0) + 1
     for entry in per_module.values():  # timeouts apart: on a busy machine slow tests time out, which is no kill
         total = entry["killed"] + len(entry["survived"])
         entry["score"] = entry["killed"] / total if total else None
@@ -91,21 +110,43 @@ def run(modules: dict[str, list[str]], timeout: int, log: Path, keep: Path | Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modules", help="comma-separated source files (default: the plan in this script)")
-    ap.add_argument("--tests", help="comma-separated tests for --modules")
-    ap.add_argument("--timeout", type=int, default=4 * 3600)
-    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (then `cd KEEP/tree && mutmut show NAME`)")
+    ap.add_argument("--tests", help="comma-separated tests for --modules (default: the plan's)")
+    ap.add_argument("--timeout", type=int, default=4 * 3600, help="seconds for one mutmut run")
+    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (then `cd KEEP/N && mutmut show NAME`)")
     ap.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "vitkit-mutation.log", help="mutmut's progress")
     args = ap.parse_args()
-    modules = PLAN if not args.modules else {m: (args.tests or "tests").split(",") for m in args.modules.split(",")}
+    if args.modules:
+        names = args.modules.split(",")
+        modules = {m: args.tests.split(",") if args.tests else PLAN.get(m, ["tests"]) for m in names}
+    else:
+        modules = PLAN
     sys.path.insert(0, str(HERE))
     from train_recipe import hardware, machine
 
-    res = run(modules, args.timeout, args.log, args.keep)
-    for module, e in res.items():
+    path = HERE / "results" / "mutation.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    status = old.get("status", {}) if args.modules else {}  # a partial run updates the modules it ran
+    args.log.write_text("")
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as tmp:
+        for i, group in enumerate(groups(modules)):
+            prefixes = tuple(m.removeprefix("src/").removesuffix(".py").replace("/", ".") + "." for m in group)
+            status = {k: v for k, v in status.items() if not k.startswith(prefixes)}
+            status.update(run(group, args.timeout, args.log, Path(tmp) / str(i)))
+            res = summarise(status)  # written after every group: a run cut short keeps what it judged
+            total = {k: sum(len(e[k]) if isinstance(e[k], (list, dict)) else e[k] for e in res.values())
+                     for k in ("killed", "survived", "equivalent", "timeout")}
+            total["score"] = total["killed"] / max(1, total["killed"] + total["survived"])
+            tmp_path = path.with_suffix(".tmp")
+            tmp_path.write_text(json.dumps({"plan": {**old.get("plan", {}), **modules} if args.modules else modules,
+                                            "total": total, "modules": res, "status": status,
+                                            "machine": machine(), "hardware": hardware()}, indent=2, ensure_ascii=False))
+            tmp_path.replace(path)
+    for module, e in sorted(res.items()):
         score = f"{e['score']:.0%}" if e["score"] is not None else "-"
-        print(f"{module}: score {score}  killed {e['killed']}  survived {len(e['survived'])}  timeout {e['timeout']}")
-    (HERE / "results" / "mutation.json").write_text(json.dumps({"plan": modules, "modules": res, "machine": machine(),
-                                                                  "hardware": hardware()}, indent=2))
+        print(f"{module}: score {score}  killed {e['killed']}  survived {len(e['survived'])}  "
+              f"equivalent {len(e['equivalent'])}  timeout {e['timeout']}  other {e['other']}")
+    print(f"total: score {total['score']:.1%}  killed {total['killed']}  survived {total['survived']}  "
+          f"equivalent {total['equivalent']}  timeout {total['timeout']}")
 
 
 if __name__ == "__main__":

@@ -77,9 +77,10 @@ def save_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Opt
         export = _Weights(model, {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")})
     export = export if export is not None else model
     msd, osd = get_state_dict(module, optimizer)
-    out = None
+    made = out = None  # made: the temporary directory this rank created, the only thing it ever removes
     if env.is_main:
-        out = Path(tempfile.mkdtemp(prefix=f".{CKPT}.", dir=run_dir)) / "out"
+        made = Path(tempfile.mkdtemp(prefix=f".{CKPT}.", dir=run_dir))
+        out = made / "out"
         save_model(export, out, class_names=class_names, preprocess=preprocess)
     out = distributed.broadcast_path(out or Path(), env)
     try:
@@ -94,8 +95,8 @@ def save_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Opt
             os.replace(out, ckpt)
             shutil.rmtree(old, ignore_errors=True)
     finally:
-        if env.is_main:
-            shutil.rmtree(out.parent, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     distributed.barrier(env)
 
 
