@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -74,8 +75,11 @@ def run(modules: dict[str, list[str]], timeout: int, log: Path, work: Path) -> d
     with open(log, "a") as f:  # mutmut's progress, to follow with tail -f
         f.write(f"\n=== {', '.join(modules)}\n")
         f.flush()
+        # mutmut forks a child per mutant: one OpenMP thread each (two children on two cores), and no OpenMP
+        # pool in the parent to inherit (a forked libgomp pool deadlocks the child)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, timeout=timeout, check=False,
-                       stdout=f, stderr=subprocess.STDOUT)
+                       stdout=f, stderr=subprocess.STDOUT, env=env)
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True,
                          text=True, timeout=600).stdout
     status: dict[str, str] = {}

@@ -32,6 +32,8 @@ VITKIT_TO_TIMM = {
     "r-ti-hybrid": (("R+ViT-Ti/16", dict(image_size=64, resnet=ResNetConfig(layers=(), ws_eps=1e-8, gn_eps=1e-5))),
                     ("vit_tiny_r_s16_p8_224", dict(img_size=64)), 3),
     "r50-hybrid": (("R50+ViT-B/16", dict(image_size=64, **hybrid_for_timm())), ("vit_base_r50_s16_224", dict(img_size=64)), 3),
+    # 80 px: the root's 40 x 40 output needs 1 pixel of SAME padding before the 3x3/2 max-pool (/3 would need 2)
+    "r50-hybrid-80px": (("R50+ViT-B/16", dict(image_size=80, **hybrid_for_timm())), ("vit_base_r50_s16_224", dict(img_size=80)), 3),
 }
 
 

@@ -1,4 +1,6 @@
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 import vitkit
 from vitkit.models import ViTConfig, list_models, model_config
 from vitkit.models.posemb import resample_posemb, sincos_2d
-from vitkit.models.resnet import StdConv2d, pad_same
+from vitkit.models.resnet import ResNetConfig, StdConv2d, pad_same
 
 TINY = dict(width=32, depth=2, heads=2, mlp_dim=64)
 
@@ -94,13 +96,18 @@ def test_size_not_divisible_by_patch():
 
 def test_wrong_input_size_is_explained():
     model = vitkit.create_model("ViT-Ti/16", image_size=32, **TINY)
-    with pytest.raises(ValueError, match="set_image_size"):
-        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match=r"input is \(48, 40\) pixels but the model was built for \(32, 32\).*"
+                                         r"set_image_size\(\(48, 40\)\)"):
+        model(torch.randn(1, 3, 48, 40))
 
 
-def test_fast_path_equals_analysis_path():
+@pytest.mark.parametrize("kw", [{}, dict(pool="gap", fc_norm=True, class_token=True)])
+def test_fast_path_equals_analysis_path(kw):
     torch.manual_seed(0)
-    model = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, num_classes=4, zero_head=False, **TINY).eval()
+    model = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, num_classes=4, zero_head=False, **TINY, **kw).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # LayerNorms away from the identity: a skipped norm shows
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         fast = model(x)
@@ -156,11 +163,36 @@ def test_posemb_options():
 
 
 def test_sincos_table():
-    pe = sincos_2d((4, 6), 16)
-    assert pe.shape == (24, 16)
-    # first quarter is sin(x * omega_0) = sin(x): depends on the column only
-    torch.testing.assert_close(pe[:, 0], torch.sin(torch.arange(6.0)).repeat(4))
-    torch.testing.assert_close(pe[:, 8], torch.sin(torch.arange(4.0)).repeat_interleave(6))
+    # big_vision's posemb_sincos_2d written out: omega_k = 1 / 10000^(k / (width/4 - 1)), the row of patch (y, x)
+    # is [sin(x w_k)..., cos(x w_k)..., sin(y w_k)..., cos(y w_k)...]; width 12: w = 1, 1e-2, 1e-4
+    pe = sincos_2d((2, 3), 12).double()
+    assert pe.shape == (6, 12)
+    for y in range(2):
+        for x in range(3):
+            w = [1.0, 1e-2, 1e-4]
+            want = ([math.sin(x * o) for o in w] + [math.cos(x * o) for o in w]
+                    + [math.sin(y * o) for o in w] + [math.cos(y * o) for o in w])
+            torch.testing.assert_close(pe[y * 3 + x], torch.tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
+    # width 4: one frequency, 1
+    torch.testing.assert_close(sincos_2d((1, 2), 4)[1], torch.tensor([math.sin(1), math.cos(1), 0.0, 1.0]))
+    with pytest.raises(ValueError, match="width divisible by 4, got 10"):
+        sincos_2d((2, 2), 10)
+
+
+def test_resample_keeps_dtype_takes_2d_and_non_square_grids():
+    ys, xs = torch.meshgrid(torch.arange(2.0), torch.arange(3.0), indexing="ij")
+    field = torch.stack([ys, xs], -1).reshape(6, 2)  # a linear field over a 2 x 3 grid, no batch dimension
+    pe = torch.cat([torch.full((1, 2), 5.0), field]).to(torch.float64)
+    out = resample_posemb(pe, (3, 5), old_grid=(2, 3))
+    assert out.shape == (1, 16, 2) and out.dtype == torch.float64
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 3), torch.linspace(0, 2, 5), indexing="ij")
+    torch.testing.assert_close(out[0, 1:], torch.stack([ys, xs], -1).reshape(15, 2).double())
+    assert resample_posemb(pe.bfloat16(), (3, 5), old_grid=(2, 3)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"has 6 patch rows but old_grid \(3, 3\) holds 9"):
+        resample_posemb(pe, (3, 5), old_grid=(3, 3))
+    # nearest: each new cell copies the old cell it falls in (torch's nearest takes no align_corners)
+    near = resample_posemb(pe, (4, 6), old_grid=(2, 3), mode="nearest")[0, 1:].reshape(4, 6, 2)
+    assert torch.equal(near[::2, ::2], field.reshape(2, 3, 2).double()) and torch.equal(near[1::2, 1::2], near[::2, ::2])
 
 
 def test_resample_same_grid_is_identity_and_larger_keeps_class_token():
@@ -209,6 +241,54 @@ def test_set_image_size_resamples_and_runs():
         model.set_image_size(30)
 
 
+@pytest.mark.parametrize("need_weights", [False, True])  # torch's fused attention, and the explicit softmax
+def test_attention_dropout_only_in_training(need_weights):
+    torch.manual_seed(0)
+    attn = vitkit.models.vit.Attention(16, 2, attn_drop=0.5)
+    x = torch.randn(2, 5, 16)
+    attn.eval()
+    ref, w = attn(x, need_weights=need_weights)
+    assert (w is None) != need_weights
+    torch.testing.assert_close(attn(x, need_weights=need_weights)[0], ref)  # eval: deterministic, no dropout
+    if need_weights:
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 5))
+    attn.train()
+    a, b = attn(x, need_weights=need_weights)[0], attn(x, need_weights=need_weights)[0]
+    assert not torch.allclose(a, b) and not torch.allclose(a, ref)  # training: random masks
+    attn.attn_drop = 0.0
+    torch.testing.assert_close(attn(x, need_weights=need_weights)[0], ref)  # p = 0 in training: nothing dropped
+
+
+def test_grad_checkpointing_recomputes_blocks_only_when_training_with_grad():
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-Ti/16", image_size=16, patch_size=8, num_classes=3, zero_head=False, **TINY)
+    calls = []
+    for blk in model.blocks:
+        blk.register_forward_pre_hook(lambda *_: calls.append(1))  # a recompute may stop early: count starts
+    x = torch.randn(2, 3, 16, 16)
+
+    def run(train, ckpt):
+        calls.clear()
+        model.train(train)
+        model.set_grad_checkpointing(ckpt)
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(x).sum().backward()
+        return len(calls), [p.grad.clone() for p in model.parameters()]
+
+    n_plain, g_plain = run(True, False)
+    n_ckpt, g_ckpt = run(True, True)
+    assert n_plain == 2 and n_ckpt == 4  # each block recomputed once in the backward pass
+    for a, b in zip(g_plain, g_ckpt):
+        torch.testing.assert_close(a, b)
+    assert run(False, True)[0] == 2  # evaluation never checkpoints
+    with torch.no_grad():
+        model.train()
+        calls.clear()
+        model(x)
+        assert len(calls) == 2
+
+
 def test_dropout_and_drop_path_only_in_training():
     torch.manual_seed(0)
     model = vitkit.create_model("ViT-Ti/16", image_size=32, patch_size=8, dropout=0.2, attn_dropout=0.1,
@@ -253,6 +333,11 @@ def test_std_conv_standardises_weights():
     w = conv.standardized_weight()
     torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-6, rtol=0)
     torch.testing.assert_close(w.std(dim=(1, 2, 3), unbiased=False), torch.ones(4))
+    # vit_jax's (w - mean) / (std + eps), worked by hand: a filter +-a has std a; with eps = a it becomes +-1/2
+    small = StdConv2d(2, 1, 1, eps=1e-3)
+    with torch.no_grad():
+        small.weight.copy_(torch.tensor([1e-3, -1e-3]).reshape(1, 2, 1, 1))
+    torch.testing.assert_close(small.standardized_weight().flatten(), torch.tensor([0.5, -0.5]))
 
 
 def test_pad_same_matches_tf():
@@ -260,6 +345,48 @@ def test_pad_same_matches_tf():
     assert pad_same(x, 7, 2).shape[-2:] == (229, 229)  # 2 left, 3 right
     assert pad_same(torch.zeros(1, 1, 56, 56), 3, 2).shape[-2:] == (57, 57)  # 0 left, 1 right
     assert pad_same(torch.zeros(1, 1, 56, 56), 1, 2).shape[-2:] == (56, 56)
+    # only the width needs a pixel here (h 4, w 3, kernel 2, stride 2): it goes right, with the value given
+    out = pad_same(torch.ones(1, 1, 4, 3), 2, 2, value=-1.0)
+    assert out.shape[-2:] == (4, 4) and (out[..., :3] == 1).all() and (out[..., 3] == -1).all()
+
+
+def _timm_bit_to_vitkit(sd):
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("stem.conv.", "conv_root.").replace("head.fc.", "head.").replace(".downsample.conv.", ".downsample.")
+        k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.norm(\d)\.", r"stages.\1.\2.gn\3.", k)
+        out[re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)] = v
+    return out
+
+
+@pytest.mark.parametrize("size", [32, 45])  # 45: odd sizes through every stride-2 stage
+def test_bit_matches_timms_resnetv2(size):
+    """The paper's BiT baseline against timm's ResNet-v2 (BiT) with the same weights, head included."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = timm.create_model("resnetv2_50x1_bit", num_classes=5).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model = vitkit.create_model("R50x1", num_classes=5, zero_head=False).eval()
+    model.load_state_dict(_timm_bit_to_vitkit(ref.state_dict()), strict=True)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True),
+                                   ref.forward_head(ref.forward_features(x), pre_logits=True), atol=5e-4, rtol=1e-3)
+
+
+def test_resnet_eps_options_reach_every_layer():
+    cfg = ResNetConfig(layers=(1, 1), ws_eps=3e-7, gn_eps=4e-6)
+    model = vitkit.create_model("R50+ViT-B/16", image_size=32, num_classes=2, resnet=cfg, **TINY)
+    convs = [m for m in model.modules() if isinstance(m, StdConv2d)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(convs) == 1 + 2 * 3 + 2 and {m.eps for m in convs} == {3e-7}  # root, 3 per unit, 2 projections
+    assert len(norms) == 1 + 2 * 3 + 2 and {m.eps for m in norms} == {4e-6}
+    bit = vitkit.create_model("R50x1", num_classes=2, ws_eps=2e-7)
+    assert {m.eps for m in bit.modules() if isinstance(m, StdConv2d)} == {2e-7}
+    assert {m.eps for m in bit.modules() if isinstance(m, torch.nn.GroupNorm)} == {1e-5}  # BiT's GroupNorm
 
 
 def test_hybrid_feature_grid():

@@ -118,7 +118,6 @@ class ResNetStem(nn.Module):
             cin = 4 * w
         self.stages = nn.Sequential(*stages)
         self.out_channels = cfg.out_channels
-        self.stride = cfg.stride
         for m in self.modules():
             if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.gn3.weight)  # each unit starts as the identity (official scale_init)
