@@ -408,4 +408,18 @@ def test_drop_path_keeps_the_expectation():
     assert abs(y.mean().item() - 1.0) < 0.01 and abs(kept.float().mean().item() - 0.7) < 0.01
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))  # whole samples, one factor
     assert torch.equal(dp.eval()(torch.ones(4, 2, 3)), torch.ones(4, 2, 3))
+    # the rate grows linearly with depth, from 0 at the first block to drop_path at the last
+    model = vitkit.create_model("ViT-Ti/16", image_size=16, patch_size=8, drop_path=0.2, dropout=0.3, width=32, depth=3,
+                                heads=2, mlp_dim=64)
+    assert [b.drop_path.p for b in model.blocks] == pytest.approx([0.0, 0.1, 0.2])
+    assert model.blocks[0].attn.proj_drop.p == 0.3 and model.grad_checkpointing is False
+    for bad in (dict(drop_path=1.0), dict(dropout=-0.1), dict(attn_dropout=1.5)):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}=.* is a probability in \\[0, 1\\)"):
+            vitkit.create_model("ViT-Ti/16", **bad)
+
+
+def test_non_square_image():
+    model = vitkit.create_model("ViT-Ti/16", image_size=(16, 40), patch_size=8, num_classes=2, **TINY)
+    assert model.pos_embed.shape == (1, 1 + 2 * 5, 32)
+    assert model(torch.randn(1, 3, 16, 40)).shape == (1, 2)
 

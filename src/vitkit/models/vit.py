@@ -67,6 +67,9 @@ class ViTConfig:
             raise ValueError("pool='token' needs class_token=True; use pool='gap' for a model without one")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} is a probability in [0, 1)")
         h, w = _pair(self.image_size)
         stride = self.patch_size * (self.resnet.stride if self.resnet else 1)
         if h % stride or w % stride:
