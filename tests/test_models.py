@@ -82,14 +82,47 @@ def test_bad_name_lists_valid_ones():
         vitkit.create_model("ViT-Q/16")
 
 
+def test_bad_config_values_are_named():
+    for kw, msg in ((dict(pool="max"), r"pool='max' is not one of \('token', 'gap'\)"),
+                    (dict(pool="token", class_token=False), r"pool='token' needs class_token=True; use pool='gap'"),
+                    (dict(width=30, heads=4), "width 30 is not divisible by heads 4")):
+        with pytest.raises(ValueError, match=msg):
+            vitkit.create_model("ViT-Ti/16", **kw)
+    assert vitkit.create_model("ViT-Ti/16", pool="gap", **TINY).cls_token is None  # gap: no class token by default
+
+
+def test_normal_forward_uses_fused_attention_and_analysis_the_explicit_one(monkeypatch):
+    import vitkit.models.vit as vit
+
+    model = vitkit.create_model("ViT-Ti/16", image_size=16, patch_size=8, **TINY).eval()
+    fused = []
+    real = vit.F.scaled_dot_product_attention
+    monkeypatch.setattr(vit.F, "scaled_dot_product_attention", lambda *a, **k: fused.append(1) or real(*a, **k))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 16, 16))
+        assert len(fused) == 2
+        model.forward_intermediates(torch.randn(1, 3, 16, 16))
+        assert len(fused) == 2  # the softmax is computed explicitly there, for its weights
+
+
+def test_grayscale_hybrid_and_std_conv_defaults():
+    model = vitkit.create_model("R+ViT-Ti/16", image_size=32, in_chans=1, num_classes=2, **TINY)
+    assert model.patch_embed.backbone.conv_root.weight.shape[1] == 1
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2)
+    conv = StdConv2d(3, 4, 3)
+    assert conv.eps == 1e-5 and conv.same is False and conv.padding == (1, 1)  # the official eps, symmetric padding
+
+
 def test_bad_option_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown option.*'widht'.*valid options"):
         vitkit.create_model("ViT-B/16", widht=3)
 
 
 def test_size_not_divisible_by_patch():
-    with pytest.raises(ValueError, match="not divisible by the patch size 16.*valid sizes"):
+    with pytest.raises(ValueError, match="image size 100 is not divisible by the patch size 16; valid sizes near it: 80, 96, 112, 128$"):
         vitkit.create_model("ViT-B/16", image_size=100)
+    with pytest.raises(ValueError, match=r"image size \(96, 100\) is not divisible"):  # the width alone
+        vitkit.create_model("ViT-B/16", image_size=(96, 100))
     with pytest.raises(ValueError, match="hybrid's total stride 16"):
         vitkit.create_model("R50+ViT-B/16", image_size=40)
 

@@ -104,7 +104,7 @@ class Bottleneck(nn.Module):
 class ResNetStem(nn.Module):
     """The hybrid's CNN: root (StdConv 7x7/2, GN, ReLU, max-pool 3x3/2 SAME) then bottleneck stages."""
 
-    def __init__(self, cfg: ResNetConfig, in_chans: int = 3):
+    def __init__(self, cfg: ResNetConfig, in_chans: int):
         super().__init__()
         width = 64 * cfg.width_factor
         self.conv_root = StdConv2d(in_chans, width, 7, 2, eps=cfg.ws_eps, same=True)

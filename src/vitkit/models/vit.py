@@ -158,7 +158,7 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     """Dense(mlp_dim) - GELU - Dense(D), dropout after each dense as in the official MlpBlock."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden: int, drop: float):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
@@ -186,7 +186,7 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Eqs. 2-3, pre-norm: z' = MSA(LN(z)) + z ; z = MLP(LN(z')) + z'."""
 
-    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
+    def __init__(self, cfg: ViTConfig, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.attn = Attention(cfg.width, cfg.heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
