@@ -52,9 +52,10 @@ def test_vitkit_to_timm_read_by_timm(case, tmp_path):
 def test_vitkit_pre_logits_to_timm_is_dropped_with_a_note(tmp_path):
     model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8,
                                        num_classes=3, representation_size=32))
-    with pytest.warns(UserWarning, match="pre_logits dropped"):
+    with pytest.warns(UserWarning, match="m.safetensors: timm's VisionTransformer has no pre-logits layer: pre_logits dropped"):
         path = vitkit.save_model(model, tmp_path / "m.safetensors", format="timm")
-    assert not any(k.startswith("pre_logits") for k in load_file(str(path)))
+    keys = load_file(str(path)).keys()
+    assert not any(k.startswith("pre_logits") for k in keys) and {"head.weight", "head.bias", "norm.weight"} <= keys
 
 
 # --- another image size: each library's own interpolation is the reference ---------------------------------
@@ -169,3 +170,82 @@ def test_npz_gap_model_matches_numpy(tmp_path):
     with torch.no_grad():
         got = model(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(got, numpy_gap_logits(w, images, patch=4, heads=2), atol=1e-4)
+
+
+# --- models whose position embedding is not a learned table -----------------------------------------------
+
+
+@pytest.mark.parametrize("posemb", ["none", "sincos2d"])
+def test_fixed_or_no_position_embedding_to_every_outside_format(posemb, tmp_path):
+    from timm.models.vision_transformer import _load_weights
+
+    model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8,
+                                       num_classes=3, posemb=posemb), scale=0.5)
+    x = torch.randn(2, 3, 16, 16)
+    kw = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=2, img_size=16, patch_size=8, num_classes=3)
+    vitkit.save_model(model, tmp_path / "hf", format="hf")
+    assert max_diff(transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf").eval(), model, x) <= TOL
+    vitkit.save_model(model, tmp_path / "t.safetensors", format="timm")
+    ref = timm.create_model("vit_base_patch16_224", **kw).eval()
+    ref.load_state_dict(load_file(str(tmp_path / "t.safetensors")), strict=True)
+    assert max_diff(ref, model, x) <= TOL
+    vitkit.save_model(model, tmp_path / "m.npz", format="npz")
+    ref = timm.create_model("vit_base_patch16_224", **kw).eval()
+    _load_weights(ref, str(tmp_path / "m.npz"))
+    assert max_diff(ref, model, x) <= TOL
+    back = vitkit.load_model(tmp_path / "m.npz")
+    assert back.config.image_size == 16 and max_diff(back.eval(), model, x) <= 1e-6
+
+
+# --- Hugging Face: the files transformers itself writes ----------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_hf_files_have_transformers_own_tensor_names(head, tmp_path):
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 image_size=16, patch_size=8, num_labels=3)
+    ref = transformers.ViTForImageClassification(cfg) if head else transformers.ViTModel(cfg)
+    ref.save_pretrained(tmp_path / "ref")
+    model = vitkit.load_model(tmp_path / "ref")
+    vitkit.save_model(model, tmp_path / "out", format="hf")
+    assert load_file(str(tmp_path / "out" / "model.safetensors")).keys() == load_file(str(tmp_path / "ref" / "model.safetensors")).keys()
+
+
+def test_hf_refuses_what_it_cannot_hold(tmp_path):
+    from vitkit.convert import CheckpointError
+
+    small = dict(width=32, depth=1, heads=2, mlp_dim=64, image_size=32, num_classes=2)
+    cases = [
+        (vitkit.create_model("R+ViT-Ti/16", **small), r"no hybrid \(ResNet\) stem; save hybrids as vitkit, timm or npz"),
+        (vitkit.create_model("ViT-Ti/16", pool="gap", **small), "classifies from the class token; a GAP model cannot"),
+        (vitkit.create_model("ViT-Ti/16", pool="gap", class_token=True, fc_norm=True, **small), "a GAP model cannot"),
+        (vitkit.create_model("ViT-Ti/16", representation_size=32, **small),
+         r"no pre-logits layer; load with drop_pre_logits=True or save with num_classes=0 \(a ViTModel whose pooler"),
+    ]
+    for model, msg in cases:
+        with pytest.raises(CheckpointError, match=msg):
+            vitkit.save_model(model, tmp_path / "hf", format="hf")
+        assert not (tmp_path / "hf").exists()
+
+
+def test_hf_unknown_tensors_are_reported_not_dropped(tmp_path):
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=16, patch_size=8, num_labels=3)
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "hf")
+    sd = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    sd["vit.encoder.layer.0.attention.extra.weight"] = torch.ones(2)
+    sd["vit.something_else"] = torch.ones(2)
+    save_file(sd, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
+    model = vitkit.load_model(tmp_path / "hf")
+    assert set(model.load_report.unexpected) == {"encoder.layer.0.attention.extra.weight", "something_else"}
+    # labels keyed by int (as some hand-written configs have) read as well as by str
+    from vitkit.convert.hf import class_names_from_hf
+
+    assert class_names_from_hf({"id2label": {0: "a", 1: "b"}}) == ["a", "b"]
+    assert class_names_from_hf({"id2label": {"0": "a", "1": "b"}}) == ["a", "b"]
+
+
+def test_timm_heads_from_width():
+    from vitkit.convert.timm import guess_heads
+
+    assert [guess_heads(w, "x") for w in (192, 384, 768, 1024, 1280, 128, 320, 2048)] == [3, 6, 12, 16, 16, 2, 5, 32]

@@ -257,11 +257,16 @@ def _plain(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _outside_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict, with a fixed sin-cos table written as a (learned) position embedding: outside
-    formats have no other way to carry it."""
+    """The state dict, with a fixed sin-cos table written as a (learned) position embedding, and a model
+    without one given an all-zero table: outside formats have no other way to carry them (timm, transformers
+    and the official code always add a table; without one they would start it at random, and .npz would lose
+    the image size). Adding zeros computes the same."""
     sd = dict(model.state_dict())
     if isinstance(model, VisionTransformer) and model.config.posemb == "sincos2d":
         sd["pos_embed"] = model.pos_embed_fixed
+    elif isinstance(model, VisionTransformer) and model.config.posemb == "none":
+        cfg = model.config
+        sd["pos_embed"] = torch.zeros(1, cfg.grid[0] * cfg.grid[1] + model.num_prefix_tokens, cfg.width)
     return sd
 
 
