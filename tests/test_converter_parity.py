@@ -2,6 +2,8 @@
 independent computation: vitkit -> timm read by timm itself, loading at another image size against timm's and
 transformers' own position-embedding interpolation and against scipy's zoom (what the official code uses),
 vitkit -> Hugging Face config fields and pooler as transformers reads them, Google .npz GAP models against NumPy."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +251,58 @@ def test_timm_heads_from_width():
     from vitkit.convert.timm import guess_heads
 
     assert [guess_heads(w, "x") for w in (192, 384, 768, 1024, 1280, 128, 320, 2048)] == [3, 6, 12, 16, 16, 2, 5, 32]
+
+
+def test_hf_config_defaults_are_transformers_defaults():
+    """A config.json that leaves fields out means transformers' defaults: vitkit reads the same numbers."""
+    from vitkit.convert.hf import config_from_hf
+
+    ref = transformers.ViTConfig()
+    for given in ({}, {"model_type": "vit"}):
+        c = config_from_hf(given, "config.json")
+        assert (c.image_size, c.patch_size, c.in_chans) == (ref.image_size, ref.patch_size, ref.num_channels)
+        assert (c.width, c.depth, c.heads, c.mlp_dim) == (ref.hidden_size, ref.num_hidden_layers, ref.num_attention_heads,
+                                                          ref.intermediate_size)
+        assert (c.ln_eps, c.qkv_bias) == (ref.layer_norm_eps, ref.qkv_bias)
+        assert (c.dropout, c.attn_dropout) == (ref.hidden_dropout_prob, ref.attention_probs_dropout_prob)
+        assert c.pool == "token" and c.class_token is True and c.num_classes == 0
+
+
+def test_hf_config_refusals_are_named():
+    from vitkit.convert import CheckpointError
+    from vitkit.convert.hf import config_from_hf
+
+    with pytest.raises(CheckpointError, match=r"cfg.json: model_type 'deit' is not a plain ViT \('vit'\)"):
+        config_from_hf({"model_type": "deit"}, "cfg.json")
+    with pytest.raises(CheckpointError, match=r"cfg.json: hidden_act 'relu' is not supported; vitkit's MLP uses exact GELU"):
+        config_from_hf({"hidden_act": "relu"}, "cfg.json")
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_hf_config_written_is_what_transformers_writes(head, tmp_path):
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=8,
+              encoder_stride=8, layer_norm_eps=1e-6, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2, qkv_bias=False)
+    if head:
+        kw.update(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    cfg = transformers.ViTConfig(**kw)
+    ref = transformers.ViTForImageClassification(cfg) if head else transformers.ViTModel(cfg)
+    ref.save_pretrained(tmp_path / "ref")
+    vitkit.save_model(vitkit.load_model(tmp_path / "ref"), tmp_path / "out", format="hf")
+    theirs = json.loads((tmp_path / "ref" / "config.json").read_text())
+    ours = json.loads((tmp_path / "out" / "config.json").read_text())
+    if not head:  # a ViTModel carries no labels; transformers still writes its two defaults
+        ours.pop("id2label"), ours.pop("label2id")
+    assert {k: theirs.get(k) for k in ours} == ours
+
+
+def test_hf_config_square_tuple_size_and_non_square_refused(tmp_path):
+    from vitkit.convert import CheckpointError
+
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=(16, 16), patch_size=8,
+                                num_classes=2)
+    vitkit.save_model(model, tmp_path / "sq", format="hf")
+    assert transformers.ViTConfig.from_pretrained(tmp_path / "sq").image_size == 16
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=(16, 32), patch_size=8,
+                                num_classes=2)
+    with pytest.raises(CheckpointError, match=r"holds one image_size; \(16, 32\) is not square"):
+        vitkit.save_model(model, tmp_path / "ns", format="hf")
