@@ -326,3 +326,15 @@ def test_nothing_written_on_failure_and_nothing_clobbered(tmp_path):
     assert (path / "model.safetensors").read_bytes() == before
     vitkit.save_model(gap, path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_load_report_text_and_dict():
+    from vitkit.convert.common import LoadReport
+
+    r = LoadReport("m.npz", "npz", missing=["head.bias"], resampled=["pos_embed a -> b"], notes=["n1", "n2"])
+    assert str(r) == ("loaded m.npz (npz)\n  missing (kept as initialised):\n    head.bias\n"
+                      "  resampled:\n    pos_embed a -> b\n  notes:\n    n1\n    n2")
+    assert str(LoadReport("x", "timm", unexpected=["u"])) == "loaded x (timm)\n  unexpected (ignored):\n    u"
+    assert str(LoadReport("x", "hf")) == "loaded x (hf)\n  every tensor matched"
+    assert json.loads(json.dumps(r.to_dict())) == {"source": "m.npz", "format": "npz", "missing": ["head.bias"], "unexpected": [],
+                                                   "resampled": ["pos_embed a -> b"], "notes": ["n1", "n2"]}
