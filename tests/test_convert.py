@@ -179,7 +179,7 @@ def big_vision_variant(arrays, prefix="params/", scanned=True):
     return out
 
 
-@pytest.mark.parametrize("prefix,scanned", [("params/", True), ("params/", False), ("opt/target/", False), ("", True)])
+@pytest.mark.parametrize("prefix,scanned", [("params/", True), ("params/", False), ("opt/target/", False), ("", True), ("", False)])
 def test_npz_big_vision_naming_prefixes_and_scan(prefix, scanned, tmp_path):
     model = jitter(vitkit.create_model("ViT-S/16", width=32, depth=3, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=4))
     with torch.no_grad():
@@ -193,6 +193,44 @@ def test_npz_big_vision_naming_prefixes_and_scan(prefix, scanned, tmp_path):
     back = vitkit.load_model(tmp_path / "bv.npz").eval()
     assert back.config.depth == 3 and back.config.heads == 2
     assert max_diff(back, model, torch.randn(2, 3, 32, 32)) <= 1e-6
+    notes = back.load_report.notes
+    assert (f"prefix {prefix!r}" in notes) == bool(prefix)
+    assert ("scanned blocks (depth 3) unstacked" in notes) == scanned
+    assert ("vit_jax naming" if prefix == "opt/target/" else "big_vision naming") in notes
+
+
+def test_npz_hybrid_layers_width_old_gn_shapes_and_unknown_arrays(tmp_path):
+    """A hybrid of another depth and width factor round-trips through .npz; GroupNorm scales stored (1, 1, 1, C), as
+    old checkpoints have them, read the same; arrays vitkit has no place for are reported, and the rest still loads."""
+    model = jitter(vitkit.create_model("R50+ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, num_classes=2,
+                                       resnet=ResNetConfig(layers=(1, 2), width_factor=2)))
+    path = vitkit.save_model(model, tmp_path / "h.npz", format="npz")
+    arrays = dict(np.load(path, allow_pickle=False))
+    old = {k: (v.reshape(1, 1, 1, -1) if "/gn" in k and v.ndim == 1 else v) for k, v in arrays.items()}
+    assert any(v.ndim == 4 and "/gn" in k for k, v in old.items())
+    old["Transformer/encoderblock_0/extra/kernel"] = np.ones(3, np.float32)
+    old["zzz_unknown"] = np.ones(2, np.float32)
+    np.savez(tmp_path / "old.npz", **old)
+    back = vitkit.load_model(tmp_path / "old.npz").eval()
+    assert back.config.resnet.layers == (1, 2) and back.config.resnet.width_factor == 2
+    assert {"zzz_unknown", "Transformer/encoderblock_0/extra/kernel"} <= set(back.load_report.unexpected)
+    assert max_diff(back, model, torch.randn(1, 3, 32, 32)) == 0
+
+
+def test_npz_refusals_are_named(tmp_path):
+    np.savez(tmp_path / "obj.npz", **{"embedding/kernel": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(CheckpointError, match="obj.npz: not a readable .npz archive.*pickle"):
+        vitkit.load_model(tmp_path / "obj.npz")  # never unpickled
+    np.savez(tmp_path / "none.npz", x=np.ones(2))
+    with pytest.raises(CheckpointError, match=r"none.npz: no 'embedding/kernel' under any known prefix "
+                                              r"\('opt/target/', 'params/img/', 'params/'\): not a ViT .npz checkpoint"):
+        vitkit.load_model(tmp_path / "none.npz")
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8, num_classes=2)
+    arrays = npz_from_vitkit(model.state_dict(), model.config)
+    arrays["MAPHead_0/probe"] = np.ones((1, 1, 32), np.float32)
+    np.savez(tmp_path / "map.npz", **arrays)
+    with pytest.raises(CheckpointError, match="map.npz: a MAP-head \\(attention pooling\\) checkpoint; vitkit supports"):
+        vitkit.load_model(tmp_path / "map.npz")
 
 
 FORMAT_PATHS = {"vitkit": "m", "vitkit-file": "m.safetensors", "timm": "m.safetensors", "hf": "m", "npz": "m.npz"}

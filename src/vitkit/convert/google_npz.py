@@ -89,13 +89,19 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
     big_vision = scanned or "pos_embedding" in w or p.startswith("params/")
     block_map = BIG_VISION_BLOCK if big_vision else VIT_JAX_BLOCK
     mha = "MultiHeadDotProductAttention_0" if big_vision else "MultiHeadDotProductAttention_1"
+    used: set[str] = set()  # every array read; the rest is reported as unexpected
+
+    def take(key: str) -> np.ndarray:
+        used.add(key)
+        return w[key]
+
     if scanned:
         depth = w["Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
         notes.append(f"scanned blocks (depth {depth}) unstacked")
-        block = lambda i, name: w[f"Transformer/encoderblock/{name}"][i]  # noqa: E731
+        block = lambda i, name: take(f"Transformer/encoderblock/{name}")[i]  # noqa: E731
     else:
         depth = len({m.group(1) for k in w if (m := re.match(r"^Transformer/encoderblock_(\d+)/", k))})
-        block = lambda i, name: w[f"Transformer/encoderblock_{i}/{name}"]  # noqa: E731
+        block = lambda i, name: take(f"Transformer/encoderblock_{i}/{name}")  # noqa: E731
     notes.append("big_vision naming" if big_vision else "vit_jax naming")
     has_qkv_bias = f"Transformer/encoderblock{'' if scanned else '_0'}/{mha}/query/bias" in w
 
@@ -114,12 +120,12 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
             if m := re.match(r"^block(\d+)/unit(\d+)/(.+)$", k):
                 name = UNIT.get(m.group(3))
                 if name is None:
-                    out[k] = _t(v)  # unexpected
-                    continue
+                    continue  # unexpected
+                used.add(k)
                 out[f"patch_embed.backbone.stages.{int(m.group(1)) - 1}.{int(m.group(2)) - 1}.{name}"] = _conv(v) if v.ndim == 4 and "kernel" in k else _vec(v)
     for k, name in TOP.items():
         if k in w:
-            v = w[k]
+            v = take(k)
             out[name] = _conv(v) if v.ndim == 4 and k.endswith("kernel") else (_t(v.T) if v.ndim == 2 else _vec(v))
     heads = 1
     for i in range(depth):
@@ -138,12 +144,12 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
 
     class_token = "cls" in w
     if class_token:
-        out["cls_token"] = _t(w["cls"])
+        out["cls_token"] = _t(take("cls"))
     pe_key = "pos_embedding" if "pos_embedding" in w else "Transformer/posembed_input/pos_embedding"
     posemb = "none"
     if pe_key in w:
         posemb = "learned"
-        pe = _t(w[pe_key]).reshape(1, -1, width)
+        pe = _t(take(pe_key)).reshape(1, -1, width)
         n = pe.shape[1]
         if class_token and math.isqrt(n) ** 2 == n and math.isqrt(n - 1) ** 2 != n - 1:
             pe = torch.cat([pe.new_zeros(1, 1, width), pe], 1)  # big_vision: the class token gets no position embedding
@@ -161,9 +167,8 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
     if grid:
         cfg["image_size"] = grid * patch * stride
     cfg.update(overrides)
-    for k in w:
-        if not (k in TOP or k in ("cls", pe_key) or k.startswith("Transformer/encoderblock") or re.match(r"^block\d+/unit\d+/", k)):
-            out[k] = _t(w[k])  # reported as unexpected
+    for k in w.keys() - used:
+        out[k] = _t(w[k])  # reported as unexpected
     if "head.weight" in out and not out["head.weight"].any():
         notes.append("the head is all zeros (a raw pre-training checkpoint): its predictions mean nothing until fine-tuned")
     return ViTConfig(**cfg), out, notes
