@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,42 @@ def test_result_layout():
     assert set(res) >= {"shots", "l2", "seeds", "num_classes", "test_images", "feature_dim"} and res["l2"] == 3.0
     assert res["seeds"] == 2 and res["num_classes"] == 2 and res["test_images"] == 20 and res["feature_dim"] == 4
     assert set(res["shots"]) == {"1", "2"} and set(res["shots"]["1"]) == {"mean", "std", "runs"}
+
+
+def test_probe_scores_match_sklearn_ridge_on_big_visions_recipe():
+    """big_vision's few-shot probe, spelled out in NumPy: whiten each dimension with the few-shot set's mean and
+    population std (+1e-5), append a constant 100, ridge-regress {-1, +1} one-hot targets without intercept;
+    solved here by scikit-learn. A test class absent from the few-shot set still gets its column."""
+    from sklearn.linear_model import Ridge
+
+    from vitkit.evaluate.fewshot import fit_probe
+
+    g = torch.Generator().manual_seed(0)
+    train_x = torch.randn(12, 5, generator=g) * torch.tensor([1.0, 10.0, 0.1, 3.0, 1.0]) + torch.tensor([5.0, -2.0, 0.0, 1.0, 50.0])
+    train_y = torch.arange(12) % 3  # classes 0-2; the problem has 4
+    test_x = torch.randn(7, 5, generator=g) * 3
+    for l2 in (0.5, 1024.0):
+        a = train_x.numpy().astype(np.float64)
+        mean, std = a.mean(0), a.std(0) + 1e-5
+        prep = lambda f: np.concatenate([(f - mean) / std, np.full((len(f), 1), 100.0)], 1)  # noqa: E731
+        targets = 2.0 * np.eye(4)[train_y.numpy()] - 1.0
+        want = Ridge(alpha=l2, fit_intercept=False, solver="cholesky").fit(prep(a), targets).predict(prep(test_x.numpy().astype(np.float64)))
+        got = fit_probe(train_x, train_y, 4, l2)(test_x)
+        assert got.shape == (7, 4)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-8, rtol=1e-7)
+
+
+def test_fewshot_eval_aggregates_its_runs():
+    import statistics
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 6, generator=g) + y[:, None].float()
+    res = fewshot_eval(x[:30], y[:30], x[30:], y[30:], shots=(2, 10), l2=0.3)  # 10 = the smallest class: allowed
+    assert res["seeds"] == 3  # the default, as big_vision's evaluator
+    for n in (2, 10):
+        runs = res["shots"][str(n)]["runs"]
+        assert len(runs) == 3 and runs == [linear_probe(x[:30][i], y[:30][i], x[30:], y[30:], 3, 0.3)
+                                           for i in (nested_subsets(y[:30], (2, 10), s)[n] for s in range(3))]
+        assert res["shots"][str(n)]["mean"] == pytest.approx(statistics.fmean(runs), abs=1e-15)  # float64, not float32
+        assert res["shots"][str(n)]["std"] == pytest.approx(statistics.pstdev(runs), abs=1e-15)

@@ -9,7 +9,7 @@ among the 5-shot ones, and so on.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -52,19 +52,26 @@ def ridge_solve(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tens
     return x.T @ (q @ ((q.T @ y) / (eigs + l2)[:, None])), "dual"
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, l2: float = DEFAULT_L2) -> float:
-    """Whiten with the training set's statistics, add the bias feature, solve, return test accuracy."""
-    mean = train_x.mean(0, keepdim=True)
-    std = train_x.std(0, keepdim=True, unbiased=False) + 1e-5
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
+              l2: float = DEFAULT_L2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The few-shot probe: whiten with the training set's statistics, add the bias feature, solve the ridge
+    regression to {-1, 1} targets; returns the function giving (N, num_classes) scores of new features."""
+    mean = train_x.double().mean(0, keepdim=True)
+    std = train_x.double().std(0, keepdim=True, unbiased=False) + 1e-5
 
     def prep(f: torch.Tensor) -> torch.Tensor:
-        f = (f.double() - mean.double()) / std.double()
+        f = (f.double() - mean) / std
         return torch.cat([f, torch.full((len(f), 1), BIAS_FEATURE, dtype=f.dtype)], dim=1)
 
     targets = 2.0 * torch.nn.functional.one_hot(train_y, num_classes).double() - 1.0
     w, _ = ridge_solve(prep(train_x), targets, l2)
-    pred = (prep(test_x) @ w).argmax(1)
+    return lambda x: prep(x) @ w
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, l2: float = DEFAULT_L2) -> float:
+    """Test accuracy of the few-shot probe (`fit_probe`) trained on (train_x, train_y)."""
+    pred = fit_probe(train_x, train_y, num_classes, l2)(test_x).argmax(1)
     return (pred == test_y).double().mean().item()
 
 
