@@ -181,3 +181,20 @@ def test_out_of_memory_in_a_training_step_and_in_a_verb_is_one_line(tmp_path, mo
     err = capsys.readouterr().err
     assert "vitkit eval: error: CUDA out of memory. Tried to allocate 2.00 GiB; try a smaller --batch-size" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("target", ["mean", "l2", "mean4x4"])
+def test_masked_patch_prediction_runs_on_the_models_device(target):
+    """Corruption draws, targets and the loss all live with the model (a CPU generator draws on the CPU and
+    moves its numbers over)."""
+    from vitkit.objectives.mpp import MaskedPatchPrediction, to_unit_range
+
+    model = vitkit.create_model("ViT-Ti/16", num_classes=0, image_size=16, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64)
+    mpp = MaskedPatchPrediction(32, 4, 3, target=target, rate=0.5, mask_frac=0.5, random_frac=0.5)
+    x = torch.randn(2, 3, 16, 16)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model, mpp, xc = model.to("cuda"), mpp.to("cuda"), x.to("cuda")
+        for gen in (None, torch.Generator().manual_seed(0)):
+            loss, metrics = mpp(model, xc, None, generator=gen)
+            assert loss.device.type == "cuda" and all(v.device.type == "cuda" for v in metrics.values())
+        assert to_unit_range(xc, "google").device.type == "cuda"

@@ -38,6 +38,21 @@ def test_random_replacements_are_other_patches():
     pool = patches.reshape(-1, 8)
     for row in out[kind == 2]:
         assert (pool == row).all(1).any()
+    moved = (out[kind == 2] != patches[kind == 2]).any(1).float().mean()
+    assert moved > 0.9  # replaced by patches drawn from the whole batch: nearly all of them another one
+
+
+def test_one_corrupted_patch_and_unit_range_clamps_and_keeps_dtype():
+    _, chosen, _ = corrupt(torch.randn(3, 10, 4), torch.zeros(1, 1, 4), 0.1, 1.0, 0.0)
+    assert chosen.sum(1).tolist() == [1, 1, 1]  # round(0.1 * 10) = 1 position per image
+    from vitkit.objectives.mpp import to_unit_range
+
+    x = torch.tensor([-5.0, -1.0, 0.0, 1.0, 5.0]).reshape(1, 1, 1, 5)  # "google": x * 0.5 + 0.5, then [0, 1]
+    assert to_unit_range(x, "google").flatten().tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+    for dt in (torch.float64, torch.bfloat16):
+        assert to_unit_range(x.to(dt), "google").dtype == dt
+    with pytest.raises(ValueError, match="patch size 6 is not divisible into 4 x 4 cells"):
+        colour_classes(torch.zeros(1, 3, 12, 12), 6, cells=4)
 
 
 def test_colour_targets_of_hand_made_patches():

@@ -53,7 +53,7 @@ def colour_classes(x01: torch.Tensor, patch: int, bits: int = 3, cells: int = 1)
 def corrupt(patches: torch.Tensor, mask_token: torch.Tensor, rate: float, mask_frac: float, random_frac: float,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BERT-style corruption of patch embeddings (B, N, D). Exactly round(rate * N) positions per image
-    are corrupted; each becomes [mask] with probability mask_frac, a random other patch's embedding with
+    are corrupted; each becomes [mask] with probability mask_frac, the embedding of a random patch of the batch with
     probability random_frac, and stays otherwise. Returns (corrupted patches, corrupted (B, N) bool,
     kind (B, N): 0 untouched, 1 mask, 2 random, 3 kept)."""
     B, N, D = patches.shape
@@ -69,12 +69,9 @@ def corrupt(patches: torch.Tensor, mask_token: torch.Tensor, rate: float, mask_f
     kind[chosen & (u >= mask_frac) & (u < mask_frac + random_frac)] = 2
     kind[chosen & (u >= mask_frac + random_frac)] = 3
     out = torch.where((kind == 1)[..., None], mask_token.to(patches.dtype).expand(B, N, D), patches)
-    rand_pos = kind == 2
-    n_rand = int(rand_pos.sum())
-    if n_rand:
-        src = torch.randint(0, B * N, (n_rand,), generator=generator, device=draw).to(patches.device)
-        out = out.clone()
-        out[rand_pos] = patches.reshape(B * N, D)[src]
+    # a source for every position, used where kind == 2: no count read back from the device (no GPU sync)
+    src = torch.randint(0, B * N, (B, N), generator=generator, device=draw).to(patches.device)
+    out = torch.where((kind == 2)[..., None], patches.reshape(B * N, D)[src], out)
     return out, chosen, kind
 
 
@@ -125,8 +122,13 @@ class MaskedPatchPrediction(nn.Module):
         for blk in model.blocks:
             z, _ = blk(z)
         z = model.norm(z)[:, model.num_prefix_tokens:]  # (B, N, D)
-        pred = self.head(z[chosen]).float()  # (M, out)
-        target = self.targets(x)[chosen]  # (M, cells^2) or (M, p*p*C)
+        # the k chosen positions of every image in ascending order, as z[chosen] would give them, but with a
+        # shape known in advance (a boolean index would read the count back from the device)
+        k = int(round(self.rate * chosen.shape[1]))
+        pos = chosen.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]  # (B, k)
+        pick = lambda t: t.gather(1, pos.reshape(*pos.shape, *[1] * (t.ndim - 2)).expand(-1, -1, *t.shape[2:])).flatten(0, 1)  # noqa: E731
+        pred = self.head(pick(z)).float()  # (B * k, out)
+        target = pick(self.targets(x))  # (B * k, cells^2) or (B * k, p*p*C)
         if self.target == "l2":
             loss = F.mse_loss(pred, target.float())
             return loss, {"mpp_mse": loss.detach()}
