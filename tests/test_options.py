@@ -75,3 +75,85 @@ def test_mixup_mixes_pairs_and_their_labels_with_one_weight():
         assert torch.allclose(xm[i], lam * x[i] + (1 - lam) * x[j], atol=1e-6) or torch.allclose(
             xm[i], (1 - lam) * x[i] + lam * x[j], atol=1e-6)
         assert ym[i, i].item() + ym[i, j].item() == pytest.approx(1.0)
+
+
+def test_soft_labels_smoothing_and_sigmoid_over_a_batch():
+    from vitkit.objectives.classification import hard_labels
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    soft = torch.tensor([[0.6, 0.4, 0.0], [0.0, 0.25, 0.75]])  # what Mixup gives
+    for smoothing in (0.0, 0.3):
+        t = [[ti * (1 - smoothing) + smoothing / 3 for ti in row] for row in soft.tolist()]
+        want = 0.0
+        for z, tr in zip(logits.tolist(), t):
+            lse = math.log(sum(math.exp(v) for v in z))
+            want += -sum(ti * (zi - lse) for ti, zi in zip(tr, z)) / 2  # mean over the batch of the sum over classes
+        assert classification_loss(logits, soft, smoothing=smoothing).item() == pytest.approx(want, abs=1e-6)
+        bce = lambda z, t: -(t * math.log(1 / (1 + math.exp(-z))) + (1 - t) * math.log(1 - 1 / (1 + math.exp(-z))))  # noqa: E731
+        want = sum(bce(zi, ti) for z, tr in zip(logits.tolist(), t) for zi, ti in zip(z, tr)) / 2
+        assert classification_loss(logits, soft, loss="sigmoid", smoothing=smoothing).item() == pytest.approx(want, abs=1e-6)
+    assert hard_labels(soft).tolist() == [0, 2] and hard_labels(torch.tensor([2, 1])).tolist() == [2, 1]
+    with pytest.raises(ValueError, match=r"optim.loss='hinge' is not one of \('softmax', 'sigmoid'\)"):
+        classification_loss(logits, soft, loss="hinge")
+
+
+def test_adam_and_adamw_second_step_with_the_configured_betas():
+    """Two steps worked out from the Adam paper with b1 = 0.5, b2 = 0.75 (bias-corrected moments), decoupled decay
+    for both "adam" and "adamw": w <- w (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps)."""
+    for name in ("adam", "adamw"):
+        m = Two()
+        opt = build_optimizer(m, OptimConfig(name=name, lr=0.1, weight_decay=0.5, b1=0.5, b2=0.75))
+        assert opt.defaults["fused"] is True  # one pass over every tensor on the CPU
+        w = [1.0, -2.0]
+        mom, vel = [0.0, 0.0], [0.0, 0.0]
+        for step, g in enumerate(([0.2, -0.4], [-0.6, 0.1]), start=1):
+            m.w.grad, m.b.grad = torch.tensor([g]), torch.tensor([1.0])
+            opt.step()
+            for j in range(2):
+                mom[j] = 0.5 * mom[j] + 0.5 * g[j]
+                vel[j] = 0.75 * vel[j] + 0.25 * g[j] ** 2
+                m_hat, v_hat = mom[j] / (1 - 0.5**step), vel[j] / (1 - 0.75**step)
+                w[j] = w[j] * (1 - 0.1 * 0.5) - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-8)
+            assert m.w.data[0].tolist() == pytest.approx(w, abs=1e-6), (name, step)
+
+
+def test_sgd_second_step_uses_momentum():
+    m = Two()
+    opt = build_optimizer(m, OptimConfig(name="sgd", lr=0.1, weight_decay=0.0, momentum=0.5))
+    for g in (1.0, 3.0):
+        m.b.grad, m.w.grad = torch.tensor([g]), torch.zeros(1, 2)
+        opt.step()
+    # buffer: 1, then 0.5 * 1 + 3 = 3.5; bias: 0.5 - 0.1 - 0.35
+    assert m.b.item() == pytest.approx(0.5 - 0.1 - 0.35)
+
+
+def test_optimizer_groups_skip_frozen_parameters_and_meta_is_not_fused():
+    import vitkit
+    from vitkit.train.optim import param_groups
+
+    model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8)
+    model.patch_embed.requires_grad_(False)  # frozen first: the rest must still be grouped
+    decay, no_decay = param_groups(model, 0.1)
+    n = sum(p.requires_grad for p in model.parameters())
+    assert len(decay["params"]) + len(no_decay["params"]) == n and not any(p is model.patch_embed.proj.weight for p in decay["params"])
+    with torch.device("meta"):
+        meta = Two()
+    assert not build_optimizer(meta, OptimConfig(name="adamw")).defaults.get("fused")  # fused kernels are CPU / CUDA only
+    with pytest.raises(ValueError, match=r"optim.name='lamb' is not one of \('adamw', 'adam', 'sgd'\)"):
+        build_optimizer(Two(), OptimConfig(name="lamb"))
+
+
+def test_schedule_corners():
+    from vitkit.train.optim import lr_factor
+
+    # warm-up from the fraction: 10% of 50 steps = 5 steps of 1/5, 2/5, ...
+    f = lr_factor(OptimConfig(schedule="constant", warmup_steps=-1, warmup_fraction=0.1), total=50)
+    assert [f(s) for s in (0, 4, 5, 49, 80)] == pytest.approx([0.2, 1.0, 1.0, 1.0, 1.0])
+    # linear to 0.1 of the peak over 20 steps after 4 of warm-up; past the end it stays at the end
+    f = lr_factor(OptimConfig(schedule="linear", warmup_steps=4, end_lr_fraction=0.1), total=24)
+    assert [f(s) for s in (4, 14, 24, 30)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    # all warm-up (total == warm): the decay has one step to run
+    f = lr_factor(OptimConfig(schedule="cosine", warmup_steps=3), total=3)
+    assert [f(s) for s in (0, 2, 3, 4)] == pytest.approx([1 / 3, 1.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match=r"optim.schedule='step' is not one of \('cosine', 'linear', 'constant'\)"):
+        lr_factor(OptimConfig(schedule="step"), total=10)

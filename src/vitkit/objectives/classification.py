@@ -8,7 +8,7 @@ import torch.nn.functional as F
 LOSSES = ("softmax", "sigmoid")
 
 
-def soft_targets(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+def soft_targets(y: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Hard labels (B,) or soft labels (B, K) -> smoothed soft labels (B, K)."""
     t = F.one_hot(y, num_classes).float() if y.ndim == 1 else y.float()
     if smoothing > 0:
