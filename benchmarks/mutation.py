@@ -40,11 +40,12 @@ PLAN = {
     "src/vitkit/convert/timm.py": CONVERT_TESTS,
     "src/vitkit/convert/hf.py": CONVERT_TESTS,
     "src/vitkit/evaluate/fewshot.py": ["tests/test_fewshot.py"],
-    "src/vitkit/objectives/mpp.py": ["tests/test_mpp.py"],
+    "src/vitkit/objectives/mpp.py": ["tests/test_mpp.py", "tests/test_device.py::test_masked_patch_prediction_runs_on_the_models_device"],
     "src/vitkit/objectives/classification.py": ["tests/test_options.py"] + RUN_TESTS,
     "src/vitkit/train/optim.py": ["tests/test_options.py", "tests/test_train.py::test_schedule_and_decay_groups"] + RUN_TESTS,
     "src/vitkit/train/checkpoint.py": ["tests/test_train.py::test_stop_and_resume_in_process_equals_one_run",
-                                       "tests/test_train.py::test_a_kill_between_the_two_renames_keeps_the_last_checkpoint"],
+                                       "tests/test_train.py::test_a_kill_between_the_two_renames_keeps_the_last_checkpoint",
+                                       "tests/test_train.py::test_checkpoints_are_written_beside_the_run_and_renamed_in"],
 }
 
 

@@ -262,6 +262,7 @@ def test_stop_and_resume_in_process_equals_one_run(tmp_path):
     a = load_file(str(tmp_path / "one" / "checkpoint/model.safetensors"))  # the EMA weights
     b = load_file(str(tmp_path / "two" / "checkpoint/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert vitkit.load_model(tmp_path / "two").class_names == [str(i) for i in range(10)]
     sa, sb = (_train_state(tmp_path / n / "checkpoint", tmp_path / f"{n}.pt") for n in ("one", "two"))
     assert all(torch.equal(sa["module"][k], sb["module"][k]) for k in sa["module"])
     assert all(torch.equal(v, sb["optim"]["state"][p][k]) for p, s in sa["optim"]["state"].items() for k, v in s.items())
@@ -282,7 +283,24 @@ def test_a_kill_between_the_two_renames_keeps_the_last_checkpoint(tmp_path):
     (run / "checkpoint").mkdir()
     (run / "checkpoint" / "model.safetensors").write_bytes(b"partial")
     assert checkpoint_dir(run) == run / "checkpoint" and (run / "checkpoint" / "state.pt").exists()
+    shutil.rmtree(run / "checkpoint" / "train_state")  # as an older vitkit wrote them
+    with pytest.raises(FileNotFoundError, match="checkpoint: no train_state/ \\(written by an older vitkit\\); start the run again, "
+                                                "or fine-tune from its weights with `vitkit finetune "):
+        train(Config(), resume=run)
     shutil.rmtree(run / "checkpoint")
     assert checkpoint_dir(run) is None
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(Config(), resume=run)
+
+
+def test_checkpoints_are_written_beside_the_run_and_renamed_in(tmp_path, monkeypatch):
+    """The new checkpoint is written in a hidden temporary directory inside the run directory (same file system,
+    so the final rename is atomic) and nothing of it is left behind."""
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: renames.append((Path(a), Path(b))) or real(a, b))
+    train(tiny("train.steps=2", "train.batch_size=16"), out=tmp_path / "run")
+    src, dst = [(a, b) for a, b in renames if Path(b).name == "checkpoint"][-1]
+    assert dst == tmp_path / "run" / "checkpoint" and src.parent.parent == tmp_path / "run"
+    assert src.parent.name.startswith(".checkpoint.")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
