@@ -133,7 +133,7 @@ class Attention(nn.Module):
     """Multi-head self-attention through torch's fused SDPA; explicit softmax(q k^T / sqrt(d)) v when the
     weights are asked for (analysis)."""
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float):
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
@@ -142,7 +142,7 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
         weights = None
@@ -172,7 +172,7 @@ class Mlp(nn.Module):
 class DropPath(nn.Module):
     """Stochastic depth: drop a sample's whole residual branch with probability p, rescale the rest."""
 
-    def __init__(self, p: float = 0.0):
+    def __init__(self, p: float):
         super().__init__()
         self.p = p
 
