@@ -172,3 +172,48 @@ def test_mean4x4_target_is_sixteen_cells_in_reading_order():
     x01[0, 0] = (levels.float() + 0.5) / 8  # a 4 x 4 patch: each cell is one pixel
     t = mpp.targets(x01 * 2 - 1)  # inputs are normalised to [-1, 1]
     assert t.shape == (1, 1, 16) and t[0, 0].tolist() == levels.flatten().tolist()
+
+
+def test_objective_options_are_checked_and_shaped():
+    for kw, msg in ((dict(target="rgb"), r"^mpp.target='rgb' is not one of \('mean', 'mean4x4', 'l2'\)$"),
+                    (dict(rate=0.0), r"^corruption rates must satisfy 0 < rate <= 1 and mask \+ random <= 1; got 0.0, 0.8, 0.1$"),
+                    (dict(rate=1.5), "got 1.5"), (dict(mask_frac=0.9, random_frac=0.2), "got 0.5, 0.9, 0.2"),
+                    (dict(mask_frac=1.0, random_frac=1.5), "got 0.5, 1.0, 1.5")):
+        with pytest.raises(ValueError, match=msg):
+            MaskedPatchPrediction(768, 16, 3, **kw)
+    MaskedPatchPrediction(32, 4, 3, rate=1.0, mask_frac=0.0, random_frac=1.0)  # the edges are allowed
+    torch.manual_seed(0)
+    mean = MaskedPatchPrediction(768, 16, 3)
+    assert mean.target == "mean" and mean.main_metric == "mpp_acc"
+    assert mean.head.out_features == 512  # 3 bits per channel: 8 ** 3 colours, one cell
+    assert mean.mask_token.shape == (1, 1, 768) and abs(mean.mask_token.std().item() - 0.02) < 0.002
+    assert MaskedPatchPrediction(768, 16, 3, target="mean4x4").head.out_features == 16 * 512
+    l2 = MaskedPatchPrediction(768, 16, 3, target="l2")
+    assert l2.main_metric == "mpp_mse" and l2.head.out_features == 16 * 16 * 3
+
+
+def test_accuracy_and_metric_names_worked_by_hand():
+    """Black images are colour class 0 everywhere; a head that always says 0 is right on every patch."""
+    model = vitkit.create_model("ViT-Ti/16", num_classes=0, image_size=16, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64)
+    x = torch.full((2, 3, 16, 16), -1.0)  # "google" normalisation: -1 is black
+    mpp = MaskedPatchPrediction(32, 4, 3)
+    with torch.no_grad():
+        mpp.head.weight.zero_()
+        mpp.head.bias.zero_()
+        mpp.head.bias[0] = 1.0
+    loss, metrics = mpp(model, x)
+    assert set(metrics) == {"mpp_acc"} and metrics["mpp_acc"].item() == 1.0
+    assert set(MaskedPatchPrediction(32, 4, 3, target="l2")(model, x)[1]) == {"mpp_mse"}
+    # corruption keeps the patches' dtype (a float32 mask token into bf16 embeddings)
+    out, _, _ = corrupt(torch.randn(2, 8, 4).bfloat16(), torch.zeros(1, 1, 4), 0.5, 1.0, 0.0)
+    assert out.dtype == torch.bfloat16
+
+
+def test_from_config_passes_every_option_and_refuses_hybrids():
+    cfg = apply_overrides(get_recipe("mpp-fashion-mnist"), ["mpp.target=l2", "mpp.rate=0.25", "mpp.bits=2"])
+    model = vitkit.create_model("ViT-Ti/16", num_classes=0, image_size=16, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64)
+    obj = MaskedPatchPrediction.from_config(cfg, model)
+    assert (obj.target, obj.rate, obj.bits) == ("l2", 0.25, 2)
+    hybrid = vitkit.create_model("R+ViT-Ti/16", num_classes=0, image_size=32, width=32, depth=1, heads=2, mlp_dim=64)
+    with pytest.raises(ValueError, match="^masked patch prediction corrupts raw patch embeddings; it is defined for plain ViTs, not hybrids$"):
+        MaskedPatchPrediction.from_config(cfg, hybrid)

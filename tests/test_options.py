@@ -157,3 +157,18 @@ def test_schedule_corners():
     assert [f(s) for s in (0, 2, 3, 4)] == pytest.approx([1 / 3, 1.0, 1.0, 0.0])
     with pytest.raises(ValueError, match=r"optim.schedule='step' is not one of \('cosine', 'linear', 'constant'\)"):
         lr_factor(OptimConfig(schedule="step"), total=10)
+
+
+def test_fused_optimizers_on_cuda_and_sgd_and_cosine_to_a_floor():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vitkit.train.optim import lr_factor
+
+    assert build_optimizer(Two(), OptimConfig(name="sgd")).defaults["fused"] is True
+    with FakeTensorMode():
+        m = Two()
+        m.w, m.b = nn.Parameter(torch.ones(1, 2, device="cuda")), nn.Parameter(torch.ones(1, device="cuda"))
+        for name in ("adamw", "sgd"):
+            assert build_optimizer(m, OptimConfig(name=name)).defaults["fused"] is True
+    f = lr_factor(OptimConfig(schedule="cosine", warmup_steps=0, end_lr_fraction=0.1), total=10)
+    assert [f(0), f(5), f(10)] == pytest.approx([1.0, 0.55, 0.1])  # 0.1 + 0.9 * (1 + cos(pi t)) / 2
