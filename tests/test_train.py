@@ -304,3 +304,17 @@ def test_checkpoints_are_written_beside_the_run_and_renamed_in(tmp_path, monkeyp
     assert dst == tmp_path / "run" / "checkpoint" and src.parent.parent == tmp_path / "run"
     assert src.parent.name.startswith(".checkpoint.")
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
+
+
+class _NotAllowed:  # anything beyond tensors and plain numbers needs full unpickling
+    pass
+
+
+def test_resume_never_unpickles_the_state_file(tmp_path):
+    import pickle
+
+    train(tiny("train.steps=2", "train.batch_size=16", "train.stop_at_step=1"), out=tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
+    torch.save({**state, "payload": _NotAllowed()}, tmp_path / "run" / "checkpoint" / "state.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train(Config(), resume=tmp_path / "run")
