@@ -115,12 +115,30 @@ def summarise(status: dict[str, str]) -> dict[str, dict]:
     return per_module
 
 
+def write(path: Path, old: dict, modules: dict, status: dict, partial: bool, machine, hardware,
+          measured: bool = True) -> tuple[dict, dict]:
+    """Scores of `status`, written atomically to `path` (after every group: a run cut short keeps what it judged)."""
+    res = summarise(status)
+    total = {k: sum(len(e[k]) if isinstance(e[k], (list, dict)) else e[k] for e in res.values())
+             for k in ("killed", "survived", "equivalent", "timeout")}
+    total["score"] = total["killed"] / max(1, total["killed"] + total["survived"])
+    tmp_path = path.with_suffix(".tmp")
+    tmp_path.write_text(json.dumps({"plan": {**old.get("plan", {}), **modules} if partial else modules,
+                                    "total": total, "modules": res, "status": status,
+                                    "machine": machine() if measured else old.get("machine"),
+                                    "hardware": hardware() if measured else old.get("hardware")}, indent=2, ensure_ascii=False))
+    tmp_path.replace(path)
+    return res, total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modules", help="comma-separated source files (default: the plan in this script)")
     ap.add_argument("--tests", help="comma-separated tests for --modules (default: the plan's)")
     ap.add_argument("--timeout", type=int, default=4 * 3600, help="seconds for one mutmut run")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (then `cd KEEP/N && mutmut show NAME`)")
+    ap.add_argument("--summary", action="store_true", help="no run: recompute the scores of the recorded results "
+                    "(after editing mutation_equivalent.json)")
     ap.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "vitkit-mutation.log", help="mutmut's progress")
     args = ap.parse_args()
     if args.modules:
@@ -136,19 +154,13 @@ def main() -> None:
     status = old.get("status", {}) if args.modules else {}  # a partial run updates the modules it ran
     args.log.write_text("")
     with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as tmp:
-        for i, group in enumerate(groups(modules)):
+        for i, group in enumerate([] if args.summary else groups(modules)):
             prefixes = tuple(m.removeprefix("src/").removesuffix(".py").replace("/", ".") + "." for m in group)
             status = {k: v for k, v in status.items() if not k.startswith(prefixes)}
             status.update(run(group, args.timeout, args.log, Path(tmp) / str(i)))
-            res = summarise(status)  # written after every group: a run cut short keeps what it judged
-            total = {k: sum(len(e[k]) if isinstance(e[k], (list, dict)) else e[k] for e in res.values())
-                     for k in ("killed", "survived", "equivalent", "timeout")}
-            total["score"] = total["killed"] / max(1, total["killed"] + total["survived"])
-            tmp_path = path.with_suffix(".tmp")
-            tmp_path.write_text(json.dumps({"plan": {**old.get("plan", {}), **modules} if args.modules else modules,
-                                            "total": total, "modules": res, "status": status,
-                                            "machine": machine(), "hardware": hardware()}, indent=2, ensure_ascii=False))
-            tmp_path.replace(path)
+            res, total = write(path, old, modules, status, args.modules is not None, machine, hardware)
+        if args.summary:
+            res, total = write(path, old, old.get("plan", modules), old.get("status", {}), False, machine, hardware, measured=False)
     for module, e in sorted(res.items()):
         score = f"{e['score']:.0%}" if e["score"] is not None else "-"
         print(f"{module}: score {score}  killed {e['killed']}  survived {len(e['survived'])}  "
