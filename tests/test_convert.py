@@ -395,6 +395,10 @@ def test_timm_hybrid_eps_headless_and_missing_tensors(tmp_path):
     with pytest.raises(CheckpointError, match=r"cut.safetensors: the checkpoint lacks 1 tensor\(s\) the model needs, e.g. "
                                               r"\['blocks.0.mlp.fc2.bias'\]; is it a checkpoint of this architecture\?"):
         vitkit.load_model(tmp_path / "cut.safetensors", heads=4)
+    cut = [k for k in sd if k.startswith("blocks.0.") and "norm1" not in k][:7]  # seven more gone: five are named
+    save_file({k: v for k, v in sd.items() if k not in cut}, str(tmp_path / "cut7.safetensors"))
+    with pytest.raises(CheckpointError, match=r"lacks 7 tensor\(s\) the model needs, e.g. \[('[^']+', ){4}'[^']+'\];"):
+        vitkit.load_model(tmp_path / "cut7.safetensors", heads=4)
     with pytest.raises(CheckpointError, match="x.safetensors: no 'patch_embed.proj.weight' tensor: not a ViT state dict"):
         save_file({"w": torch.ones(1)}, str(tmp_path / "x.safetensors"))
         vitkit.load_model(tmp_path / "x.safetensors", format="timm")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +44,7 @@ class LoadReport:
                 "unexpected": self.unexpected, "resampled": self.resampled, "notes": self.notes}
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, report: LoadReport,
-              allow_missing: Callable[[str], bool] = lambda k: False) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, report: LoadReport) -> None:
     """Copy a vitkit-named state dict into `model`, checking every shape; a mismatch names the tensor,
     both shapes and what to do. Keys the model lacks are reported as unexpected."""
     own = model.state_dict()
@@ -59,14 +58,12 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, rep
                 f"model; pass num_classes/image_size to load_model (or --model with the right variant) so the two agree"
             )
     missing = [k for k in own if k not in state]
-    hard = [k for k in missing if not allow_missing(k)]
-    if hard:
+    if missing:
         raise CheckpointError(
-            f"{source}: the checkpoint lacks {len(hard)} tensor(s) the model needs, e.g. {hard[:5]}; "
+            f"{source}: the checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[:5]}; "
             f"is it a checkpoint of this architecture? (pass --from/--model to say what it is)"
         )
-    report.missing.extend(missing)
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
 
 
 def refuse_existing(path: Path, overwrite: bool) -> None:

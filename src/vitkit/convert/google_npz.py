@@ -176,7 +176,7 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
 
 def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, np.ndarray]:
     """vitkit tensors -> a vit_jax-style .npz dict (unscanned, no prefix)."""
-    if getattr(cfg, "fc_norm", False):  # its encoder_norm comes before the pooling: the file would compute something else
+    if cfg.fc_norm:  # its encoder_norm comes before the pooling: the file would compute something else
         raise CheckpointError("the official .npz format has no LayerNorm after the pooling (fc_norm); save this model as vitkit or timm")
     inv_top = {v: k for k, v in TOP.items()}
     inv_block = {v: k for k, v in VIT_JAX_BLOCK.items()}

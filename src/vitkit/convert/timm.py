@@ -82,7 +82,7 @@ def infer_config(sd: dict[str, torch.Tensor], source: str, **overrides) -> ViTCo
     fc_norm = "fc_norm.weight" in sd
     cfg: dict = dict(
         width=width, depth=depth, patch_size=patch, in_chans=in_chans, resnet=resnet,
-        mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * width,
+        mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0] if "blocks.0.mlp.fc1.weight" in sd else 4 * width,  # else: named missing
         class_token=class_token, fc_norm=fc_norm, pool="token" if class_token and not fc_norm else "gap",
         qkv_bias="blocks.0.attn.qkv.bias" in sd,
         posemb="learned" if "pos_embed" in sd else "none",
