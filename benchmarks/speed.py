@@ -12,7 +12,9 @@ its attention path; bf16 inference = `InferenceModel(model, "bf16")`, bf16 weigh
 autocast); "vitkit, compiled" is the opt-in path (`vitkit eval --compile`, `train.compile=true`), whose
 one-off compile time is reported. Peers run as their documentation shows: eager, torch.optim.AdamW, bf16
 inference both under autocast (timm's --amp-dtype bfloat16) and with bf16 weights (transformers'
-torch_dtype=torch.bfloat16); the best of all peer rows is the bar.
+torch_dtype=torch.bfloat16); the best of all peer rows is the bar. Inference rows also run ONNX Runtime (fp32) and
+OpenVINO (fp32, and bf16 where the CPU has it natively) on vitkit's ONNX export of the same weights, where they are
+installed (pip install onnxruntime openvino; --no-engines leaves them out); they count as peers.
 
     python benchmarks/speed.py                      # everything (about 15 minutes on 2 cores)
     python benchmarks/speed.py --models fmnist,Ti   # a subset
@@ -175,6 +177,54 @@ def make_infer(model: nn.Module, bf16: bool, weights_bf16: bool = False) -> Call
     return run
 
 
+def engines(model: nn.Module, x: torch.Tensor, bf16: bool, tmp: Path) -> dict[str, Callable[[], object]]:
+    """ONNX Runtime and OpenVINO on vitkit's ONNX export of the same weights (optional benchmark dependencies:
+    pip install onnxruntime openvino), each with its logits checked against vitkit's. fp32: both engines; bf16:
+    OpenVINO with its bf16 inference precision where the CPU has native bf16 (ONNX Runtime's CPU provider has no
+    bf16 path). Engines that are not installed are left out with a note."""
+    from vitkit.export import export_onnx
+
+    onnx_path = tmp / "model.onnx"
+    if not onnx_path.exists():
+        src = tmp / "model"
+        vitkit.save_model(model, src)
+        export_onnx(src, onnx_path, check=False)
+    want = logits(model, x[:4]).detach().numpy()
+    xn = x.numpy()
+    fns: dict[str, Callable[[], object]] = {}
+    if not bf16:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            print("onnxruntime not installed: no ONNX Runtime rows (pip install onnxruntime)")
+        else:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            DIFFS["onnxruntime"] = float(abs(sess.run(["logits"], {"images": xn[:4]})[0] - want).max())
+            fns["onnxruntime"] = lambda: sess.run(["logits"], {"images": xn})
+    try:
+        import openvino as ov
+    except ImportError:
+        print("openvino not installed: no OpenVINO rows (pip install openvino)")
+        return fns
+    core = ov.Core()
+    if bf16 and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        print("OpenVINO: this CPU has no native bf16; no OpenVINO bf16 row")
+        return fns
+    cfg = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
+           "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    compiled = core.compile_model(str(onnx_path), "CPU", cfg)
+    request = compiled.create_infer_request()
+    key = f"openvino{' bf16' if bf16 else ''}"
+    DIFFS[key] = float(abs(request.infer({0: xn[:4]})[compiled.output(0)] - want).max())
+    fns[key] = lambda: request.infer({0: xn})
+    return fns
+
+
+DIFFS: dict[str, float] = {}  # engine -> max abs logit difference from vitkit (fp32 PyTorch), filled by engines()
+
+
 def make_train(model: nn.Module, opt: torch.optim.Optimizer, bf16: bool, compiled: bool = False):
     fwd = torch.compile(model) if compiled else model
     model.train()
@@ -218,6 +268,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16", help="which of fp32,bf16")
     ap.add_argument("--out", default="speed", help="result name: benchmarks/results/NAME.json and .md")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--engines", action=argparse.BooleanOptionalAction, default=True,
+                    help="inference rows for ONNX Runtime and OpenVINO on vitkit's ONNX export, where installed")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     if args.quick:
@@ -237,6 +289,7 @@ def main() -> None:
         ref = logits(models["vitkit"], x[:4]).detach()
         diffs = {k: (logits(m, x[:4]).detach() - ref).abs().max().item() for k, m in models.items() if k != "vitkit"}
         gf = forward_gflops(models["vitkit"], x)
+        engine_dir = Path(tempfile.mkdtemp(prefix="vitkit-speed-"))  # this model's ONNX export, shared by its rows
         for mode in args.modes.split(","):
             for prec in args.precisions.split(","):
                 bf16 = prec == "bf16"
@@ -257,6 +310,8 @@ def main() -> None:
                     fast(x)
                     compile_s = time.perf_counter() - t
                     fns["vitkit, compiled"] = lambda: fast(x)
+                    if args.engines:
+                        fns.update(engines(models["vitkit"], x, bf16, engine_dir))
                 else:
                     copies = {k: build(name, overrides, size)[k] for k in models}  # fresh weights per row
                     accelerate(copies["vitkit"])  # as `vitkit train` runs it: the fast blocks that win here
@@ -280,7 +335,7 @@ def main() -> None:
                     row = {"model": label, "batch": batch, "mode": mode, "precision": prec, "library": k, "img_per_s": ips,
                            "vs_best_peer": ips / best_peer if best_peer else None, "gflops_per_s": ips * flops,
                            "fraction_of_peak": ips * flops / peaks[prec], "rss_growth_mib": r["rss_growth_mib"],
-                           "max_abs_diff_vs_vitkit": diffs.get(k), "compile_s": compile_s if k == "vitkit, compiled" else None}
+                           "max_abs_diff_vs_vitkit": diffs.get(k, DIFFS.get(k)), "compile_s": compile_s if k == "vitkit, compiled" else None}
                     out["rows"].append(row)
                     print(f"{label:<28} {mode:<9} {prec} {k:<17} {ips:8.1f} img/s  x{row['vs_best_peer'] or 0:.2f}  "
                           f"{row['fraction_of_peak']:.0%} of peak  {r['rss_growth_mib']:.0f} MiB", flush=True)
@@ -311,11 +366,13 @@ def summary(out: dict) -> str:
     groups: dict[tuple, dict[str, dict]] = {}
     for r in out["rows"]:
         groups.setdefault((r["model"], r["batch"], r["mode"], r["precision"]), {})[r["library"]] = r
-    cols = ["vitkit", "vitkit, compiled", "timm", "timm, bf16 weights", "transformers", "transformers, bf16 weights"]
+    cols = ["vitkit", "vitkit, compiled", "timm", "timm, bf16 weights", "transformers", "transformers, bf16 weights",
+            "onnxruntime", "openvino"]
     lines = ["| model (batch) | mode | precision | vitkit | vitkit compiled | timm | timm bf16 weights | transformers | "
-             "transformers bf16 weights | vitkit vs best peer | vitkit % of GEMM peak |",
-             "|---|---|---|" + "---:|" * 8]
+             "transformers bf16 weights | ONNX Runtime | OpenVINO | vitkit vs best peer | vitkit % of GEMM peak |",
+             "|---|---|---|" + "---:|" * 10]
     for (model, batch, mode, prec), rows in groups.items():
+        rows = {("openvino" if k == "openvino bf16" else k): v for k, v in rows.items()}
         ips = [f"{rows[c]['img_per_s']:.1f}" if c in rows else "-" for c in cols]
         best = max((rows[c] for c in cols[:2] if c in rows), key=lambda r: r["img_per_s"])
         vs = f"**{best['vs_best_peer']:.2f}x**" if best["vs_best_peer"] else "-"
