@@ -56,7 +56,9 @@ def gelu(x):
 
 
 def numpy_vit_logits(w, images, patch):
-    """Eqs. 1-4 of the paper in float64 NumPy, read straight off the Flax parameters."""
+    """Eqs. 1-4 of the paper in float64 NumPy, read straight off the Flax parameters: the class token's
+    output when the file has one (classifier='token'), else the mean over the patch tokens ('gap'); the
+    pre-logits Dense + tanh when present."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     x = images.astype(np.float64).transpose(0, 2, 3, 1)  # NHWC
     B, H, W, C = x.shape
@@ -64,7 +66,9 @@ def numpy_vit_logits(w, images, patch):
     patches = x.reshape(B, gh, patch, gw, patch, C).transpose(0, 1, 3, 2, 4, 5).reshape(B, gh * gw, patch * patch * C)
     kernel = w["embedding/kernel"]  # (p, p, C, D): the same (row, col, channel) order as the flattened patch
     z = patches @ kernel.reshape(-1, kernel.shape[-1]) + w["embedding/bias"]  # eq. 1
-    z = np.concatenate([np.broadcast_to(w["cls"], (B, 1, z.shape[-1])), z], 1) + w["Transformer/posembed_input/pos_embedding"]
+    if "cls" in w:
+        z = np.concatenate([np.broadcast_to(w["cls"], (B, 1, z.shape[-1])), z], 1)
+    z = z + w["Transformer/posembed_input/pos_embedding"]
     b = "Transformer/encoderblock_0/"
     a = b + "MultiHeadDotProductAttention_1/"
     y = layer_norm(z, w[b + "LayerNorm_0/scale"], w[b + "LayerNorm_0/bias"])
@@ -76,9 +80,11 @@ def numpy_vit_logits(w, images, patch):
     y = layer_norm(z, w[b + "LayerNorm_2/scale"], w[b + "LayerNorm_2/bias"])
     h = gelu(y @ w[b + "MlpBlock_3/Dense_0/kernel"] + w[b + "MlpBlock_3/Dense_0/bias"])
     z = z + h @ w[b + "MlpBlock_3/Dense_1/kernel"] + w[b + "MlpBlock_3/Dense_1/bias"]  # eq. 3
-    y = layer_norm(z, w["Transformer/encoder_norm/scale"], w["Transformer/encoder_norm/bias"])[:, 0]  # eq. 4
-    rep = np.tanh(y @ w["pre_logits/kernel"] + w["pre_logits/bias"])
-    return rep @ w["head/kernel"] + w["head/bias"]
+    y = layer_norm(z, w["Transformer/encoder_norm/scale"], w["Transformer/encoder_norm/bias"])
+    y = y[:, 0] if "cls" in w else y.mean(1)  # eq. 4, or global average pooling
+    if "pre_logits/kernel" in w:
+        y = np.tanh(y @ w["pre_logits/kernel"] + w["pre_logits/bias"])
+    return y @ w["head/kernel"] + w["head/bias"]
 
 
 @pytest.mark.parametrize("rep", [24, 16])  # 16 = width: a missing transpose is then no shape error, only wrong values

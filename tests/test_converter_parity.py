@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 scipy_ndimage = pytest.importorskip("scipy.ndimage")
 
 from test_convert import hybrid_for_timm, jitter, max_diff  # noqa: E402
-from test_converter_bugs import gelu, layer_norm  # noqa: E402
+from test_converter_bugs import numpy_vit_logits  # noqa: E402
 
 TOL = 1e-4
 
@@ -133,30 +133,6 @@ def test_vitkit_pre_logits_without_head_to_hf_pooler(tmp_path):
 # --- Google .npz, GAP classifier: NumPy from the paper's equations -----------------------------------------
 
 
-def numpy_gap_logits(w, images, patch, heads):
-    """vit_jax with classifier='gap': no class token, encoder_norm, mean over the patch tokens, head."""
-    w = {k: v.astype(np.float64) for k, v in w.items()}
-    x = images.astype(np.float64).transpose(0, 2, 3, 1)
-    B, H, W, C = x.shape
-    gh, gw = H // patch, W // patch
-    patches = x.reshape(B, gh, patch, gw, patch, C).transpose(0, 1, 3, 2, 4, 5).reshape(B, gh * gw, -1)
-    k = w["embedding/kernel"]
-    z = patches @ k.reshape(-1, k.shape[-1]) + w["embedding/bias"] + w["Transformer/posembed_input/pos_embedding"]
-    b = "Transformer/encoderblock_0/"
-    a = b + "MultiHeadDotProductAttention_1/"
-    y = layer_norm(z, w[b + "LayerNorm_0/scale"], w[b + "LayerNorm_0/bias"])
-    q, kk, v = (np.einsum("btd,dhe->bhte", y, w[f"{a}{n}/kernel"]) + w[f"{a}{n}/bias"][None, :, None] for n in ("query", "key", "value"))
-    att = q @ kk.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
-    att = np.exp(att - att.max(-1, keepdims=True))
-    att /= att.sum(-1, keepdims=True)
-    z = z + np.einsum("bhte,hed->btd", att @ v, w[a + "out/kernel"]) + w[a + "out/bias"]
-    y = layer_norm(z, w[b + "LayerNorm_2/scale"], w[b + "LayerNorm_2/bias"])
-    z = z + gelu(y @ w[b + "MlpBlock_3/Dense_0/kernel"] + w[b + "MlpBlock_3/Dense_0/bias"]) @ w[b + "MlpBlock_3/Dense_1/kernel"] \
-        + w[b + "MlpBlock_3/Dense_1/bias"]
-    y = layer_norm(z, w["Transformer/encoder_norm/scale"], w["Transformer/encoder_norm/bias"]).mean(1)
-    return y @ w["head/kernel"] + w["head/bias"]
-
-
 def test_npz_gap_model_matches_numpy(tmp_path):
     from test_converter_bugs import vit_jax_arrays
 
@@ -171,7 +147,7 @@ def test_npz_gap_model_matches_numpy(tmp_path):
     images = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     with torch.no_grad():
         got = model(torch.from_numpy(images)).numpy()
-    np.testing.assert_allclose(got, numpy_gap_logits(w, images, patch=4, heads=2), atol=1e-4)
+    np.testing.assert_allclose(got, numpy_vit_logits(w, images, patch=4), atol=1e-4)
 
 
 # --- models whose position embedding is not a learned table -----------------------------------------------
