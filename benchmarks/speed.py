@@ -177,11 +177,12 @@ def make_infer(model: nn.Module, bf16: bool, weights_bf16: bool = False) -> Call
     return run
 
 
-def engines(model: nn.Module, x: torch.Tensor, bf16: bool, tmp: Path) -> dict[str, Callable[[], object]]:
+def engines(model: nn.Module, x: torch.Tensor, bf16: bool, tmp: Path) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
     """ONNX Runtime and OpenVINO on vitkit's ONNX export of the same weights (optional benchmark dependencies:
     pip install onnxruntime openvino), each with its logits checked against vitkit's. fp32: both engines; bf16:
     OpenVINO with its bf16 inference precision where the CPU has native bf16 (ONNX Runtime's CPU provider has no
-    bf16 path). Engines that are not installed are left out with a note."""
+    bf16 path). Engines that are not installed are left out with a note. Returns (timed calls, max abs logit
+    difference from vitkit's fp32 PyTorch) per engine."""
     from vitkit.export import export_onnx
 
     onnx_path = tmp / "model.onnx"
@@ -192,6 +193,7 @@ def engines(model: nn.Module, x: torch.Tensor, bf16: bool, tmp: Path) -> dict[st
     want = logits(model, x[:4]).detach().numpy()
     xn = x.numpy()
     fns: dict[str, Callable[[], object]] = {}
+    diffs: dict[str, float] = {}
     if not bf16:
         try:
             import onnxruntime as ort
@@ -201,28 +203,25 @@ def engines(model: nn.Module, x: torch.Tensor, bf16: bool, tmp: Path) -> dict[st
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()
             sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            DIFFS["onnxruntime"] = float(abs(sess.run(["logits"], {"images": xn[:4]})[0] - want).max())
+            diffs["onnxruntime"] = float(abs(sess.run(["logits"], {"images": xn[:4]})[0] - want).max())
             fns["onnxruntime"] = lambda: sess.run(["logits"], {"images": xn})
     try:
         import openvino as ov
     except ImportError:
         print("openvino not installed: no OpenVINO rows (pip install openvino)")
-        return fns
+        return fns, diffs
     core = ov.Core()
     if bf16 and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         print("OpenVINO: this CPU has no native bf16; no OpenVINO bf16 row")
-        return fns
+        return fns, diffs
     cfg = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
            "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     compiled = core.compile_model(str(onnx_path), "CPU", cfg)
     request = compiled.create_infer_request()
     key = f"openvino{' bf16' if bf16 else ''}"
-    DIFFS[key] = float(abs(request.infer({0: xn[:4]})[compiled.output(0)] - want).max())
+    diffs[key] = float(abs(request.infer({0: xn[:4]})[compiled.output(0)] - want).max())
     fns[key] = lambda: request.infer({0: xn})
-    return fns
-
-
-DIFFS: dict[str, float] = {}  # engine -> max abs logit difference from vitkit (fp32 PyTorch), filled by engines()
+    return fns, diffs
 
 
 def make_train(model: nn.Module, opt: torch.optim.Optimizer, bf16: bool, compiled: bool = False):
@@ -311,7 +310,9 @@ def main() -> None:
                     compile_s = time.perf_counter() - t
                     fns["vitkit, compiled"] = lambda: fast(x)
                     if args.engines:
-                        fns.update(engines(models["vitkit"], x, bf16, engine_dir))
+                        engine_fns, engine_diffs = engines(models["vitkit"], x, bf16, engine_dir)
+                        fns.update(engine_fns)
+                        diffs.update(engine_diffs)
                 else:
                     copies = {k: build(name, overrides, size)[k] for k in models}  # fresh weights per row
                     accelerate(copies["vitkit"])  # as `vitkit train` runs it: the fast blocks that win here
@@ -335,7 +336,7 @@ def main() -> None:
                     row = {"model": label, "batch": batch, "mode": mode, "precision": prec, "library": k, "img_per_s": ips,
                            "vs_best_peer": ips / best_peer if best_peer else None, "gflops_per_s": ips * flops,
                            "fraction_of_peak": ips * flops / peaks[prec], "rss_growth_mib": r["rss_growth_mib"],
-                           "max_abs_diff_vs_vitkit": diffs.get(k, DIFFS.get(k)), "compile_s": compile_s if k == "vitkit, compiled" else None}
+                           "max_abs_diff_vs_vitkit": diffs.get(k), "compile_s": compile_s if k == "vitkit, compiled" else None}
                     out["rows"].append(row)
                     print(f"{label:<28} {mode:<9} {prec} {k:<17} {ips:8.1f} img/s  x{row['vs_best_peer'] or 0:.2f}  "
                           f"{row['fraction_of_peak']:.0%} of peak  {r['rss_growth_mib']:.0f} MiB", flush=True)

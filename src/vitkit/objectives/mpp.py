@@ -50,6 +50,11 @@ def colour_classes(x01: torch.Tensor, patch: int, bits: int = 3, cells: int = 1)
     return idx
 
 
+def corrupted_per_image(rate: float, n: int) -> int:
+    """How many of an image's n patches `corrupt` picks: round(rate * n)."""
+    return int(round(rate * n))
+
+
 def corrupt(patches: torch.Tensor, mask_token: torch.Tensor, rate: float, mask_frac: float, random_frac: float,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BERT-style corruption of patch embeddings (B, N, D). Exactly round(rate * N) positions per image
@@ -57,7 +62,7 @@ def corrupt(patches: torch.Tensor, mask_token: torch.Tensor, rate: float, mask_f
     probability random_frac, and stays otherwise. Returns (corrupted patches, corrupted (B, N) bool,
     kind (B, N): 0 untouched, 1 mask, 2 random, 3 kept)."""
     B, N, D = patches.shape
-    k = int(round(rate * N))
+    k = corrupted_per_image(rate, N)
     draw = generator.device if generator is not None else patches.device  # a CPU generator draws on the CPU
     scores = torch.rand(B, N, generator=generator, device=draw).to(patches.device)
     chosen = torch.zeros(B, N, dtype=torch.bool, device=patches.device)
@@ -124,7 +129,7 @@ class MaskedPatchPrediction(nn.Module):
         z = model.norm(z)[:, model.num_prefix_tokens:]  # (B, N, D)
         # the k chosen positions of every image in ascending order, as z[chosen] would give them, but with a
         # shape known in advance (a boolean index would read the count back from the device)
-        k = int(round(self.rate * chosen.shape[1]))
+        k = corrupted_per_image(self.rate, chosen.shape[1])
         pos = chosen.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]  # (B, k)
         pick = lambda t: t.gather(1, pos.reshape(*pos.shape, *[1] * (t.ndim - 2)).expand(-1, -1, *t.shape[2:])).flatten(0, 1)  # noqa: E731
         pred = self.head(pick(z)).float()  # (B * k, out)
