@@ -118,8 +118,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                      resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile,
-                     device=args.device)
-    print(f"precision: {res['precision']}, device: {res['device']}", file=sys.stderr)
+                     device=args.device, engine=args.engine)
+    _say_engine(res)
+    print(f"device: {res['device']}", file=sys.stderr)
     if args.confusion:
         res["confusion_figure"] = str(plot_confusion(res, args.confusion, f"{args.src} on {args.data} ({args.split})"))
     if args.json:
@@ -158,7 +159,8 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     from vitkit.evaluate.run import fewshot_model
 
     res = fewshot_model(args.src, args.data, _int_list(args.shots, "--shots"), args.seeds, args.l2, args.data_dir,
-                        args.batch_size, args.precision, args.resolution, device=args.device)
+                        args.batch_size, args.precision, args.resolution, device=args.device, engine=args.engine)
+    _say_engine(res)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -171,9 +173,13 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vitkit.evaluate.predict import predict
+    from vitkit import engines
+    from vitkit.evaluate.predict import check_images, predict_with
 
-    res = predict(args.src, args.images, args.top_k, precision=args.precision, device=args.device)
+    model = engines.load(args.src, args.engine, args.precision, args.device, batch_size=len(args.images),
+                         images=len(check_images(args.images)))
+    _say_engine({"engine": model.describe()})
+    res = predict_with(model, args.images, args.top_k)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -202,17 +208,42 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitkit.export import export_onnx
+    from vitkit.export import export
 
-    res = export_onnx(args.src, args.out, resolution=args.resolution, opset=args.opset, overwrite=args.force)
+    res = export(args.src, args.out, to=args.to, resolution=args.resolution, opset=args.opset, overwrite=args.force)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    check = (f"ONNX Runtime matches PyTorch: max abs difference {res['max_abs_diff']:.1e}" if res["max_abs_diff"] is not None
-             else "not checked: onnxruntime is not installed")
-    print(f"wrote {res['path']} (opset {res['opset']}, input images (N, {res['in_chans']}, {res['image_size'][0]}, "
-          f"{res['image_size'][1]}), output logits (N, {res['num_classes']})); {check}")
+    engine = {"onnx": ("ONNX Runtime", "onnxruntime"), "openvino": ("OpenVINO", "openvino")}[res["format"]]
+    check = (f"{engine[0]} matches PyTorch: max abs difference {res['max_abs_diff']:.1e}" if res["checked_with"]
+             else f"not checked: {engine[1]} is not installed")
+    print(f"wrote {res['path']} ({'ONNX opset ' + str(res['opset']) if res['format'] == 'onnx' else 'OpenVINO IR'}, input images "
+          f"(N, {res['in_chans']}, {res['image_size'][0]}, {res['image_size'][1]}), outputs logits (N, {res['num_classes']}) "
+          f"and pre_logits); {check}")
     return 0
+
+
+def _precision_device(p: argparse.ArgumentParser, engine: bool = False) -> None:
+    """--precision and --device (and --engine) of the verbs that run a model."""
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
+                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
+    if engine:
+        p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                       help="what computes: auto (default: on a GPU torch; on the CPU the fastest engine installed for this "
+                            "model, measured once per machine and cached; jobs under 2048 images take torch unless an export "
+                            "is cached), torch (vitkit's own path), onnxruntime, openvino (pip install 'vitkit[onnx]' / "
+                            "'vitkit[openvino]'); SRC may also be an export of `vitkit export`")
+
+
+def _say_engine(res: dict) -> None:
+    """One line on stderr: what computed, and how auto chose."""
+    e = res.get("engine") or {}
+    auto = e.get("auto") or {}
+    how = (f"; auto: {auto['why']}" + (" (cached verdict)" if auto.get("cached") else "")) if auto else ""
+    print(f"engine: {e.get('engine')}, precision: {e.get('precision')}{how}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,11 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--resolution", type=int, metavar="R", help="evaluate at R px (position embeddings resampled)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
-                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
+    _precision_device(p, engine=True)
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
     p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
@@ -310,11 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--resolution", type=int, metavar="R")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
-                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
+    _precision_device(p, engine=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fewshot)
 
@@ -323,11 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="run directory or checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
-                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
+    _precision_device(p, engine=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -342,21 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (refused if not empty, unless --force)")
     p.add_argument("--num-images", type=int, default=128, help="images averaged for attention distance (default 128, as the paper)")
     p.add_argument("--head", type=int, default=0, help="head (0-based) for the per-layer class-token attention figure")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
-                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
+    _precision_device(p)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("export", help="export any loadable model to ONNX for serving (checked with onnxruntime)",
-                       description="An ONNX graph with a dynamic batch dimension: input 'images' (N, C, H, W, normalised), "
-                                   "output 'logits'; preprocessing and class names in the file's metadata. Needs "
-                                   "pip install 'vitkit[onnx]'.")
+    p = sub.add_parser("export", help="export any loadable model to ONNX or OpenVINO for serving (checked against PyTorch)",
+                       description="A graph with a dynamic batch dimension: input 'images' (N, C, H, W, normalised), outputs "
+                                   "'logits' and 'pre_logits'; preprocessing and class names inside. --to onnx (default): one "
+                                   "*.onnx file, needs pip install 'vitkit[onnx]'; --to openvino: a directory with "
+                                   "openvino_model.xml/.bin (fp32 weights), needs pip install 'vitkit[openvino]'. `vitkit "
+                                   "predict` / `eval` / `fewshot` serve either (--engine).")
     p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
-    p.add_argument("out", help="output file, *.onnx (refused if it exists, unless --force)")
+    p.add_argument("out", help="output: *.onnx, or a directory for openvino (refused if it exists, unless --force)")
+    p.add_argument("--to", default="onnx", choices=["onnx", "openvino"], help="format (default: onnx)")
     p.add_argument("--resolution", type=int, metavar="R", help="export at R px (position embeddings resampled)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--force", action="store_true", help="replace an existing output file")

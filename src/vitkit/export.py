@@ -1,10 +1,19 @@
-"""`vitkit export SRC out.onnx`: any model load_model reads, as an ONNX graph for serving (ONNX Runtime,
-TensorRT, OpenVINO, ...), with a dynamic batch dimension, then checked against PyTorch with ONNX Runtime
-when it is installed. Needs the `onnx` extra: pip install 'vitkit[onnx]' (onnx, onnxscript, onnxruntime).
+"""`vitkit export SRC OUT --to onnx|openvino`: any model load_model reads, as a graph for serving.
 
-The graph takes normalised images (N, C, H, W) float32 named "images" and returns "logits" (N, K); the
-preprocessing (size, normalisation, channels) and the class names travel in the file's metadata
-("vitkit" key, JSON) so a server can resize and label as the model was trained."""
+- ONNX (`OUT.onnx`, one file): for ONNX Runtime, TensorRT, OpenVINO, ...; needs the `onnx` extra
+  (pip install 'vitkit[onnx]': onnx, onnxscript, onnxruntime).
+- OpenVINO IR (`OUT/`, a directory as optimum-intel writes it: openvino_model.xml + openvino_model.bin, the
+  weights kept in fp32): converted from the ONNX graph; needs the `openvino` extra (pip install
+  'vitkit[openvino]').
+
+Both graphs take normalised images (N, C, H, W) float32 named "images", with a dynamic batch dimension, and
+return "logits" (N, K) and "pre_logits" (N, D: the features few-shot evaluation uses). The preprocessing (size,
+normalisation, channels) and the class names travel inside (the ONNX file's "vitkit" metadata entry; the IR's
+rt_info "vitkit"; JSON) so that `vitkit predict` / `eval` and any server resize and label as the model was
+trained. Each export is checked once against PyTorch (max abs logit difference, reported; an export off by
+more than rounding is refused) with the engine it is for, when installed. Writes are atomic: nothing
+half-written is left behind, and an existing OUT is refused unless overwrite (--force).
+"""
 from __future__ import annotations
 
 import json
@@ -13,56 +22,146 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from vitkit.convert.common import atomic_path, refuse_existing
 from vitkit.convert.load import load_model
 
+OPENVINO_XML = "openvino_model.xml"
+FORMATS = ("onnx", "openvino")
+EXTRAS = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
 
-def _need(module: str) -> Any:
+
+def need(module: str, what: str = "this") -> Any:
+    """Import an optional engine package, or say in one line which pip extra brings it."""
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(f"ONNX export needs the {module!r} package: pip install 'vitkit[onnx]' "
-                          f"(or pip install onnx onnxscript onnxruntime)") from None
+        extra = EXTRAS.get(module, module)
+        raise ImportError(f"{what} needs the {module!r} package: pip install 'vitkit[{extra}]' "
+                          f"(or pip install {module})") from None
+
+
+class _Outputs(nn.Module):
+    """The exported function: images -> (logits, pre-logits features)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        if not getattr(m.config, "num_classes", 0):  # headless: the features are the output
+            f = m(x)
+            return f, f
+        feats = m.forward_features(x)
+        return m.forward_head(feats), m.forward_head(feats, pre_logits=True)
+
+
+def image_hw(model: nn.Module) -> tuple[int, int]:
+    s = model.config.image_size
+    return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+
+def metadata(model: nn.Module, source: str) -> dict[str, Any]:
+    """What an export records of its model: preprocessing, class names, source, classes."""
+    size = image_hw(model)
+    prep = dict(getattr(model, "preprocess", None) or {})
+    prep.update(image_size=size[0] if size[0] == size[1] else list(size), in_chans=model.config.in_chans)
+    prep.setdefault("normalize", "google")
+    return {"preprocess": prep, "class_names": getattr(model, "class_names", None), "source": source,
+            "num_classes": getattr(model.config, "num_classes", 0)}
+
+
+def write_onnx(model: nn.Module, out: Path, meta: dict[str, Any], opset: int = 18) -> None:
+    """The ONNX graph of `model` (eval mode) at `out` (a path the caller owns: no atomicity here)."""
+    onnx = need("onnx", "ONNX export")
+    need("onnxscript", "ONNX export")
+    x = torch.randn(2, model.config.in_chans, *image_hw(model), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's own progress chatter
+        program = torch.onnx.export(_Outputs(model.eval()), (x,), dynamo=True, opset_version=opset,
+                                    input_names=["images"], output_names=["logits", "pre_logits"],
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
+    proto = program.model_proto
+    proto.metadata_props.add(key="vitkit", value=json.dumps(meta))
+    onnx.save(proto, str(out))
+
+
+def write_openvino(onnx_path: Path, out_dir: Path, meta: dict[str, Any]) -> None:
+    """The OpenVINO IR of an ONNX export in the directory `out_dir` (created), weights kept in fp32."""
+    ov = need("openvino", "OpenVINO export")
+    graph = ov.convert_model(str(onnx_path))
+    graph.set_rt_info(json.dumps(meta), ["vitkit"])
+    out_dir.mkdir(parents=True)
+    ov.save_model(graph, str(out_dir / OPENVINO_XML), compress_to_fp16=False)
+
+
+def check_against(model: nn.Module, run, tol: float = 1e-3) -> float:
+    """Max abs difference between `run(images)` (an engine's fp32 logits) and PyTorch's, on batches of 1 and 3
+    (the batch dimension is dynamic); raises ValueError when it is beyond rounding (tol x the logits' scale)."""
+    diff, scale = 0.0, 1.0
+    for batch in (1, 3):
+        x = torch.randn(batch, model.config.in_chans, *image_hw(model), generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            want = model.eval()(x)
+        got = run(x)
+        diff = max(diff, float((got - want).abs().max()))
+        scale = max(scale, float(want.abs().max()))
+    if not diff <= tol * scale:
+        raise ValueError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (logits up to {scale:.2g}); "
+                         f"this export is not faithful and was not kept: please report it with the model's config")
+    return diff
+
+
+def export(src: str | Path, out: str | Path, to: str = "onnx", resolution: int | None = None, opset: int = 18,
+           overwrite: bool = False, check: bool = True) -> dict[str, Any]:
+    """Write `src` as ONNX (`out` *.onnx) or OpenVINO IR (`out` a directory), atomically; returns {"path", "format",
+    "opset", "checked_with" (None when the engine is not installed), "max_abs_diff", "image_size", "in_chans",
+    "num_classes"}."""
+    from vitkit import engines
+
+    if to not in FORMATS:
+        raise ValueError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if to == "onnx" and out.suffix != ".onnx":
+        raise ValueError(f"{out}: name the ONNX output *.onnx")
+    if to == "openvino" and out.suffix in (".onnx", ".xml", ".bin"):
+        raise ValueError(f"{out}: the OpenVINO export is a directory (it holds {OPENVINO_XML} and its .bin); name a directory")
+    refuse_existing(out, overwrite)
+    need("onnx", "export")
+    need("onnxscript", "export")
+    if to == "openvino":
+        need("openvino", "OpenVINO export")
+    model = load_model(src, image_size=resolution).eval()
+    meta = metadata(model, str(src))
+    res: dict[str, Any] = {"path": str(out), "format": to, "opset": opset, "image_size": list(image_hw(model)),
+                           "in_chans": model.config.in_chans, "num_classes": meta["num_classes"],
+                           "checked_with": None, "max_abs_diff": None}
+    with atomic_path(out, overwrite) as tmp:
+        if to == "onnx":
+            write_onnx(model, tmp, meta, opset)
+            graph = tmp
+        else:
+            tmp.mkdir()
+            graph = tmp / "model.onnx"
+            write_onnx(model, graph, meta, opset)
+            write_openvino(graph, tmp / "ir", meta)
+            graph.unlink()
+            for f in (tmp / "ir").iterdir():
+                f.rename(tmp / f.name)
+            (tmp / "ir").rmdir()
+            graph = tmp / OPENVINO_XML
+        name = "onnxruntime" if to == "onnx" else "openvino"
+        if check and engines.installed(name):
+            runner = engines.open_export(graph, name, "fp32")
+            res["max_abs_diff"] = check_against(model, runner)  # a failed check leaves nothing behind
+            res["checked_with"] = name
+            del runner
+    return res
 
 
 def export_onnx(src: str | Path, out: str | Path, resolution: int | None = None, opset: int = 18,
                 overwrite: bool = False, check: bool = True) -> dict[str, Any]:
-    """Write `src` as ONNX at `out` (atomically); returns {"path", "opset", "max_abs_diff" (None without
-    onnxruntime), "image_size", "in_chans", "num_classes"}."""
-    out = Path(out)
-    if out.suffix != ".onnx":
-        raise ValueError(f"{out}: name the output *.onnx")
-    refuse_existing(out, overwrite)
-    onnx = _need("onnx")
-    _need("onnxscript")
-    model = load_model(src, image_size=resolution).eval()
-    cfg = model.config
-    size = cfg.image_size if isinstance(cfg.image_size, (tuple, list)) else (cfg.image_size, cfg.image_size)
-    x = torch.randn(2, cfg.in_chans, *size, generator=torch.Generator().manual_seed(0))
-    meta = {"preprocess": getattr(model, "preprocess", None) or {"image_size": size[0], "in_chans": cfg.in_chans},
-            "class_names": getattr(model, "class_names", None), "source": str(src)}
-    with atomic_path(out, overwrite) as tmp:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's own progress chatter
-            program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, input_names=["images"],
-                                        output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                                        verbose=False)
-        proto = program.model_proto
-        proto.metadata_props.add(key="vitkit", value=json.dumps(meta))
-        onnx.save(proto, str(tmp))
-    res: dict[str, Any] = {"path": str(out), "opset": opset, "image_size": list(size), "in_chans": cfg.in_chans,
-                           "num_classes": getattr(cfg, "num_classes", None), "max_abs_diff": None}
-    if check:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return res
-        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        for batch in (1, 3):  # the batch dimension is dynamic
-            xb = torch.randn(batch, cfg.in_chans, *size, generator=torch.Generator().manual_seed(batch))
-            with torch.no_grad():
-                want = model(xb).numpy()
-            got = sess.run(["logits"], {"images": xb.numpy()})[0]
-            res["max_abs_diff"] = max(res["max_abs_diff"] or 0.0, float(abs(got - want).max()))
-    return res
+    """`export(src, out, to="onnx", ...)`."""
+    return export(src, out, "onnx", resolution, opset, overwrite, check)

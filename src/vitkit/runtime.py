@@ -287,3 +287,45 @@ def configure_threads_env(environ: dict[str, str] | None = None) -> dict[str, st
     set_now = {k: v for k, v in wanted.items() if k not in environ}
     environ.update(set_now)
     return set_now
+
+
+def cache_dir() -> Path:
+    """vitkit's per-user cache: $VITKIT_CACHE_DIR, else $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit. Holds what is
+    measured once per machine (kernels.json, engines.json) and the engines' exports of checkpoints (exports/)."""
+    root = os.environ.get("VITKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitkit"
+    return Path(root)
+
+
+def machine_key() -> str:
+    """What a speed measurement depends on: the CPU (model, capability, kind) and the threads in use."""
+    import torch
+
+    cpu = cpu_info()
+    return f"{cpu.model} | {cpu.capability} | {cpu.kind} | {torch.get_num_threads()} threads"
+
+
+def read_cache(name: str) -> dict:
+    """A JSON cache file of cache_dir() as a dict ({} when absent or damaged)."""
+    import json
+
+    try:
+        data = json.loads((cache_dir() / name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_cache(name: str, key: str, value: Any) -> None:
+    """Set one entry of a JSON cache file, atomically; best effort (a read-only home only means measuring again)."""
+    import json
+
+    data = read_cache(name)
+    data[key] = value
+    path = cache_dir() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -34,7 +34,9 @@ def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     feats, labels = [], []
     for x, y in batches:
         with autocast(precision, dev.type):
-            f = model.forward_head(model.forward_features(to_device(x, dev)), pre_logits=True)
+            x = to_device(x, dev)
+            # an InferenceModel or an Engine (vitkit.engines) brings its own; a plain model: forward_head's
+            f = model.representation(x) if hasattr(model, "representation") else model.forward_head(model.forward_features(x), pre_logits=True)
         feats.append(f.float().cpu())
         labels.append(y.cpu())
     model.train(was)

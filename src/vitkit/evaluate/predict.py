@@ -6,7 +6,6 @@ from pathlib import Path
 import torch
 
 from vitkit.config import DataConfig
-from vitkit.convert.load import load_model
 from vitkit.data.datasets import load_image
 from vitkit.data.transforms import eval_transform
 
@@ -20,30 +19,35 @@ def probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(to_device(images, model_device(model))).float().softmax(-1).cpu()
 
 
-def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize: str | None = None,
-            precision: str = "auto", device: str = "auto") -> list[dict]:
-    """[{"image", "top": [{"class", "index", "prob"}, ...]}] per image (softmax probabilities); `precision`
-    "auto" is what the hardware does natively (vitkit.train.precision.resolve)."""
-    from vitkit.models.fast import InferenceModel
-    from vitkit.runtime import resolve_device
-
-    dev = resolve_device(device)
-    model = load_model(src).to(dev).eval()
-    cfg_model = model.config
-    k_model = getattr(cfg_model, "num_classes", 0)
-    if not k_model:
-        raise ValueError(f"{src}: the model has no classification head; fine-tune it first (`vitkit finetune`)")
-    prep = getattr(model, "preprocess", None) or {}
-    size = prep.get("image_size") or (cfg_model.image_size if isinstance(cfg_model.image_size, int) else cfg_model.image_size[0])
-    transform = eval_transform(DataConfig(image_size=size, normalize=normalize or prep.get("normalize", "google")), cfg_model.in_chans)
-    names = getattr(model, "class_names", None) or [str(i) for i in range(k_model)]
-    batch = []
-    for path in images:
-        p = Path(path)
+def check_images(images: list[str | Path]) -> list[Path]:
+    paths = [Path(p) for p in images]
+    for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such image file")
-        batch.append(transform(load_image(p, cfg_model.in_chans)))
-    probs = probabilities(InferenceModel(model, precision), torch.stack(batch))
+    return paths
+
+
+def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize: str | None = None,
+            precision: str = "auto", device: str = "auto", engine: str = "auto") -> list[dict]:
+    """[{"image", "top": [{"class", "index", "prob"}, ...]}] per image (softmax probabilities); `precision`
+    "auto" is what the hardware does natively (vitkit.train.precision.resolve); `engine` what computes
+    (vitkit.engines: auto, torch, onnxruntime, openvino; `src` may be an export of `vitkit export`)."""
+    from vitkit import engines
+
+    n = len(check_images(images))
+    return predict_with(engines.load(src, engine, precision, device, batch_size=n, images=n), images, top_k, normalize)
+
+
+def predict_with(model, images: list[str | Path], top_k: int = 5, normalize: str | None = None) -> list[dict]:
+    """`predict` with a loaded `vitkit.engines.Engine` (load once, predict many times)."""
+    paths = check_images(images)
+    k_model = model.num_classes
+    if not k_model:
+        raise ValueError(f"{model.source}: the model has no classification head; fine-tune it first (`vitkit finetune`)")
+    transform = eval_transform(DataConfig(image_size=model.image_size[0], normalize=normalize or model.preprocess["normalize"]),
+                               model.in_chans)
+    names = model.class_names or [str(i) for i in range(k_model)]
+    probs = probabilities(model, torch.stack([transform(load_image(p, model.in_chans)) for p in paths]))
     k = min(top_k, k_model)
     out = []
     for path, p in zip(images, probs):

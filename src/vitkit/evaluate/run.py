@@ -9,43 +9,50 @@ from vitkit.convert.load import load_model
 from vitkit.data.datasets import load_dataset
 from vitkit.data.loader import eval_stream
 from vitkit.evaluate.classify import evaluate
+from vitkit.runtime import model_device
 
 
 def data_config_for(model, data: str, data_dir: str | None = None, resolution: int | None = None,
                     normalize: str | None = None) -> DataConfig:
-    """The evaluation pipeline a model was trained with (its recorded preprocessing), else Google's."""
+    """The evaluation pipeline a model (or an `Engine`) was trained with (its recorded preprocessing), else Google's."""
     prep = getattr(model, "preprocess", None) or {}
-    size = model.config.image_size
+    size = model.image_size if hasattr(model, "image_size") else model.config.image_size
     size = size if isinstance(size, int) else size[0]
     return DataConfig(name=data, data_dir=data_dir, image_size=resolution or size,
                       normalize=normalize or prep.get("normalize", "google"), val_fraction=0.1, download=True)
 
 
+def _dataset_config(data: str, data_dir: str | None) -> DataConfig:
+    """What load_dataset needs (the splits); the image pipeline comes from the model, once it is loaded."""
+    return DataConfig(name=data, data_dir=data_dir, val_fraction=0.1, download=True)
+
+
 def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | None = None, batch_size: int = 256,
                resolution: int | None = None, precision: str = "auto", normalize: str | None = None,
-               compile: bool = False, device: str = "auto") -> dict:
+               compile: bool = False, device: str = "auto", engine: str = "auto") -> dict:
     """Top-1 / top-5, loss, per-class accuracy and the confusion matrix; `precision` "auto" is what the
     hardware does natively (vitkit.train.precision.resolve), recorded in the result as "precision";
-    `device` "auto" is the accelerator when there is one (vitkit.runtime.resolve_device)."""
-    from vitkit.models.fast import InferenceModel
-    from vitkit.runtime import resolve_device
+    `device` "auto" is the accelerator when there is one (vitkit.runtime.resolve_device); `engine` (vitkit.engines:
+    auto, torch, onnxruntime, openvino) what computes, recorded as "engine"."""
+    from vitkit import engines
 
-    dev = resolve_device(device)
-
-    model = load_model(src, image_size=resolution).to(dev)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split {split!r}: choose train, val or test")
+    ds = load_dataset(_dataset_config(data, data_dir))
+    part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
+    model = engines.load(src, engine, precision, device, resolution, batch_size, images=len(part), compile=compile)
     cfg = data_config_for(model, data, data_dir, resolution, normalize)
-    ds = load_dataset(cfg)
-    k = getattr(model.config, "num_classes", 0)
+    k = model.num_classes
     if k != ds.num_classes:
         raise ValueError(f"{src}: the model has {k} classes but {data} has {ds.num_classes}; fine-tune it first "
                          f"(`vitkit finetune {src} --data {data}`)")
-    part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
-    model = InferenceModel(model, precision, compile=compile)  # fast blocks; bf16 / fp16 weights, not autocast
-    res = evaluate(model, eval_stream(part, cfg, model.config.in_chans, batch_size, pin_memory=dev.type == "cuda"),
+    dev = model_device(model)
+    res = evaluate(model, eval_stream(part, cfg, model.in_chans, batch_size, pin_memory=dev.type == "cuda"),
                    num_classes=ds.num_classes)
     res["device"] = str(dev)
     res["classes"] = ds.classes
     res["precision"] = model.precision
+    res["engine"] = model.describe()
     conf = res["confusion"]
     res["per_class"] = {c: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else float("nan")) for i, c in enumerate(ds.classes)}
     return res
@@ -87,21 +94,18 @@ def plot_confusion(res: dict, path: str | Path, title: str = "") -> Path:
 
 def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, l2: float | None = None,
                   data_dir: str | None = None, batch_size: int = 256, precision: str = "auto",
-                  resolution: int | None = None, device: str = "auto") -> dict:
+                  resolution: int | None = None, device: str = "auto", engine: str = "auto") -> dict:
     """Few-shot linear evaluation of a model's frozen pre-logits features: the training split's and the
     test split's features are computed once and reused for every shot count and seed."""
+    from vitkit import engines
     from vitkit.evaluate.fewshot import DEFAULT_L2, extract_features, fewshot_eval
-    from vitkit.models.fast import InferenceModel
-    from vitkit.runtime import resolve_device
 
-    dev = resolve_device(device)
-    model = load_model(src, image_size=resolution).to(dev)
+    ds = load_dataset(_dataset_config(data, data_dir))
+    model = engines.load(src, engine, precision, device, resolution, batch_size, images=len(ds.train) + len(ds.test))
     cfg = data_config_for(model, data, data_dir, resolution)
-    ds = load_dataset(cfg)
-    chans = model.config.in_chans
-    model = InferenceModel(model, precision)
-    train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, chans, batch_size))
-    test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, chans, batch_size))
+    train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, model.in_chans, batch_size))
+    test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, model.in_chans, batch_size))
     res = fewshot_eval(train_x, train_y, test_x, test_y, shots, seeds, DEFAULT_L2 if l2 is None else l2)
-    res.update({"model": str(src), "data": data, "precision": model.precision, "device": str(dev)})
+    res.update({"model": str(src), "data": data, "precision": model.precision, "device": str(model_device(model)),
+                "engine": model.describe()})
     return res

@@ -205,6 +205,11 @@ class InferenceModel(nn.Module):
         with torch.no_grad():
             return self.model.forward_head(x, pre_logits=pre_logits).float()
 
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """The features before the head (B, D), in fp32: what few-shot evaluation fits."""
+        with torch.no_grad():
+            return self.model.forward_head(self.model.forward_features(x.to(self.dtype)), pre_logits=True).float()
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x.to(self.dtype)).float()

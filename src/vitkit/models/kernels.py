@@ -27,7 +27,6 @@ import statistics
 import time
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -91,14 +90,11 @@ def plain_kernels() -> Iterator[None]:
         _OFF[0] -= 1
 
 
-def _cache_file() -> Path:
-    root = os.environ.get("VITKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitkit"
-    return Path(root) / "kernels.json"
+CACHE = "kernels.json"  # in runtime.cache_dir()
 
 
 def _cache_key() -> str:
-    cpu = runtime.cpu_info()
-    return f"{cpu.model} | {cpu.capability} | {cpu.kind} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{runtime.machine_key()} | torch {torch.__version__}"
 
 
 def _gflops(fn, flops: float, reps: int) -> float:
@@ -179,24 +175,11 @@ def choices() -> dict[str, dict]:
     (~/.cache/vitkit/kernels.json, or $VITKIT_CACHE_DIR); VITKIT_ONEDNN=0/1 overrides the verdict."""
     key = _cache_key()
     if key not in _CHOICES:
-        path = _cache_file()
-        try:
-            cached = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        entry = cached.get(key) if isinstance(cached, dict) else None
+        entry = runtime.read_cache(CACHE).get(key)
         if not _valid(entry):  # absent, from an older vitkit, or damaged: measure again
             entry = {"fp32": measure(torch.float32), "fp32_train": measure(torch.float32, train=True),
                      "bf16": measure(torch.bfloat16)}
-            cached = cached if isinstance(cached, dict) else {}
-            cached[key] = entry
-            try:  # best effort: a read-only home only means measuring again next time
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(cached, indent=2))
-                os.replace(tmp, path)
-            except OSError:
-                pass
+            runtime.update_cache(CACHE, key, entry)
         _CHOICES[key] = entry
     forced = _forced()
     out = {}
