@@ -108,6 +108,12 @@ class Engine(nn.Module):
         self.class_names: list[str] | None = info.get("class_names")
         self.source: str = str(info.get("source", ""))
         self.choice: dict[str, Any] | None = None
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "Engine":
+        if mode:
+            raise RuntimeError("an Engine is for inference only; train the model it serves instead")
+        return super().train(False)
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -330,7 +336,13 @@ def serve(model: nn.Module, engine: str, precision: str = "auto", compile: bool 
         raise ValueError(f"--compile is PyTorch's (torch.compile); {_LABEL[engine]} compiles its graph itself: drop --compile")
     _need(engine)
     prec = engine_precision(engine, precision)
-    eng = open_export(cached_export(model, engine), engine, prec)
+    path = cached_export(model, engine)
+    try:
+        eng = open_export(path, engine, prec)
+    except ValueError:  # damaged since it was written and checked (a full disk, a killed copy): export it again
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        eng = open_export(cached_export(model, engine), engine, prec)
     eng.source = _torch_source(model)
     return eng
 
@@ -385,24 +397,25 @@ def _images(n: int) -> str:
     return f"{n} image{'' if n == 1 else 's'}"
 
 
-def _auto(names: list[str], build, key: str, batch: int, images: int | None, ready) -> Engine:
+def _auto(names: list[str], build, key: str, batch: int, images: int | None, ready, only: str = "") -> Engine:
     """The fastest of `names` (engine -> `build(name)`), as cached under `key` or measured now at `batch`;
     `ready(name)`: whether that engine's export already exists (a small job never pays for one or for measuring:
     it takes names[0])."""
     if len(names) == 1:
-        return _chosen(build(names[0]), {"why": f"{names[0]}: the only engine installed for this source", "cached": False})
+        return _chosen(build(names[0]), {"why": f"{names[0]}: {only or 'the only engine installed for this source'}",
+                                         "cached": False})
     small = images is not None and images < AUTO_MIN_IMAGES
     fallback = names[0]
     verdict = runtime.read_cache(VERDICTS).get(key)
     if isinstance(verdict, dict) and verdict.get("engine") in names:
         best = verdict["engine"]
         if small and not ready(best):
-            return _chosen(build(fallback), {"why": f"{fallback}: {_images(images)} do not pay for exporting to {best} "
+            return _chosen(build(fallback), {"why": f"{fallback}: {_images(images)}, too few to pay for exporting to {best} "
                                                     f"(faster here, measured)", "cached": True})
         return _chosen(build(best), {**verdict, "cached": True})
     if small:
         cost = "measuring" if all(ready(n) for n in names) else "exporting and measuring"
-        return _chosen(build(fallback), {"why": f"{fallback}: {_images(images)} (< {AUTO_MIN_IMAGES}) do not pay for {cost}",
+        return _chosen(build(fallback), {"why": f"{fallback}: {_images(images)} (< {AUTO_MIN_IMAGES}), too few to pay for {cost}",
                                          "cached": False})
     built = {n: build(n) for n in names}
     first = built[names[0]]
@@ -428,7 +441,7 @@ def choose(model: nn.Module, precision: str = "auto", batch_size: int = 256, ima
     names = candidates(prec) if dev.type == "cpu" else ["torch"]
     if len(names) == 1 or compile:
         why = ("on a GPU" if dev.type != "cpu" else "--compile is PyTorch's" if compile
-               else "no other engine installed runs " + prec)
+               else f"no other engine installed runs {prec} here")
         return _chosen(serve(model, "torch", prec, compile), {"why": f"torch: {why}", "cached": False})
     batch = max(1, min(batch_size, images or batch_size))
     key = f"{runtime.machine_key()} | {_versions()} | {_signature(model)} | {prec} | batch {batch}"
@@ -455,7 +468,8 @@ def _auto_export(path: Path, readers: list[str], precision: str, batch_size: int
     stat = (path if path.is_file() else path / OPENVINO_XML).stat()
     key = f"{runtime.machine_key()} | {_versions()} | export {path.resolve()} {stat.st_size} {stat.st_mtime_ns} | {want} | batch {batch_size}"
     build = lambda name: open_export(path, name, engine_precision(name, precision))  # noqa: E731
-    return _auto(names, build, key, max(1, min(batch_size, images or batch_size)), images, lambda name: True)
+    only = f"the only engine installed that runs {want} here" if same and len(have) > 1 else ""
+    return _auto(names, build, key, max(1, min(batch_size, images or batch_size)), images, lambda name: True, only)
 
 
 def load(src: str | Path, engine: str = "auto", precision: str = "auto", device: str = "auto",
