@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vitkit
+from vitkit import engines as vitkit_engines
 from vitkit.convert import timm as timm_convert
 from vitkit.convert.load import _outside_state
 from vitkit import runtime
@@ -274,6 +275,8 @@ def main() -> None:
     if args.quick:
         args.seconds, args.rounds = 1.0, 1
     torch.set_num_threads(args.threads)
+    if args.engines:  # auto's verdicts measured afresh in this run, not read from an earlier one
+        os.environ["VITKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="vitkit-speed-cache-")
     gemm = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
     peaks = {k: v["peak"] for k, v in gemm.items()}
     hw = runtime.describe()
@@ -313,6 +316,9 @@ def main() -> None:
                         engine_fns, engine_diffs = engines(models["vitkit"], x, bf16, engine_dir)
                         fns.update(engine_fns)
                         diffs.update(engine_diffs)
+                        auto = vitkit_engines.choose(models["vitkit"], prec, batch)  # what `vitkit eval` serves
+                        fns[f"vitkit auto: {auto.engine}"] = lambda: auto(x)
+                        diffs[f"vitkit auto: {auto.engine}"] = float((auto(x[:4]) - ref).abs().max())
                 else:
                     copies = {k: build(name, overrides, size)[k] for k in models}  # fresh weights per row
                     accelerate(copies["vitkit"])  # as `vitkit train` runs it: the fast blocks that win here
@@ -367,15 +373,19 @@ def summary(out: dict) -> str:
     groups: dict[tuple, dict[str, dict]] = {}
     for r in out["rows"]:
         groups.setdefault((r["model"], r["batch"], r["mode"], r["precision"]), {})[r["library"]] = r
-    cols = ["vitkit", "vitkit, compiled", "timm", "timm, bf16 weights", "transformers", "transformers, bf16 weights",
+    cols = ["vitkit", "vitkit, compiled", "vitkit auto", "timm", "timm, bf16 weights", "transformers", "transformers, bf16 weights",
             "onnxruntime", "openvino"]
-    lines = ["| model (batch) | mode | precision | vitkit | vitkit compiled | timm | timm bf16 weights | transformers | "
-             "transformers bf16 weights | ONNX Runtime | OpenVINO | vitkit vs best peer | vitkit % of GEMM peak |",
-             "|---|---|---|" + "---:|" * 10]
+    lines = ["| model (batch) | mode | precision | vitkit | vitkit compiled | vitkit auto (engine) | timm | timm bf16 weights | "
+             "transformers | transformers bf16 weights | ONNX Runtime | OpenVINO | vitkit's fastest vs best peer | "
+             "vitkit's fastest % of GEMM peak |",
+             "|---|---|---|" + "---:|" * 11]
     for (model, batch, mode, prec), rows in groups.items():
-        rows = {("openvino" if k == "openvino bf16" else k): v for k, v in rows.items()}
+        rows = {("openvino" if k == "openvino bf16" else "vitkit auto" if k.startswith("vitkit auto") else k): v
+                for k, v in rows.items()}
         ips = [f"{rows[c]['img_per_s']:.1f}" if c in rows else "-" for c in cols]
-        best = max((rows[c] for c in cols[:2] if c in rows), key=lambda r: r["img_per_s"])
+        if "vitkit auto" in rows:
+            ips[2] += f" ({rows['vitkit auto']['library'].split(': ')[1]})"
+        best = max((rows[c] for c in cols[:3] if c in rows), key=lambda r: r["img_per_s"])
         vs = f"**{best['vs_best_peer']:.2f}x**" if best["vs_best_peer"] else "-"
         lines.append(f"| {model} ({batch}) | {mode} | {prec} | " + " | ".join(ips) + f" | {vs} | {best['fraction_of_peak']:.0%} |")
     return "\n".join(lines) + "\n"
