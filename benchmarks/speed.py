@@ -14,7 +14,10 @@ one-off compile time is reported. Peers run as their documentation shows: eager,
 inference both under autocast (timm's --amp-dtype bfloat16) and with bf16 weights (transformers'
 torch_dtype=torch.bfloat16); the best of all peer rows is the bar. Inference rows also run ONNX Runtime (fp32) and
 OpenVINO (fp32, and bf16 where the CPU has it natively) on vitkit's ONNX export of the same weights, where they are
-installed (pip install onnxruntime openvino; --no-engines leaves them out); they count as peers.
+installed (pip install onnxruntime openvino; --no-engines leaves them out); they count as peers, run as their
+documentation shows (OpenVINO: LATENCY hint, this run's threads). "vitkit auto: ENGINE" is what `vitkit eval` serves
+with --engine auto: `vitkit.engines.choose`, measured afresh in this run (a temporary cache), through vitkit's
+Engine interface (its OpenVINO engine compiles a static-shape graph once a batch shape repeats).
 
     python benchmarks/speed.py                      # everything (about 15 minutes on 2 cores)
     python benchmarks/speed.py --models fmnist,Ti   # a subset

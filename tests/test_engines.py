@@ -153,20 +153,20 @@ def test_auto_measures_once_caches_and_takes_the_fastest(digits_model, monkeypat
         return {k: (1e6 if k == list(built)[-1] else v) for k, v in speeds.items()}
 
     monkeypatch.setattr(engines, "measure", fake)
-    first = engines.load(digits_model, precision="fp32", images=5000, batch_size=64)
+    first = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=64)
     assert calls == [sorted(["torch", *HAVE])] and first.engine == HAVE[-1] and first.choice["cached"] is False
     verdicts = json.loads((runtime.cache_dir() / engines.VERDICTS).read_text())
     (entry,) = verdicts.values()
     assert entry["engine"] == HAVE[-1] and set(entry["measured_img_per_s"]) == {"torch", *HAVE}
-    again = engines.load(digits_model, precision="fp32", images=5000, batch_size=64)
+    again = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=64)
     assert len(calls) == 1 and again.engine == HAVE[-1] and again.choice["cached"] is True
-    other_batch = engines.load(digits_model, precision="fp32", images=5000, batch_size=32)
+    other_batch = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=32)
     assert len(calls) == 2 and other_batch.engine == HAVE[-1]  # the verdict is per batch size
 
 
 def test_auto_spends_nothing_on_a_small_job(digits_model, monkeypatch):
     monkeypatch.setattr(engines, "measure", lambda *a, **k: pytest.fail("a small job must not measure"))
-    eng = engines.load(digits_model, precision="fp32", images=10, batch_size=10)
+    eng = engines.load_engine(digits_model, precision="fp32", images=10, batch_size=10)
     assert eng.engine == "torch" and "too few" in eng.choice["why"]
     assert not (runtime.cache_dir() / "exports").exists() and not (runtime.cache_dir() / engines.VERDICTS).exists()
 
@@ -190,11 +190,11 @@ def test_measure_ranks_a_slower_engine_lower():
 @pytest.mark.skipif("onnxruntime" not in HAVE, reason="onnxruntime is not installed")
 def test_a_damaged_cached_export_is_rebuilt(digits_model, tmp_path):
     x = torch.randn(3, 1, 8, 8)
-    want = engines.load(digits_model, "torch", "fp32")(x)
-    engines.load(digits_model, "onnxruntime")
+    want = engines.load_engine(digits_model, "torch", "fp32")(x)
+    engines.load_engine(digits_model, "onnxruntime")
     (cached,) = (runtime.cache_dir() / "exports").glob("*.onnx")
     cached.write_bytes(cached.read_bytes()[:1000])  # truncated (a full disk, a killed copy)
-    got = engines.load(digits_model, "onnxruntime")(x)
+    got = engines.load_engine(digits_model, "onnxruntime")(x)
     assert torch.allclose(got, want, atol=1e-4)
 
 
@@ -278,13 +278,13 @@ def test_an_unfaithful_export_is_refused_and_nothing_is_left(digits_model, tmp_p
     assert "not faithful" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == []
     with pytest.raises(ValueError, match="not faithful"):
-        engines.load(digits_model, "onnxruntime")
+        engines.load_engine(digits_model, "onnxruntime")
     assert not list((runtime.cache_dir() / "exports").glob("*.onnx"))  # the cache keeps no bad export either
 
 
 def test_engine_options_are_checked():
     with pytest.raises(ValueError, match="--engine 'tensorrt'"):
-        engines.load("whatever", "tensorrt")
+        engines.load_engine("whatever", "tensorrt")
     with pytest.raises(ValueError, match="fp32 only"):
         engines.engine_precision("onnxruntime", "bf16")
     assert engines.engine_precision("onnxruntime", "auto") == "fp32"
@@ -301,3 +301,18 @@ def test_engine_choice_on_a_gpu_is_torch(digits_model, monkeypatch):
     monkeypatch.setattr(engines, "engine_precision", lambda e, p, d="cpu": "bf16")
     name, how = engines.choose(model, images=10**6)
     assert name == "torch" and "GPU" in how["why"]
+
+
+def test_the_export_cache_keeps_the_most_recently_used(tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for i in range(engines.KEEP_EXPORTS + 3):
+        p = folder / f"{i:02d}.onnx"
+        p.write_text("x")
+        p.with_suffix(".json").write_text("{}")
+        os.utime(p, (1000 + i, 1000 + i))
+    os.utime(folder / "00.onnx", (5000, 5000))  # the oldest written, but used last
+    engines._prune(folder)
+    kept = sorted(p.stem for p in folder.glob("*.onnx"))
+    assert kept == ["00"] + [f"{i:02d}" for i in range(4, engines.KEEP_EXPORTS + 3)]
+    assert sorted(p.stem for p in folder.glob("*.json")) == kept

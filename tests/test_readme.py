@@ -15,3 +15,15 @@ def test_python_api_snippet_runs():
     assert scope["probs"].shape == (2, 37) and abs(float(scope["probs"].sum()) - 2) < 1e-3
     assert scope["out"]["attn"][0].shape == (2, 12, 577, 577)
     assert scope["fast"].precision in ("fp32", "bf16")
+
+
+def test_engine_snippet_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_CACHE_DIR", str(tmp_path))  # auto measures afresh, into a cache of the test's own
+    text = README.read_text()
+    section = text[text.index("### Inference engines"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md (Inference engines)", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["logits"].shape == (256, 10) and scope["feats"].shape == (4, 128)
+    assert scope["engine"].engine in ("torch", "onnxruntime", "openvino") and "auto" in scope["engine"].describe()
+    assert scope["served"].class_names == [f"class {i}" for i in range(10)] and scope["onnx"]["max_abs_diff"] < 1e-4

@@ -14,6 +14,7 @@ _PUBLIC = {
     "count_params": "vitkit.models", "create_model": "vitkit.models", "describe": "vitkit.models", "list_models": "vitkit.models",
     "CheckpointError": "vitkit.convert", "LoadReport": "vitkit.convert", "load_model": "vitkit.convert", "save_model": "vitkit.convert",
     "InferenceModel": "vitkit.models.fast",
+    "Engine": "vitkit.engines", "load_engine": "vitkit.engines", "export_model": "vitkit.export",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

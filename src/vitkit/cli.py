@@ -176,7 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit import engines
     from vitkit.evaluate.predict import check_images, predict_with
 
-    model = engines.load(args.src, args.engine, args.precision, args.device, batch_size=len(args.images),
+    model = engines.load_engine(args.src, args.engine, args.precision, args.device, batch_size=len(args.images),
                          images=len(check_images(args.images)))
     _say_engine({"engine": model.describe()})
     res = predict_with(model, args.images, args.top_k)
@@ -208,9 +208,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitkit.export import export
+    from vitkit.export import export_model
 
-    res = export(args.src, args.out, to=args.to, resolution=args.resolution, opset=args.opset, overwrite=args.force)
+    res = export_model(args.src, args.out, to=args.to, resolution=args.resolution, opset=args.opset, overwrite=args.force)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

@@ -114,7 +114,7 @@ def check_against(model: nn.Module, run, tol: float = 1e-3) -> float:
     return diff
 
 
-def export(src: str | Path, out: str | Path, to: str = "onnx", resolution: int | None = None, opset: int = 18,
+def export_model(src: str | Path, out: str | Path, to: str = "onnx", resolution: int | None = None, opset: int = 18,
            overwrite: bool = False, check: bool = True) -> dict[str, Any]:
     """Write `src` as ONNX (`out` *.onnx) or OpenVINO IR (`out` a directory), atomically; returns {"path", "format",
     "opset", "checked_with" (None when the engine is not installed), "max_abs_diff", "image_size", "in_chans",
@@ -163,5 +163,5 @@ def export(src: str | Path, out: str | Path, to: str = "onnx", resolution: int |
 
 def export_onnx(src: str | Path, out: str | Path, resolution: int | None = None, opset: int = 18,
                 overwrite: bool = False, check: bool = True) -> dict[str, Any]:
-    """`export(src, out, to="onnx", ...)`."""
-    return export(src, out, "onnx", resolution, opset, overwrite, check)
+    """`export_model(src, out, to="onnx", ...)`."""
+    return export_model(src, out, "onnx", resolution, opset, overwrite, check)

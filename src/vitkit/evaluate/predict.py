@@ -35,7 +35,7 @@ def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize
     from vitkit import engines
 
     n = len(check_images(images))
-    return predict_with(engines.load(src, engine, precision, device, batch_size=n, images=n), images, top_k, normalize)
+    return predict_with(engines.load_engine(src, engine, precision, device, batch_size=n, images=n), images, top_k, normalize)
 
 
 def predict_with(model, images: list[str | Path], top_k: int = 5, normalize: str | None = None) -> list[dict]:

@@ -40,7 +40,7 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
         raise ValueError(f"split {split!r}: choose train, val or test")
     ds = load_dataset(_dataset_config(data, data_dir))
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
-    model = engines.load(src, engine, precision, device, resolution, batch_size, images=len(part), compile=compile)
+    model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(part), compile=compile)
     cfg = data_config_for(model, data, data_dir, resolution, normalize)
     k = model.num_classes
     if k != ds.num_classes:
@@ -101,7 +101,7 @@ def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, 
     from vitkit.evaluate.fewshot import DEFAULT_L2, extract_features, fewshot_eval
 
     ds = load_dataset(_dataset_config(data, data_dir))
-    model = engines.load(src, engine, precision, device, resolution, batch_size, images=len(ds.train) + len(ds.test))
+    model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(ds.train) + len(ds.test))
     cfg = data_config_for(model, data, data_dir, resolution)
     train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, model.in_chans, batch_size))
     test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, model.in_chans, batch_size))
