@@ -153,15 +153,19 @@ def test_auto_measures_once_caches_and_takes_the_fastest(digits_model, monkeypat
         return {k: (1e6 if k == list(built)[-1] else v) for k, v in speeds.items()}
 
     monkeypatch.setattr(engines, "measure", fake)
-    first = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=64)
+    first = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=256)
     assert calls == [sorted(["torch", *HAVE])] and first.engine == HAVE[-1] and first.choice["cached"] is False
     verdicts = json.loads((runtime.cache_dir() / engines.VERDICTS).read_text())
     (entry,) = verdicts.values()
     assert entry["engine"] == HAVE[-1] and set(entry["measured_img_per_s"]) == {"torch", *HAVE}
-    again = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=64)
+    again = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=256)
     assert len(calls) == 1 and again.engine == HAVE[-1] and again.choice["cached"] is True
     other_batch = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=32)
     assert len(calls) == 2 and other_batch.engine == HAVE[-1]  # the verdict is per batch size
+    # the default engine of `vitkit eval` (batch 256): the cached verdict, its export ready -> the same answers as torch
+    res = eval_model(digits_model, "digits", precision="fp32")
+    ref = eval_model(digits_model, "digits", engine="torch", precision="fp32")
+    assert res["engine"]["engine"] == HAVE[-1] and res["engine"]["auto"]["cached"] and res["confusion"] == ref["confusion"]
 
 
 def test_auto_spends_nothing_on_a_small_job(digits_model, monkeypatch):
