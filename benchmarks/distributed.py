@@ -49,7 +49,8 @@ def main() -> None:
     runs = {"1 process": (1, "ddp", cores), "2 processes, DDP": (2, "ddp", max(1, cores // 2)),
             "2 processes, FSDP": (2, "fsdp", max(1, cores // 2))}
     out: dict = {"command": "python benchmarks/distributed.py" + (f" --epochs {args.epochs:g}" if args.epochs != 1 else ""),
-                 "machine": machine(), "hardware": hardware(), "note": "compile off in all three (the recipe's default is on) so they compare like for like",
+                 "machine": machine(), "hardware": hardware(),
+                 "note": "compile off in all three (the recipe's default is on) so they compare like for like",
                  "runs": {}}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, (nproc, parallel, threads) in runs.items():

@@ -309,7 +309,7 @@ def main() -> None:
                             if bf16:
                                 twin = build(name, overrides, size)[k]
                                 fns[f"{k}, bf16 weights"] = (lambda f: lambda: f(x))(make_infer(twin, bf16, weights_bf16=True))
-                    torch._dynamo.reset()  # else the recompile limit (8) is hit and later "compiled" rows run eager
+                    torch.compiler.reset()  # else the recompile limit (8) is hit and later "compiled" rows run eager
                     t = time.perf_counter()
                     fast = inference_model(models["vitkit"], precision=prec, compile=True)
                     fast(x)
@@ -330,7 +330,7 @@ def main() -> None:
                                else torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05))
                         fns[k] = (lambda f: lambda: f(x, y))(make_train(m, opt, bf16))
                     m = accelerate(build(name, overrides, size)["vitkit"])
-                    torch._dynamo.reset()
+                    torch.compiler.reset()
                     step = make_train(m, build_optimizer(m, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05)), bf16, compiled=True)
                     t = time.perf_counter()
                     step(x, y)

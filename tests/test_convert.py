@@ -346,7 +346,8 @@ def test_head_of_another_size_names_tensor_and_shapes(tmp_path):
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     cfg["id2label"] = {str(i): f"c{i}" for i in range(10)}  # config says 10 classes, the classifier holds 4
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"hf: tensor 'head\.bias' has shape \(4,\) in the checkpoint but \(10,\) in the model; pass num_classes"):
+    want = r"hf: tensor 'head\.bias' has shape \(4,\) in the checkpoint but \(10,\) in the model; pass num_classes"
+    with pytest.raises(CheckpointError, match=want):
         vitkit.load_model(tmp_path / "hf")
 
 

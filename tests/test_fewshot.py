@@ -103,7 +103,7 @@ def test_probe_scores_match_sklearn_ridge_on_big_visions_recipe():
     for l2 in (0.5, 1024.0):
         a = train_x.numpy().astype(np.float64)
         mean, std = a.mean(0), a.std(0) + 1e-5
-        prep = lambda f: np.concatenate([(f - mean) / std, np.full((len(f), 1), 100.0)], 1)  # noqa: E731
+        prep = lambda f, mean=mean, std=std: np.concatenate([(f - mean) / std, np.full((len(f), 1), 100.0)], 1)  # noqa: E731
         targets = 2.0 * np.eye(4)[train_y.numpy()] - 1.0
         want = Ridge(alpha=l2, fit_intercept=False, solver="cholesky").fit(prep(a), targets).predict(prep(test_x.numpy().astype(np.float64)))
         got = fit_probe(train_x, train_y, 4, l2)(test_x)

@@ -141,8 +141,6 @@ def valid_keys(cfg: Config | None = None) -> list[str]:
 
 def _coerce(text: str, annotation: Any, key: str) -> Any:
     """Parse a --set value for a field annotated `annotation` (str, int, float, bool, X | None)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**vars(typing), "Any": Any})  # noqa: S307 - our own annotations only
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null"):
@@ -177,7 +175,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         obj = cfg
         for part in path:
             obj = getattr(obj, part)
-        ftype = {f.name: f.type for f in dataclasses.fields(obj)}[leaf]
+        ftype = typing.get_type_hints(type(obj))[leaf]
         setattr(obj, leaf, _coerce(value, ftype, key) if isinstance(value, str) else value)
     return cfg
 

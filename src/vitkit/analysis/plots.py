@@ -1,29 +1,16 @@
 """Figures for the analyses (matplotlib, written atomically as PNG)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from vitkit.figures import figure, save_png
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _unit(img: np.ndarray) -> np.ndarray:
@@ -33,10 +20,10 @@ def _unit(img: np.ndarray) -> np.ndarray:
 
 def plot_filters(filters: torch.Tensor, variance: torch.Tensor, path: Path, cols: int = 7) -> Path:
     """Principal components of the patch-projection filters as tiles (grayscale for 1-channel models)."""
-    plt = _plt()
     n = len(filters)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.3))
+    fig = figure(figsize=(cols * 1.2, rows * 1.3))
+    axes = fig.subplots(rows, cols)
     for i, ax in enumerate(np.atleast_1d(axes).flat):
         ax.axis("off")
         if i >= n:
@@ -53,9 +40,9 @@ def plot_filters(filters: torch.Tensor, variance: torch.Tensor, path: Path, cols
 
 def plot_posemb_similarity(sim: torch.Tensor, kind: str, path: Path, note: str = "") -> Path:
     """A grid of grids: tile (r, c) is the cosine similarity of position (r, c) with every position."""
-    plt = _plt()
     gh, gw = sim.shape[:2]
-    fig, axes = plt.subplots(gh, gw, figsize=(min(12, 0.9 * gw + 1), min(12, 0.9 * gh + 1)), squeeze=False)
+    fig = figure(figsize=(min(12, 0.9 * gw + 1), min(12, 0.9 * gh + 1)))
+    axes = fig.subplots(gh, gw, squeeze=False)
     lo = float(sim.min())  # the colour range spans the values present, so structure shows even when all are high
     for r in range(gh):
         for c in range(gw):
@@ -74,10 +61,12 @@ def plot_posemb_similarity(sim: torch.Tensor, kind: str, path: Path, note: str =
 
 def plot_attention_distance(dist: torch.Tensor, path: Path, image_size: int) -> Path:
     """One dot per head per layer: mean attention distance in pixels against network depth."""
-    plt = _plt()
     L, H = dist.shape
-    fig, ax = plt.subplots(figsize=(5, 4))
-    cmap = plt.get_cmap("tab20")
+    from matplotlib import colormaps
+
+    fig = figure(figsize=(5, 4))
+    ax = fig.subplots()
+    cmap = colormaps["tab20"]
     for h in range(H):
         ax.scatter(np.arange(1, L + 1), dist[:, h].numpy(), s=14, color=cmap(h % 20), label=f"head {h + 1}")
     ax.set_xlabel("network depth (layer)")
@@ -104,10 +93,10 @@ def _overlay(ax, img: np.ndarray, heat: np.ndarray | None) -> None:
 
 def plot_rollout(images01: torch.Tensor, maps: torch.Tensor, path: Path, cols: int = 8) -> Path:
     """Each image beside its attention-rollout map overlaid."""
-    plt = _plt()
     n = len(images01)
     rows = (n + cols // 2 - 1) // (cols // 2)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.35), squeeze=False)
+    fig = figure(figsize=(cols * 1.3, rows * 1.35))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         k, overlay = divmod(i, 2)
@@ -120,10 +109,10 @@ def plot_rollout(images01: torch.Tensor, maps: torch.Tensor, path: Path, cols: i
 
 def plot_class_attention(images01: torch.Tensor, per_layer: torch.Tensor, head: int, path: Path, max_images: int = 6) -> Path:
     """Rows: images; columns: layers; the class token's attention of one head over the patches."""
-    plt = _plt()
     L = per_layer.shape[0]
     n = min(max_images, images01.shape[0])
-    fig, axes = plt.subplots(n, L + 1, figsize=((L + 1) * 1.1, n * 1.15), squeeze=False)
+    fig = figure(figsize=((L + 1) * 1.1, n * 1.15))
+    axes = fig.subplots(n, L + 1, squeeze=False)
     for r in range(n):
         _overlay(axes[r][0], images01[r].numpy(), None)
         for l in range(L):

@@ -122,7 +122,8 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
                 if name is None:
                     continue  # unexpected
                 used.add(k)
-                out[f"patch_embed.backbone.stages.{int(m.group(1)) - 1}.{int(m.group(2)) - 1}.{name}"] = _conv(v) if v.ndim == 4 and "kernel" in k else _vec(v)
+                key = f"patch_embed.backbone.stages.{int(m.group(1)) - 1}.{int(m.group(2)) - 1}.{name}"
+                out[key] = _conv(v) if v.ndim == 4 and "kernel" in k else _vec(v)
     for k, name in TOP.items():
         if k in w:
             v = take(k)

@@ -151,7 +151,6 @@ def read_checkpoint(path: str | Path, fmt: str = "auto", **overrides: Any) -> tu
     elif not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
     notes: list[str] = []
-    class_names = None
     if fmt == "npz":
         cfg, sd, notes = google_npz.to_vitkit(google_npz.read_npz(str(p)), str(p), **overrides)
         return cfg, sd, notes, None

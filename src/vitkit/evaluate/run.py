@@ -1,11 +1,9 @@
 """`vitkit eval`: any loadable model on any dataset split."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from vitkit.config import DataConfig
-from vitkit.convert.load import load_model
 from vitkit.data.datasets import load_dataset
 from vitkit.data.loader import eval_stream
 from vitkit.evaluate.classify import evaluate
@@ -60,16 +58,15 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
 
 def plot_confusion(res: dict, path: str | Path, title: str = "") -> Path:
     """A confusion-matrix figure (rows: true class, columns: predicted; row-normalised colours, counts written)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from vitkit.figures import figure, save_png
 
     conf = np.asarray(res["confusion"], dtype=float)
     rates = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     k = len(conf)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    fig = figure(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     names = res.get("classes") or [str(i) for i in range(k)]
     ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
@@ -84,12 +81,7 @@ def plot_confusion(res: dict, path: str | Path, title: str = "") -> Path:
     ax.set_title(title or f"top-1 {res['top1']:.4f} on {res['n']} images", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, dpi=120)
 
 
 def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, l2: float | None = None,

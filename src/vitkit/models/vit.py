@@ -6,12 +6,13 @@ block, the model, then the variant table.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torchvision.ops import StochasticDepth
 
 from vitkit.models.posemb import resample_posemb, sincos_2d
 from vitkit.models.resnet import ResNetConfig, ResNetStem
@@ -73,7 +74,8 @@ class ViTConfig:
         h, w = _pair(self.image_size)
         stride = self.patch_size * (self.resnet.stride if self.resnet else 1)
         if h % stride or w % stride:
-            what = f"the hybrid's total stride {stride} (ResNet /{self.resnet.stride} x patch {self.patch_size})" if self.resnet else f"the patch size {self.patch_size}"
+            what = (f"the hybrid's total stride {stride} (ResNet /{self.resnet.stride} x patch {self.patch_size})" if self.resnet
+                    else f"the patch size {self.patch_size}")
             ok = ", ".join(str(stride * k) for k in range(max(1, h // stride - 1), h // stride + 3))
             raise ValueError(f"image size {self.image_size} is not divisible by {what}; valid sizes near it: {ok}")
 
@@ -169,20 +171,6 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(h))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a sample's whole residual branch with probability p, rescale the rest."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
 class Block(nn.Module):
     """Eqs. 2-3, pre-norm: z' = MSA(LN(z)) + z ; z = MLP(LN(z')) + z'."""
 
@@ -192,7 +180,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg.width, cfg.heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dropout)
-        self.drop_path = DropPath(drop_path)
+        # stochastic depth: a sample's whole residual branch dropped with probability p, the rest rescaled
+        self.drop_path = StochasticDepth(drop_path, mode="row")
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, weights = self.attn(self.norm1(x), need_weights)

@@ -9,7 +9,6 @@ from vitkit.config import Config, DataConfig, ModelConfig, OptimConfig, TrainCon
 # Table 4's steps per dataset; anything else gets the small-dataset figure.
 FINETUNE_STEPS = {"imagenet": 20_000, "cifar10": 10_000, "cifar100": 10_000, "pets": 500, "flowers": 500, "vtab": 2_500}
 DEFAULT_STEPS = 500
-LR_SWEEP = (0.001, 0.003, 0.01, 0.03)
 # Datasets whose classes a mirror image changes (a flipped 2 is not a 2): no flip augmentation.
 NO_FLIP = {"digits", "mnist", "svhn"}
 

@@ -129,7 +129,7 @@ def _oom_message(cfg: Config, model: nn.Module, dev: torch.device, batching: Bat
         extra = {"in_chans": model.config.in_chans, "num_classes": model.config.num_classes, **cfg.model.overrides()}
         advice = oom_advice(cfg.model.name, cfg.data.image_size, extra, sum(p.numel() for p in model.parameters()),
                             batching.micro, batching.per_rank, total, cfg.train.activation_checkpointing)
-    except Exception:  # the advice is best effort; the error itself must get through
+    except Exception:  # noqa: BLE001 - the advice is best effort; the error itself must get through
         advice = "try a smaller --set train.micro_batch_size (same results, by accumulation)"
     return f"{where}: {advice}"
 

@@ -55,16 +55,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def plot_curves(run_dir: Path, title: str = "") -> Path | None:
     """curves.png: training loss and validation top-1 against steps."""
     try:
-        import matplotlib
+        from vitkit.figures import figure, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = figure(figsize=(10, 3.8))
     except ImportError:
         return None
     rows = read_metrics(run_dir)
     train = [r for r in rows if r["split"] == "train" and "loss" in r]
     val = [r for r in rows if r["split"] == "val" and "top1" in r]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a, b = fig.subplots(1, 2)
     if train:
         a.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1.2, label="train loss")
     if val and "loss" in val[0]:
@@ -81,9 +80,4 @@ def plot_curves(run_dir: Path, title: str = "") -> Path | None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = run_dir / "curves.png"
-    tmp = run_dir / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_png(fig, run_dir / "curves.png", dpi=110)
