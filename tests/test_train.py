@@ -43,7 +43,7 @@ def test_loop_learns_digits(tmp_path):
     # the run directory is a checkpoint anything can load, with its class names and preprocessing
     model = vitkit.load_model(run)
     assert model.class_names == [str(i) for i in range(10)]
-    assert model.preprocess == {"image_size": 8, "normalize": "google", "in_chans": 1}
+    assert model.preprocess.to_dict() == {"image_size": 8, "normalize": "google", "in_chans": 1}
 
 
 def test_run_directory_is_never_overwritten(tmp_path):

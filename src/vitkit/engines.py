@@ -99,12 +99,11 @@ class Engine(nn.Module):
     def __init__(self, engine: str, precision: str, info: dict[str, Any]):
         super().__init__()
         self.engine, self.precision = engine, precision
-        prep = dict(info.get("preprocess") or {})
-        size = prep.get("image_size")
-        self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
-        self.in_chans: int = int(prep.get("in_chans", 3))
-        prep.setdefault("normalize", "google")
-        self.preprocess = prep
+        from vitkit.data.preprocess import Preprocess
+
+        self.preprocess = Preprocess.from_dict(info["preprocess"])
+        self.image_size: tuple[int, int] = self.preprocess.image_size
+        self.in_chans: int = self.preprocess.in_chans
         self.num_classes: int = int(info.get("num_classes") or 0)
         self.class_names: list[str] | None = info.get("class_names")
         self.source: str = str(info.get("source", ""))

@@ -65,11 +65,9 @@ def image_hw(model: nn.Module) -> tuple[int, int]:
 
 def metadata(model: nn.Module, source: str) -> dict[str, Any]:
     """What an export records of its model: preprocessing, class names, source, classes."""
-    size = image_hw(model)
-    prep = dict(getattr(model, "preprocess", None) or {})
-    prep.update(image_size=size[0] if size[0] == size[1] else list(size), in_chans=model.config.in_chans)
-    prep.setdefault("normalize", "google")
-    return {"preprocess": prep, "class_names": getattr(model, "class_names", None), "source": source,
+    from vitkit.data.preprocess import Preprocess
+
+    return {"preprocess": Preprocess.of(model).to_dict(), "class_names": getattr(model, "class_names", None), "source": source,
             "num_classes": getattr(model.config, "num_classes", 0)}
 
 

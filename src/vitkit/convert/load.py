@@ -21,6 +21,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from vitkit.data.preprocess import Preprocess
 from vitkit.convert import google_npz, hf, timm
 from vitkit.convert.common import CheckpointError, LoadReport, atomic_path, load_into, refuse_existing
 from vitkit.models.registry import build_model, config_from_dict, config_to_dict, model_config
@@ -226,7 +227,7 @@ def load_model(
         net.config.image_size = image_size  # convolutional: any size works
     net.load_report = report
     net.class_names = class_names
-    net.preprocess = read_preprocess(path)
+    net.preprocess = Preprocess.of(net, read_preprocess(path))  # the size after any resize above
     if device is not None:
         from vitkit.runtime import resolve_device
 
@@ -270,7 +271,7 @@ def _outside_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: nn.Module, path: str | Path, format: str = "vitkit", *, overwrite: bool = False,
-               class_names: list[str] | None = None, preprocess: dict | None = None) -> Path:
+               class_names: list[str] | None = None, preprocess: Preprocess | dict | None = None) -> Path:
     """Write `model` as vitkit (a directory, or one file if `path` ends in .safetensors), timm
     (.safetensors), hf (a directory) or npz (Google .npz, vit_jax naming). Atomic: on any error
     nothing is left at `path`; an existing path is refused unless `overwrite`."""
@@ -280,7 +281,7 @@ def save_model(model: nn.Module, path: str | Path, format: str = "vitkit", *, ov
     refuse_existing(path, overwrite)
     cfg = model.config
     names = class_names if class_names is not None else getattr(model, "class_names", None)
-    prep = preprocess if preprocess is not None else getattr(model, "preprocess", None)
+    prep = Preprocess.of(model, preprocess).to_dict()  # the model's size and channels, always
     info = {"format": "vitkit", "version": 1, "model": config_to_dict(cfg), "class_names": names, "preprocess": prep}
     if format != "vitkit" and not isinstance(cfg, ViTConfig):
         raise CheckpointError(f"a {type(model).__name__} can be saved as vitkit only; {format} holds ViTs")

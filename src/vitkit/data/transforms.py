@@ -56,15 +56,10 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def eval_transform(cfg: DataConfig, channels: int) -> v2.Compose:
-    """Per image: to tensor, channels, resize (no crop), [0, 1], normalise."""
-    mean, std = norm_stats(cfg.normalize, channels)
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Lambda(lambda x: match_channels(x, channels)),
-        v2.Resize((cfg.image_size, cfg.image_size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    """Per image: to tensor, channels, resize (no crop), [0, 1], normalise (`Preprocess.eval_transform`)."""
+    from vitkit.data.preprocess import Preprocess
+
+    return Preprocess(cfg.image_size, channels, cfg.normalize).eval_transform()
 
 
 def train_transform(cfg: DataConfig, channels: int) -> v2.Compose:

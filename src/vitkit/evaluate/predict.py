@@ -5,9 +5,7 @@ from pathlib import Path
 
 import torch
 
-from vitkit.config import DataConfig
 from vitkit.data.datasets import load_image
-from vitkit.data.transforms import eval_transform
 
 
 @torch.inference_mode()
@@ -44,8 +42,8 @@ def predict_with(model, images: list[str | Path], top_k: int = 5, normalize: str
     k_model = model.num_classes
     if not k_model:
         raise ValueError(f"{model.source}: the model has no classification head; fine-tune it first (`vitkit finetune`)")
-    transform = eval_transform(DataConfig(image_size=model.image_size[0], normalize=normalize or model.preprocess["normalize"]),
-                               model.in_chans)
+    prep = model.preprocess.replace(normalize=normalize) if normalize else model.preprocess
+    transform = prep.eval_transform()
     names = model.class_names or [str(i) for i in range(k_model)]
     probs = probabilities(model, torch.stack([transform(load_image(p, model.in_chans)) for p in paths]))
     k = min(top_k, k_model)

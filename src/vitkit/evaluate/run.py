@@ -13,11 +13,14 @@ from vitkit.runtime import model_device
 def data_config_for(model, data: str, data_dir: str | None = None, resolution: int | None = None,
                     normalize: str | None = None) -> DataConfig:
     """The evaluation pipeline a model (or an `Engine`) was trained with (its recorded preprocessing), else Google's."""
-    prep = getattr(model, "preprocess", None) or {}
-    size = model.image_size if hasattr(model, "image_size") else model.config.image_size
-    size = size if isinstance(size, int) else size[0]
-    return DataConfig(name=data, data_dir=data_dir, image_size=resolution or size,
-                      normalize=normalize or prep.get("normalize", "google"), val_fraction=0.1, download=True)
+    from vitkit.data.preprocess import Preprocess
+
+    prep = model.preprocess if isinstance(getattr(model, "preprocess", None), Preprocess) else Preprocess.of(model)
+    if resolution:
+        prep = prep.replace(image_size=resolution)
+    if normalize:
+        prep = prep.replace(normalize=normalize)
+    return prep.data_config(data, data_dir, val_fraction=0.1, download=True)
 
 
 def _dataset_config(data: str, data_dir: str | None) -> DataConfig:

@@ -68,7 +68,7 @@ def _quiet_dcp() -> Iterator[None]:
 
 
 def save_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, export: nn.Module | None,
-                    state: dict[str, Any], class_names: list[str] | None, preprocess: dict, env: distributed.Env) -> None:
+                    state: dict[str, Any], class_names: list[str] | None, preprocess: Any, env: distributed.Env) -> None:
     """Every rank calls this. `module` is the training module (model + objective, sharded or not);
     `export` the module users get (the EMA model), or None for the trained model itself."""
     model = module.model

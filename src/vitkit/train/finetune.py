@@ -20,7 +20,7 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
     source = load_model(src)  # to read its resolution and preprocessing, and to fail early on a bad file
     size = source.config.image_size
     size = resolution or (size if isinstance(size, int) else size[0])
-    normalize = (getattr(source, "preprocess", None) or {}).get("normalize", "google")
+    normalize = source.preprocess.normalize
     cfg = apply_overrides(finetune_recipe(str(src), data, size, normalize), overrides or [])
     if not lr_sweep:
         return train(cfg, out=out)

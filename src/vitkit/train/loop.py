@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from vitkit import runtime
+from vitkit.data.preprocess import Preprocess
 from vitkit.config import Config, apply_overrides, load_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
 from vitkit.data.loader import StepBatches, eval_stream, step_seed, to_device, train_stream
@@ -134,8 +135,8 @@ def _oom_message(cfg: Config, model: nn.Module, dev: torch.device, batching: Bat
     return f"{where}: {advice}"
 
 
-def _preprocess(cfg: Config, model: nn.Module) -> dict[str, Any]:
-    return {"image_size": cfg.data.image_size, "normalize": cfg.data.normalize, "in_chans": model.config.in_chans}
+def _preprocess(cfg: Config, model: nn.Module) -> Preprocess:
+    return Preprocess(cfg.data.image_size, model.config.in_chans, cfg.data.normalize)
 
 
 # What a resumed run may change: how it runs, not what it computes.
