@@ -217,3 +217,24 @@ def test_from_config_passes_every_option_and_refuses_hybrids():
     hybrid = vitkit.create_model("R+ViT-Ti/16", num_classes=0, image_size=32, width=32, depth=1, heads=2, mlp_dim=64)
     with pytest.raises(ValueError, match="^masked patch prediction corrupts raw patch embeddings; it is defined for plain ViTs, not hybrids$"):
         MaskedPatchPrediction.from_config(cfg, hybrid)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_checkpointing_reaches_masked_patch_prediction(checkpointing):
+    """With train.activation_checkpointing the objective's encoder pass recomputes each block in the backward pass
+    (the block runs twice per step), as classification's does; without it, once. The gradients are the same."""
+    torch.manual_seed(0)
+    model, mpp = make()
+    model.train().set_grad_checkpointing(checkpointing)
+    calls = []
+    model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))  # (a recompute may stop before the end)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    loss, _ = mpp(model, x, None, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert len(calls) == (2 if checkpointing else 1)
+    grad = model.blocks[0].mlp.fc1.weight.grad.clone()
+    model.zero_grad()
+    model.set_grad_checkpointing(not checkpointing)
+    loss2, _ = mpp(model, x, None, torch.Generator().manual_seed(1))
+    loss2.backward()
+    assert torch.allclose(model.blocks[0].mlp.fc1.weight.grad, grad, atol=1e-6)

@@ -325,14 +325,19 @@ class VisionTransformer(nn.Module):
             x = x + self.pos_embed_fixed.to(x.dtype)
         return self.pos_drop(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Token states after the final LayerNorm (before it when fc_norm), (B, prefix + N, D)."""
-        x = self.embed(x)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Token states (B, T, D) through the transformer blocks, before the final LayerNorm; with activation
+        checkpointing on, each block is recomputed in the backward pass (every objective runs through here)."""
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x, _ = checkpoint(blk, x, use_reentrant=False)
             else:
                 x, _ = blk(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Token states after the final LayerNorm (before it when fc_norm), (B, prefix + N, D)."""
+        x = self.encode(self.embed(x))
         return x if self.config.fc_norm else self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

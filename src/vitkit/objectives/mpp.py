@@ -123,10 +123,7 @@ class MaskedPatchPrediction(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         patches = model.patch_embed(x)  # (B, N, D)
         corrupted, chosen, _ = corrupt(patches, self.mask_token, self.rate, self.mask_frac, self.random_frac, generator)
-        z = model.add_tokens(corrupted)
-        for blk in model.blocks:
-            z, _ = blk(z)
-        z = model.norm(z)[:, model.num_prefix_tokens:]  # (B, N, D)
+        z = model.norm(model.encode(model.add_tokens(corrupted)))[:, model.num_prefix_tokens:]  # (B, N, D)
         # the k chosen positions of every image in ascending order, as z[chosen] would give them, but with a
         # shape known in advance (a boolean index would read the count back from the device)
         k = corrupted_per_image(self.rate, chosen.shape[1])
