@@ -172,3 +172,35 @@ def test_fused_optimizers_on_cuda_and_sgd_and_cosine_to_a_floor():
             assert build_optimizer(m, OptimConfig(name=name)).defaults["fused"] is True
     f = lr_factor(OptimConfig(schedule="cosine", warmup_steps=0, end_lr_fraction=0.1), total=10)
     assert [f(0), f(5), f(10)] == pytest.approx([1.0, 0.55, 0.1])  # 0.1 + 0.9 * (1 + cos(pi t)) / 2
+
+
+def test_a_bad_choice_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    """Typed choices (Literal fields) and the dataset / model names are checked when the config is built: nothing
+    is written for `--set optim.name=adamx`, nor for a config file with a bad schedule or dataset."""
+    import json
+
+    from vitkit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--set", "optim.name=adamx", "--out", str(out)]) == 2
+    assert "optim.name='adamx' is not one of adamw, adam, sgd" in capsys.readouterr().err and not out.exists()
+    for key, bad, said in (("optim", {"schedule": "cosinus"}, "optim.schedule='cosinus' is not one of cosine, linear, constant"),
+                           ("data", {"name": "imagenet"}, "data.name='imagenet': unknown dataset"),
+                           ("model", {"name": "ViT-Q/16"}, "model.name='ViT-Q/16': unknown model")):
+        (tmp_path / "c.json").write_text(json.dumps({key: bad}))
+        assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err and not out.exists()
+
+
+def test_every_architecture_field_can_be_set():
+    from vitkit.config import apply_overrides
+    from vitkit.recipes import get_recipe
+    from types import SimpleNamespace
+
+    from vitkit.train.loop import build_model
+
+    cfg = apply_overrides(get_recipe("quickstart"), ["model.qkv_bias=false", "model.ln_eps=1e-5", "model.pool=gap",
+                                                     "model.class_token=true", "model.fc_norm=true"])
+    model = build_model(cfg, SimpleNamespace(num_classes=10, channels=1, classes=list("0123456789")))
+    assert model.blocks[0].attn.qkv.bias is None and model.norm.eps == 1e-5
+    assert model.cls_token is not None and model.config.pool == "gap" and model.config.fc_norm

@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -20,9 +20,9 @@ class DataConfig:
     download: bool = True  # fetch through torchvision when the files are not found (needs internet)
     train_subset: int = 0  # >0: keep only this many training images (stratified)
     labels_per_class: int = 0  # >0: keep only this many labelled training images per class
-    normalize: str = "google"  # google: (x - 0.5) / 0.5, i.e. [-1, 1] | imagenet: ImageNet mean/std
+    normalize: Literal["google", "imagenet"] = "google"  # google: (x - 0.5) / 0.5, i.e. [-1, 1] | imagenet: ImageNet mean/std
     # augmentation (training only); evaluation always just resizes
-    crop: str = "pad"  # pad: random crop after padding (small images) | inception: random-resized crop | none
+    crop: Literal["pad", "inception", "none"] = "pad"  # pad: random crop after padding (small images) | inception: random-resized crop | none
     crop_padding: int = 2
     crop_scale_min: float = 0.05  # inception crop: smallest area fraction (the official fine-tuning code: 5%)
     flip: bool = True
@@ -44,8 +44,12 @@ class ModelConfig:
     depth: int | None = None
     heads: int | None = None
     mlp_dim: int | None = None
-    pool: str | None = None
-    posemb: str | None = None
+    pool: Literal["token", "gap"] | None = None
+    posemb: Literal["learned", "sincos2d", "none"] | None = None
+    class_token: bool | None = None
+    fc_norm: bool | None = None
+    qkv_bias: bool | None = None
+    ln_eps: float | None = None
     representation_size: int | None = None
     dropout: float | None = None
     attn_dropout: float | None = None
@@ -60,19 +64,19 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw (decoupled decay) | adam | sgd (momentum)
+    name: Literal["adamw", "adam", "sgd"] = "adamw"  # adamw (decoupled decay) | adam | sgd (momentum)
     lr: float = 1e-3  # peak learning rate, at the global batch size
     weight_decay: float = 0.05  # never on norms, biases, position embeddings or tokens
     b1: float = 0.9
     b2: float = 0.999
     momentum: float = 0.9  # sgd
-    schedule: str = "cosine"  # cosine | linear | constant, after linear warm-up
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # cosine | linear | constant, after linear warm-up
     warmup_steps: int = -1  # -1: warmup_fraction of the run
     warmup_fraction: float = 0.05
     end_lr_fraction: float = 0.0  # the schedule ends at lr * this
     clip_norm: float = 1.0  # global-norm clipping (0 = off)
     label_smoothing: float = 0.0
-    loss: str = "softmax"  # softmax | sigmoid (the paper's ImageNet-21k / JFT pre-training)
+    loss: Literal["softmax", "sigmoid"] = "softmax"  # softmax | sigmoid (the paper's ImageNet-21k / JFT pre-training)
     ema: float = 0.0  # Polyak / EMA decay of the weights (0 = off); evaluation uses the average
 
 
@@ -82,7 +86,8 @@ class TrainConfig:
     steps: int = 0
     batch_size: int = 128  # global batch; reached by accumulation when micro_batch_size is smaller
     micro_batch_size: int = 0  # 0: = batch_size
-    precision: str = "auto"  # auto (bf16 where native, fp16 + scaler on older GPUs, else fp32; resolved and saved) | fp32 | bf16 | fp16
+    # auto: bf16 where native, fp16 + scaler on older GPUs, else fp32 (resolved and saved)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"  # auto (the GPU when there is one: cuda:LOCAL_RANK under torchrun; else the CPU) | cpu | cuda | cuda:N | mps
     tf32: bool = True  # fp32 matmuls and convolutions on TF32 tensor cores (Ampere and later GPUs); false: exact fp32
     seed: int = 0
@@ -93,7 +98,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # torch threads (0: leave torch's default)
     progress: bool = True
-    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimizer state sharded)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimizer state sharded)
     time_limit_s: float = 0.0  # end training (then checkpoint and evaluate as usual) once this much training time has passed
     stop_at_step: int = 0  # end this process after this step, with a checkpoint; continue with --resume (scheduler time slices)
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
@@ -107,13 +112,13 @@ class MppConfig:
     mask_frac: float = 0.8  # of the corrupted: replaced by the learnable [mask] embedding
     random_frac: float = 0.1  # of the corrupted: replaced by a random other patch's embedding (the rest kept)
     bits: int = 3  # colour bits per channel of the target (3: 512 classes for RGB, 8 for grayscale)
-    target: str = "mean"  # mean: the patch's mean colour | mean4x4: 4 x 4 downsized, 16 x 512 | l2: regress the patch
+    target: Literal["mean", "mean4x4", "l2"] = "mean"  # mean: the patch's mean colour | mean4x4: 4 x 4 downsized, 16 x 512 | l2: regress the patch
 
 
 @dataclass
 class Config:
     recipe: str = "quickstart"
-    objective: str = "classification"  # classification | mpp (masked patch prediction)
+    objective: Literal["classification", "mpp"] = "classification"  # classification | mpp (masked patch prediction)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -139,13 +144,29 @@ def valid_keys(cfg: Config | None = None) -> list[str]:
     return _keys(cfg or Config())
 
 
+def _choices(annotation: Any) -> tuple | None:
+    """The allowed values of a Literal[...] (or Literal[...] | None) annotation, else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+
+
+def check_choice(key: str, value: Any, annotation: Any) -> None:
+    """A string option outside its choices is refused with the choices (before anything is written)."""
+    choices = _choices(annotation)
+    if choices is not None and value is not None and value not in choices:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
 def _coerce(text: str, annotation: Any, key: str) -> Any:
-    """Parse a --set value for a field annotated `annotation` (str, int, float, bool, X | None)."""
+    """Parse a --set value for a field annotated `annotation` (str, int, float, bool, Literal, X | None)."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null"):
             return None
         annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is Literal:
+        return text
     try:
         if annotation is bool:
             if text.lower() in ("1", "true", "yes", "on"):
@@ -176,7 +197,9 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         for part in path:
             obj = getattr(obj, part)
         ftype = typing.get_type_hints(type(obj))[leaf]
-        setattr(obj, leaf, _coerce(value, ftype, key) if isinstance(value, str) else value)
+        value = _coerce(value, ftype, key) if isinstance(value, str) else value
+        check_choice(key, value, ftype)
+        setattr(obj, leaf, value)
     return cfg
 
 
@@ -209,3 +232,27 @@ def load_config(path: str | Path) -> Config:
         return config_from_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def validate(cfg: Config) -> Config:
+    """Every choice of `cfg` checked (string options against their Literal choices, the dataset and model names), so
+    that a bad config is refused before a run directory exists; returns `cfg`."""
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                check_choice(f"{prefix}{f.name}", value, hints[f.name])
+
+    walk(cfg, "")
+    from vitkit.data.datasets import check_source
+    from vitkit.models.registry import model_config
+
+    check_source(cfg.data.name, "data.name")
+    try:
+        model_config(cfg.model.name)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"model.name={cfg.model.name!r}: {str(err).strip(chr(39))}") from None
+    return cfg

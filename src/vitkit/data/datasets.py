@@ -337,6 +337,13 @@ def _stratified_take(labels: torch.Tensor, per_class: int, gen: torch.Generator)
     return torch.cat(keep).sort().values
 
 
+def check_source(name: str, option: str = "data.name") -> None:
+    """A dataset name load_dataset knows, else DatasetError naming the option and the choices."""
+    if name in SOURCES[:-1] or (name.startswith("folder:") and len(name) > len("folder:")):
+        return
+    raise DatasetError(f"{option}={name!r}: unknown dataset; choose one of {', '.join(SOURCES)}")
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """The train / val / test splits of `cfg.name`; val is carved from train (a fixed split, seed 0)."""
     name = cfg.name
@@ -356,7 +363,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         train, val, test, classes, where, notes = _folder(cfg, Path(name.split(":", 1)[1]).expanduser())
         channels, source = 3, f"image folder {where}"
     else:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(SOURCES)}")
+        check_source(name)
+        raise AssertionError(name)  # check_source refused it
     gen = torch.Generator().manual_seed(SPLIT_SEED)
     if val is None and cfg.val_fraction > 0:
         perm = torch.randperm(len(train), generator=gen)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from vitkit import runtime
 from vitkit.data.preprocess import Preprocess
 from vitkit.config import Config, apply_overrides, load_config
+from vitkit.config import validate as validate_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
 from vitkit.data.loader import StepBatches, eval_stream, step_seed, to_device, train_stream
 from vitkit.models.fast import accelerate
@@ -157,7 +158,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             if o.split("=", 1)[0].strip() not in RESUME_KEYS:
                 raise ValueError(f"--set {o}: a resumed run keeps its configuration; only {', '.join(RESUME_KEYS)} may change")
         apply_overrides(cfg, overrides or [])
-    # the device first: one that is not there is an error before anything is written
+    validate_config(cfg)  # every choice checked: a bad config is an error before anything is written
+    # the device next: one that is not there is an error before anything is written
     env = distributed.setup(cfg.train.device)
     dev = distributed.device(env)
     # "auto" -> what this hardware does natively, recorded in config.json; a resumed run's value is checked here
