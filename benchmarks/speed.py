@@ -17,7 +17,7 @@ OpenVINO (fp32, and bf16 where the CPU has it natively) on vitkit's ONNX export 
 installed (pip install onnxruntime openvino; --no-engines leaves them out); they count as peers, run as their
 documentation shows (OpenVINO: LATENCY hint, this run's threads). "vitkit auto: ENGINE" is what `vitkit eval` serves
 with --engine auto: `vitkit.engines.choose`, measured afresh in this run (a temporary cache), through vitkit's
-Engine interface (its OpenVINO engine compiles a static-shape graph once a batch shape repeats).
+Engine interface (its OpenVINO engine splits a large batch over one single-threaded stream per core).
 
     python benchmarks/speed.py                      # everything (about 15 minutes on 2 cores)
     python benchmarks/speed.py --models fmnist,Ti   # a subset

@@ -441,3 +441,38 @@ def test_npz_grayscale_headless_and_without_position_embedding(tmp_path):
     del arrays["Transformer/posembed_input/pos_embedding"]
     np.savez(tmp_path / "nope.npz", **arrays)
     assert vitkit.load_model(tmp_path / "nope.npz", image_size=16).config.posemb == "none"
+
+
+def test_a_safetensors_checkpoint_is_read_once(tmp_path, monkeypatch):
+    """Detection and the preprocessing look-up read the header only; the tensors are read once."""
+    import safetensors
+
+    model = vitkit.create_model("ViT-Ti/16", num_classes=3, image_size=16, patch_size=8, width=32, depth=1, heads=2, mlp_dim=64)
+    vitkit.save_model(model, tmp_path / "m.safetensors")
+    reads = []
+    real = safetensors.safe_open
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.f = real(*a, **k)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def get_tensor(self, k):
+            reads.append(k)
+            return self.inner.get_tensor(k)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    import vitkit.convert.load as load
+
+    monkeypatch.setattr(load, "safe_open", Counting)
+    back = vitkit.load_model(tmp_path / "m.safetensors")
+    assert sorted(reads) == sorted(model.state_dict()) and len(reads) == len(set(reads))
+    assert back.preprocess.image_size == (16, 16)

@@ -1,4 +1,7 @@
-"""The `vitkit` command: each verb parses its options and calls one function of the Python API."""
+"""The `vitkit` command: each verb parses its options and calls one function of the Python API.
+
+Layout: the options several verbs share first; then per verb its handler `cmd_VERB(args)` followed by
+`_VERB_parser(sub)`, which defines its arguments; `build_parser` adds them in --help's order."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +9,35 @@ import json
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
+from typing import Any
 
+
+# --- options and output shared by several verbs ---------------------------------------------------------
+
+def _precision_device(p: argparse.ArgumentParser, engine: bool = False) -> None:
+    """--precision and --device (and --engine) of the verbs that run a model."""
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
+                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
+    if engine:
+        p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                       help="what computes: auto (default: on a GPU torch; on the CPU the fastest engine installed for this "
+                            "model, measured once per machine and cached; jobs under 2048 images take torch unless an export "
+                            "is cached), torch (vitkit's own path), onnxruntime, openvino (pip install 'vitkit[onnx]' / "
+                            "'vitkit[openvino]'); SRC may also be an export of `vitkit export`")
+
+
+def _say_engine(res: dict) -> None:
+    """One line on stderr: what computed, and how auto chose."""
+    e = res.get("engine") or {}
+    auto = e.get("auto") or {}
+    how = (f"; auto: {auto['why']}" + (" (cached verdict)" if auto.get("cached") else "")) if auto else ""
+    print(f"engine: {e.get('engine')}, precision: {e.get('precision')}{how}", file=sys.stderr)
+
+
+# --- the verbs: each handler, then its arguments ----------------------------------------------------------
 
 def _fmt_int(n: int) -> str:
     return f"{n:,}"
@@ -30,6 +61,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{r['name']:<14} {_fmt_int(r['params']):>13} {r['image_size']:>6} {r['gflops']:>9.2f} {r['gmacs']:>9.2f}")
     print("GFLOPs: one image's forward pass at the default size, 1000 classes (1 MAC = 2 FLOPs).")
     return 0
+
+
+def _models_parser(sub: Any) -> None:
+    p = sub.add_parser("models", help="list the model variants with parameters and GFLOPs",
+                       description="Every named variant with its parameter count and forward GFLOPs at its default size "
+                                   "(224 px, 3 channels, 1000 classes), counted on the meta device without allocating weights.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (e.g. 'R50' or '/16')")
+    p.set_defaults(func=cmd_models)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -61,6 +101,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_parser(sub: Any) -> None:
+    p = sub.add_parser("info", help="the hardware and what vitkit chooses for it (precision, kernels, threads)",
+                       description="CPU model, torch's cpu capability, native bf16 or not, the cores this process may use, "
+                                   "accelerators; and what vitkit picks on this machine: precision 'auto', oneDNN dense layers "
+                                   "(measured once, cached), threads. Forcing: VITKIT_CPU, VITKIT_ONEDNN (README).")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+
 def _parse_size(text: str | None) -> int | tuple[int, int] | None:
     if text is None:
         return None
@@ -87,6 +136,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_parser(sub: Any) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint between vitkit, timm, Hugging Face and Google .npz",
+                       description="Read any checkpoint vitkit knows (format detected unless --from says) and write it in "
+                                   "another format. Writes are atomic; an existing DST is refused unless --force.")
+    p.add_argument("src", help="checkpoint: vitkit dir/.safetensors, timm .safetensors/.pth, Hugging Face dir, Google .npz")
+    p.add_argument("dst", help="output path (a directory for vitkit/hf, *.safetensors for timm, *.npz for npz)")
+    p.add_argument("--from", default="auto", choices=["auto", "vitkit", "timm", "hf", "npz"], help="input format (default: detect)")
+    p.add_argument("--to", default="vitkit", choices=["vitkit", "timm", "hf", "npz"], help="output format (default: vitkit)")
+    p.add_argument("--model", metavar="NAME", help="variant name when the file cannot tell (timm files do not record heads)")
+    p.add_argument("--num-classes", type=int, metavar="K", help="replace the head with a zero-initialised one of K classes")
+    p.add_argument("--image-size", metavar="S", help="resample position embeddings for S (or HxW) pixels")
+    p.add_argument("--drop-pre-logits", action="store_true", help="remove the pre-logits layer (as for fine-tuning)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_convert)
+
+
 def _sets(args: argparse.Namespace) -> list[str]:
     """--set overrides, with --device as the shorthand for train.device."""
     return (args.set or []) + ([f"train.device={args.device}"] if args.device else [])
@@ -111,10 +177,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from vitkit.evaluate.run import eval_model
+def _train_parser(sub: Any) -> None:
+    from vitkit.recipes import RECIPES
 
-    from vitkit.evaluate.run import plot_confusion
+    p = sub.add_parser("train", help="train a model from a recipe (default: quickstart on the built-in digits)",
+                       description="Train with a named recipe or a config JSON, overriding any key with --set a.b=value. "
+                                   "Writes a run directory: config.json, metrics.jsonl, metrics.json, checkpoint/, curves.png.")
+    p.add_argument("--recipe", choices=list(RECIPES), help="recipe (default: quickstart)")
+    p.add_argument("--config", metavar="FILE", help="a config JSON (e.g. a run's config.json) instead of a recipe")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=3e-3 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vitkit.evaluate.run import eval_model, plot_confusion
 
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                      resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile,
@@ -133,6 +213,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.confusion:
         print(f"confusion matrix: {res['confusion_figure']}")
     return 0
+
+
+def _eval_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split",
+                       description="Evaluate any checkpoint load_model reads on a dataset split (resize, no crop).")
+    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
+    p.add_argument("--resolution", type=int, metavar="R", help="evaluate at R px (position embeddings resampled)")
+    p.add_argument("--batch-size", type=int, default=256)
+    _precision_device(p, engine=True)
+    p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
+    p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
+    p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
+                   "batches (pays for small models in bf16; on AMD CPUs fp32 eager is faster: benchmarks/speed.py)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_eval)
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -155,6 +253,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_parser(sub: Any) -> None:
+    p = sub.add_parser("finetune", help="fine-tune any checkpoint on a dataset (the paper's transfer recipe)",
+                       description="New zero-initialised head (pre-logits dropped), position embeddings resampled to "
+                                   "--resolution, SGD momentum 0.9, no weight decay, clip 1, warm-up + cosine, batch 512 "
+                                   "by accumulation, steps per dataset as the paper's table 4. Same run directory as train.")
+    p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
+    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
+    p.add_argument("--resolution", type=int, metavar="R", help="fine-tuning resolution (default: the model's)")
+    p.add_argument("--lr-sweep", metavar="LRS", help="comma-separated learning rates; the best on the validation split is kept")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/finetune-TIME)")
+    p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
+    p.set_defaults(func=cmd_finetune)
+
+
 def cmd_fewshot(args: argparse.Namespace) -> int:
     from vitkit.evaluate.run import fewshot_model
 
@@ -170,6 +283,23 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     for n, r in res["shots"].items():
         print(f"{n:>6} {r['mean']:>8.4f} {r['std']:>7.4f}")
     return 0
+
+
+def _fewshot_parser(sub: Any) -> None:
+    p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (paper section 4.1)",
+                       description="Closed-form ridge regression to {-1,1}^K on n images per class of the training split, "
+                                   "accuracy on the test split; mean and spread over nested subsets per seed.")
+    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("--data", required=True, help="dataset")
+    p.add_argument("--shots", default="1,5,10,25", help="comma-separated shots per class (default 1,5,10,25)")
+    p.add_argument("--seeds", type=int, default=3, help="subsets drawn per shot count (default 3)")
+    p.add_argument("--l2", type=float, help="ridge regularisation (default 1024, as big_vision)")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--resolution", type=int, metavar="R")
+    p.add_argument("--batch-size", type=int, default=256)
+    _precision_device(p, engine=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fewshot)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -190,6 +320,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_parser(sub: Any) -> None:
+    p = sub.add_parser("predict", help="top-k classes of image files",
+                       description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained.")
+    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5)
+    _precision_device(p, engine=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from vitkit.analysis.report import analyze
 
@@ -205,6 +346,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"  layer {i + 1:>2}: {lo:6.1f} {m:6.1f} {hi:6.1f}")
     print(f"figures and report: {Path(args.out) / 'report.html'}")
     return 0
+
+
+def _analyze_parser(sub: Any) -> None:
+    p = sub.add_parser("analyze", help="the paper's figures 6 and 7: filters, position embeddings, attention distance, rollout",
+                       description="Embedding filters (28 principal components), position-embedding similarity, mean attention "
+                                   "distance per head and layer, attention rollout maps and per-layer class-token attention, "
+                                   "as PNGs, JSON and one self-contained report.html.")
+    p.add_argument("src", help="run directory or checkpoint (ViT or hybrid)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to analyse (else --data)")
+    p.add_argument("--data", help="dataset whose test images to analyse")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (refused if not empty, unless --force)")
+    p.add_argument("--num-images", type=int, default=128, help="images averaged for attention distance (default 128, as the paper)")
+    p.add_argument("--head", type=int, default=0, help="head (0-based) for the per-layer class-token attention figure")
+    _precision_device(p)
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_analyze)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -223,149 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precision_device(p: argparse.ArgumentParser, engine: bool = False) -> None:
-    """--precision and --device (and --engine) of the verbs that run a model."""
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto (default): bf16 where the hardware has it natively (AVX512_BF16 / AMX CPUs, GPUs of compute "
-                        "capability 8.0+), fp16 on older GPUs, else fp32; `vitkit info` says which")
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps")
-    if engine:
-        p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
-                       help="what computes: auto (default: on a GPU torch; on the CPU the fastest engine installed for this "
-                            "model, measured once per machine and cached; jobs under 2048 images take torch unless an export "
-                            "is cached), torch (vitkit's own path), onnxruntime, openvino (pip install 'vitkit[onnx]' / "
-                            "'vitkit[openvino]'); SRC may also be an export of `vitkit export`")
-
-
-def _say_engine(res: dict) -> None:
-    """One line on stderr: what computed, and how auto chose."""
-    e = res.get("engine") or {}
-    auto = e.get("auto") or {}
-    how = (f"; auto: {auto['why']}" + (" (cached verdict)" if auto.get("cached") else "")) if auto else ""
-    print(f"engine: {e.get('engine')}, precision: {e.get('precision')}{how}", file=sys.stderr)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vitkit",
-        description="Vision Transformers as in 'An Image is Worth 16x16 Words': models, training, transfer, analysis.",
-    )
-    parser.add_argument("--version", action="version", version=f"vitkit {_version()}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-
-    p = sub.add_parser("models", help="list the model variants with parameters and GFLOPs",
-                       description="Every named variant with its parameter count and forward GFLOPs at its default size "
-                                   "(224 px, 3 channels, 1000 classes), counted on the meta device without allocating weights.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (e.g. 'R50' or '/16')")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("info", help="the hardware and what vitkit chooses for it (precision, kernels, threads)",
-                       description="CPU model, torch's cpu capability, native bf16 or not, the cores this process may use, "
-                                   "accelerators; and what vitkit picks on this machine: precision 'auto', oneDNN dense layers "
-                                   "(measured once, cached), threads. Forcing: VITKIT_CPU, VITKIT_ONEDNN (README).")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("convert", help="convert a checkpoint between vitkit, timm, Hugging Face and Google .npz",
-                       description="Read any checkpoint vitkit knows (format detected unless --from says) and write it in "
-                                   "another format. Writes are atomic; an existing DST is refused unless --force.")
-    p.add_argument("src", help="checkpoint: vitkit dir/.safetensors, timm .safetensors/.pth, Hugging Face dir, Google .npz")
-    p.add_argument("dst", help="output path (a directory for vitkit/hf, *.safetensors for timm, *.npz for npz)")
-    p.add_argument("--from", default="auto", choices=["auto", "vitkit", "timm", "hf", "npz"], help="input format (default: detect)")
-    p.add_argument("--to", default="vitkit", choices=["vitkit", "timm", "hf", "npz"], help="output format (default: vitkit)")
-    p.add_argument("--model", metavar="NAME", help="variant name when the file cannot tell (timm files do not record heads)")
-    p.add_argument("--num-classes", type=int, metavar="K", help="replace the head with a zero-initialised one of K classes")
-    p.add_argument("--image-size", metavar="S", help="resample position embeddings for S (or HxW) pixels")
-    p.add_argument("--drop-pre-logits", action="store_true", help="remove the pre-logits layer (as for fine-tuning)")
-    p.add_argument("--force", action="store_true", help="replace DST if it exists")
-    p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.set_defaults(func=cmd_convert)
-
-    from vitkit.recipes import RECIPES
-
-    p = sub.add_parser("train", help="train a model from a recipe (default: quickstart on the built-in digits)",
-                       description="Train with a named recipe or a config JSON, overriding any key with --set a.b=value. "
-                                   "Writes a run directory: config.json, metrics.jsonl, metrics.json, checkpoint/, curves.png.")
-    p.add_argument("--recipe", choices=list(RECIPES), help="recipe (default: quickstart)")
-    p.add_argument("--config", metavar="FILE", help="a config JSON (e.g. a run's config.json) instead of a recipe")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=3e-3 (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split",
-                       description="Evaluate any checkpoint load_model reads on a dataset split (resize, no crop).")
-    p.add_argument("src", help="run directory or checkpoint")
-    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
-    p.add_argument("--resolution", type=int, metavar="R", help="evaluate at R px (position embeddings resampled)")
-    p.add_argument("--batch-size", type=int, default=256)
-    _precision_device(p, engine=True)
-    p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
-    p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
-    p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
-                   "batches (pays for small models in bf16; on AMD CPUs fp32 eager is faster: benchmarks/speed.py)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("finetune", help="fine-tune any checkpoint on a dataset (the paper's transfer recipe)",
-                       description="New zero-initialised head (pre-logits dropped), position embeddings resampled to "
-                                   "--resolution, SGD momentum 0.9, no weight decay, clip 1, warm-up + cosine, batch 512 "
-                                   "by accumulation, steps per dataset as the paper's table 4. Same run directory as train.")
-    p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
-    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
-    p.add_argument("--resolution", type=int, metavar="R", help="fine-tuning resolution (default: the model's)")
-    p.add_argument("--lr-sweep", metavar="LRS", help="comma-separated learning rates; the best on the validation split is kept")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/finetune-TIME)")
-    p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (paper section 4.1)",
-                       description="Closed-form ridge regression to {-1,1}^K on n images per class of the training split, "
-                                   "accuracy on the test split; mean and spread over nested subsets per seed.")
-    p.add_argument("src", help="run directory or checkpoint")
-    p.add_argument("--data", required=True, help="dataset")
-    p.add_argument("--shots", default="1,5,10,25", help="comma-separated shots per class (default 1,5,10,25)")
-    p.add_argument("--seeds", type=int, default=3, help="subsets drawn per shot count (default 3)")
-    p.add_argument("--l2", type=float, help="ridge regularisation (default 1024, as big_vision)")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--resolution", type=int, metavar="R")
-    p.add_argument("--batch-size", type=int, default=256)
-    _precision_device(p, engine=True)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_fewshot)
-
-    p = sub.add_parser("predict", help="top-k classes of image files",
-                       description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained.")
-    p.add_argument("src", help="run directory or checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=5)
-    _precision_device(p, engine=True)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("analyze", help="the paper's figures 6 and 7: filters, position embeddings, attention distance, rollout",
-                       description="Embedding filters (28 principal components), position-embedding similarity, mean attention "
-                                   "distance per head and layer, attention rollout maps and per-layer class-token attention, "
-                                   "as PNGs, JSON and one self-contained report.html.")
-    p.add_argument("src", help="run directory or checkpoint (ViT or hybrid)")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to analyse (else --data)")
-    p.add_argument("--data", help="dataset whose test images to analyse")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (refused if not empty, unless --force)")
-    p.add_argument("--num-images", type=int, default=128, help="images averaged for attention distance (default 128, as the paper)")
-    p.add_argument("--head", type=int, default=0, help="head (0-based) for the per-layer class-token attention figure")
-    _precision_device(p)
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_analyze)
-
+def _export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export any loadable model to ONNX or OpenVINO for serving (checked against PyTorch)",
                        description="A graph with a dynamic batch dimension: input 'images' (N, C, H, W, normalised), outputs "
                                    "'logits' and 'pre_logits'; preprocessing and class names inside. --to onnx (default): one "
@@ -380,6 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit",
+        description="Vision Transformers as in 'An Image is Worth 16x16 Words': models, training, transfer, analysis.",
+    )
+    parser.add_argument("--version", action="version", version=f"vitkit {_version()}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for add in (_models_parser, _info_parser, _convert_parser, _train_parser, _eval_parser, _finetune_parser,
+                _fewshot_parser, _predict_parser, _analyze_parser, _export_parser):  # the order of --help
+        add(sub)
     return parser
 
 

@@ -152,10 +152,10 @@ def _choices(annotation: Any) -> tuple | None:
 
 
 def check_choice(key: str, value: Any, annotation: Any) -> None:
-    """A string option outside its choices is refused with the choices (before anything is written)."""
+    """A string option outside its choices is refused with the choices (`validate`, before anything is written)."""
     choices = _choices(annotation)
     if choices is not None and value is not None and value not in choices:
-        raise ValueError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
+        raise ValueError(f"{key}={value!r}: choose one of {', '.join(map(str, choices))}")
 
 
 def _coerce(text: str, annotation: Any, key: str) -> Any:
@@ -197,9 +197,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         for part in path:
             obj = getattr(obj, part)
         ftype = typing.get_type_hints(type(obj))[leaf]
-        value = _coerce(value, ftype, key) if isinstance(value, str) else value
-        check_choice(key, value, ftype)
-        setattr(obj, leaf, value)
+        setattr(obj, leaf, _coerce(value, ftype, key) if isinstance(value, str) else value)
     return cfg
 
 

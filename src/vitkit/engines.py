@@ -422,8 +422,8 @@ def candidates(precision: str) -> list[str]:
 
 
 def measure(engines: dict[str, Engine], x: torch.Tensor, seconds: float = 0.3, rounds: int = 3) -> dict[str, float]:
-    """Images per second of each engine on `x`: two warm-up calls each (OpenVINO compiles its static-shape graph
-    on the second), then `rounds` interleaved rounds of at least `seconds` (and one call) each; the median round."""
+    """Images per second of each engine on `x`: two warm-up calls each (OpenVINO compiles its streams graph on the
+    first large batch), then `rounds` interleaved rounds of at least `seconds` (and one call) each; the median round."""
     times: dict[str, list[float]] = {k: [] for k in engines}
     with torch.inference_mode():
         for e in engines.values():

@@ -44,6 +44,15 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"{path}: not a readable safetensors file ({err}); is the file complete?") from err
 
 
+def _safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """A safetensors file's tensor names and metadata, from its header alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys()), dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); is the file complete?") from err
+
+
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     """A .pth state dict, never unpickling anything but tensors and plain containers."""
     try:
@@ -100,10 +109,10 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".npz":
         return "npz"
     if suffix == ".safetensors":
-        tensors, meta = _read_safetensors(p)
+        keys, meta = _safetensors_header(p)  # the header only: the tensors are read once, by read_checkpoint
         if "vitkit" in meta:
             return "vitkit"
-        kind = _kind_of_keys(list(tensors))
+        kind = _kind_of_keys(keys)
         if kind is None and (p.parent / CONFIG).exists() and "model_type" in _read_json(p.parent / CONFIG):
             kind = "hf"
         if kind:
@@ -242,7 +251,7 @@ def read_preprocess(path: str | Path) -> dict | None:
         if p.is_dir() and (p / CONFIG).exists():
             return _read_json(p / CONFIG).get("preprocess")
         if p.suffix == ".safetensors":
-            meta = _read_safetensors(p)[1]
+            meta = _safetensors_header(p)[1]
             return json.loads(meta["vitkit"]).get("preprocess") if "vitkit" in meta else None
     except (CheckpointError, json.JSONDecodeError):
         return None

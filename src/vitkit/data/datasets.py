@@ -341,7 +341,7 @@ def check_source(name: str, option: str = "data.name") -> None:
     """A dataset name load_dataset knows, else DatasetError naming the option and the choices."""
     if name in SOURCES[:-1] or (name.startswith("folder:") and len(name) > len("folder:")):
         return
-    raise DatasetError(f"{option}={name!r}: unknown dataset; choose one of {', '.join(SOURCES)}")
+    raise DatasetError(f"{option}: unknown dataset {name!r}; choose one of {', '.join(SOURCES)}")
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
