@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import vitkit
 from vitkit import engines as vitkit_engines
 from vitkit.convert import timm as timm_convert
-from vitkit.convert.load import _outside_state
+from vitkit.convert.files import outside_state as _outside_state
 from vitkit import runtime
 from vitkit.models.fast import accelerate, inference_model
 from vitkit.recipes import get_recipe

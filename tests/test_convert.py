@@ -470,7 +470,7 @@ def test_a_safetensors_checkpoint_is_read_once(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    import vitkit.convert.load as load
+    import vitkit.convert.files as load
 
     monkeypatch.setattr(load, "safe_open", Counting)
     back = vitkit.load_model(tmp_path / "m.safetensors")

@@ -1,4 +1,4 @@
-"""Google .npz checkpoints (the paper's vit_jax releases, AugReg, big_vision) <-> vitkit.
+"""Google .npz checkpoints (the paper's vit_jax releases, AugReg, big_vision) <-> vitkit; the .npz format's adapter.
 
 Keys are Flax parameter paths joined by "/"; kernels are input-major (HWIO convs, (in, out) dense,
 (D, heads, head_dim) attention). Two block naming schemes exist (vit_jax and big_vision), big_vision may
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from vitkit.convert.common import CheckpointError
 from vitkit.models.resnet import ResNetConfig
@@ -210,3 +213,30 @@ def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, np.nda
         else:
             raise CheckpointError(f"tensor {key!r} has no place in a Google .npz checkpoint")
     return out
+
+
+# --- the format adapter: one .npz archive (vit_jax or big_vision naming) ------------------------------------------
+
+NAME = "npz"
+
+
+def detect_file(path: Path) -> bool:
+    return path.suffix.lower() == ".npz"
+
+
+def read(p: Path, **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str], None]:
+    cfg, sd, notes = to_vitkit(read_npz(str(p)), str(p), **overrides)
+    return cfg, sd, notes, None
+
+
+def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
+    """vit_jax's names in one .npz (written with NumPy; read back with allow_pickle=False)."""
+    from vitkit.convert.common import atomic_path
+    from vitkit.convert.files import outside_state
+
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: Google checkpoints are .npz files; name the file *.npz")
+    arrays = from_vitkit(outside_state(model), model.config)
+    with atomic_path(path, overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)

@@ -1,4 +1,5 @@
-"""Hugging Face transformers `ViTModel` / `ViTForImageClassification` <-> vitkit.
+"""Hugging Face transformers `ViTModel` / `ViTForImageClassification` <-> vitkit; the Hugging Face format's adapter
+(a directory with config.json and model.safetensors or pytorch_model.bin: detect / read / write).
 
 On disk (every transformers version, 5.x included) the names are the legacy ones: separate
 query/key/value linears, `attention.output.dense`, `intermediate.dense`, `output.dense`. transformers
@@ -6,9 +7,13 @@ query/key/value linears, `attention.output.dense`, `intermediate.dense`, `output
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn as nn
 
 from vitkit.convert.common import CheckpointError
 from vitkit.models.vit import ViTConfig
@@ -154,3 +159,62 @@ def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> dict:
         "pooler_output_size": cfg.representation_size or cfg.width, "pooler_act": "tanh",
         "id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)},
     }
+
+
+# --- the format adapter -----------------------------------------------------------------------------------------
+
+NAME = "hf"
+PREFIXES = ("vit.", "embeddings.", "encoder.layer.", "layers.")
+
+
+def detect_dir(config: dict) -> bool:
+    """A directory whose config.json is transformers' (it names a model_type)."""
+    return "model_type" in config
+
+
+def detect_tensors(keys: list[str], meta: dict[str, str], path: Path) -> bool:
+    """transformers' tensor names, or (a .safetensors file of neither timm's nor these names) a transformers
+    config.json beside the file."""
+    from vitkit.convert.files import CONFIG, read_json
+
+    if any(k.startswith(PREFIXES) for k in keys):
+        return True
+    if path.suffix != ".safetensors" or any(k.startswith("patch_embed.") for k in keys):
+        return False
+    beside = path.parent / CONFIG
+    return beside.exists() and "model_type" in read_json(beside)
+
+
+def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
+         **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str], list[str] | None]:
+    """The architecture from config.json (beside the weights), the pooler as the pre-logits layer, the labels."""
+    from vitkit.convert.files import CONFIG, read_json
+
+    notes: list[str] = []
+    cfg_path = (p if p.is_dir() else p.parent) / CONFIG
+    if not cfg_path.exists():
+        raise CheckpointError(f"{p}: a Hugging Face checkpoint needs its {CONFIG} beside the weights")
+    hf_cfg = read_json(cfg_path)
+    legacy = {_legacy(k) for k in tensors}
+    if "pooler.dense.weight" in legacy:
+        overrides.setdefault("representation_size", hf_cfg.get("pooler_output_size") or hf_cfg.get("hidden_size", 768))
+        notes.append("ViTModel pooler (Dense + tanh) loaded as the pre-logits layer")
+    if "classifier.weight" not in legacy:
+        overrides.setdefault("num_classes", 0)
+    cfg = config_from_hf(hf_cfg, str(p), **overrides)
+    return cfg, to_vitkit(tensors, cfg), notes, class_names_from_hf(hf_cfg)
+
+
+def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
+    """A directory transformers' from_pretrained reads: model.safetensors (legacy names) + config.json."""
+    from safetensors.torch import save_file
+
+    from vitkit.convert.common import atomic_path
+    from vitkit.convert.files import CONFIG, WEIGHTS, outside_state, plain
+
+    cfg = model.config
+    sd, _ = from_vitkit(outside_state(model), cfg)
+    with atomic_path(path, overwrite) as tmp:
+        tmp.mkdir()
+        save_file(plain(sd), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config_to_hf(cfg, info.get("class_names")), indent=2))

@@ -1,4 +1,4 @@
-"""timm's VisionTransformer / hybrid state dicts <-> vitkit.
+"""timm's VisionTransformer / hybrid state dicts <-> vitkit; the timm format's adapter (detect / read / write).
 
 timm and vitkit share the ViT names (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.{i}.attn.qkv`,
 ...); they differ in the hybrid's ResNet, in timm's `fc_norm` (LayerNorm after GAP) and in vitkit's
@@ -6,10 +6,15 @@ pre-logits layer, which timm's VisionTransformer does not have.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
+import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn as nn
 
 from vitkit.convert.common import CheckpointError
 from vitkit.models.resnet import ResNetConfig
@@ -124,3 +129,43 @@ def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, 
     if cfg.resnet is not None and not cfg.resnet.layers:  # R+ViT-Ti: timm's backbone is the stem itself
         out = {k.replace("patch_embed.backbone.stem.", "patch_embed.backbone."): v for k, v in out.items()}
     return out, notes
+
+
+# --- the format adapter: a timm state dict in .safetensors, or .pth / .pt / .bin read with weights_only=True -------
+
+NAME = "timm"
+
+
+def detect_dir(config: dict) -> bool:
+    """A directory whose config.json is timm's (pretrained_cfg with "architecture")."""
+    return "architecture" in config
+
+
+def detect_tensors(keys: list[str], meta: dict[str, str], path: Path) -> bool:
+    return any(k.startswith("patch_embed.") for k in keys)
+
+
+def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
+         **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str], None]:
+    """The architecture inferred from the tensors' shapes (heads from `overrides` or the width's usual count)."""
+    cfg = infer_config(tensors, str(p), **overrides)
+    return cfg, to_vitkit(tensors, cfg), [], None
+
+
+def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
+    """timm's names in one .safetensors file; vitkit's record rides along in the metadata (timm ignores it)."""
+    from safetensors.torch import save_file
+
+    from vitkit.convert.common import atomic_path
+    from vitkit.convert.files import outside_state, plain
+
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: timm checkpoints are written as .safetensors; name the file *.safetensors")
+    cfg = model.config
+    sd, notes = from_vitkit(outside_state(model), cfg)
+    for note in notes:
+        warnings.warn(f"{path}: {note}", stacklevel=3)
+    if cfg.representation_size:
+        info["model"]["representation_size"] = None
+    with atomic_path(path, overwrite) as tmp:
+        save_file(plain(sd), str(tmp), metadata={"format": "pt", "vitkit": json.dumps(info)})
