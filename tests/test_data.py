@@ -235,3 +235,24 @@ def test_epoch_order_is_a_function_of_the_step_and_shards_ranks():
     assert torch.equal(again.indices(13), order.indices(13))
     halves = torch.cat([order.indices(4, rank=r, world=2) for r in range(2)])
     assert torch.equal(halves, order.indices(4))
+
+
+def test_file_evaluation_shards_by_index(tmp_path, monkeypatch):
+    """Under torchrun each rank reads and decodes only its own evaluation batches (every w-th), and the ranks
+    together give the single-process stream, batch for batch."""
+    import vitkit.data.loader as loader
+
+    make_folder(tmp_path / "train", per_class=7)
+    make_folder(tmp_path / "test", per_class=5)
+    cfg = DataConfig(name=f"folder:{tmp_path}", image_size=8, val_fraction=0.0, in_memory=False)
+    test = load_dataset(cfg).test
+    whole = list(loader.eval_stream(test, cfg, 3, batch_size=3))
+    reads = []
+    real = loader.load_image
+    monkeypatch.setattr(loader, "load_image", lambda path, ch: reads.append(path) or real(path, ch))
+    shards = [list(loader.eval_stream(test, cfg, 3, batch_size=3, rank=r, world=2)) for r in range(2)]
+    assert len(reads) == len(test)  # each image decoded once, by its own rank
+    assert [len(s) for s in shards] == [(len(whole) + 1) // 2, len(whole) // 2]
+    for b, (x, y) in enumerate(whole):
+        xs, ys = shards[b % 2][b // 2]
+        assert torch.equal(xs, x) and torch.equal(ys, y)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from vitkit.config import DataConfig
 
-SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "folder:PATH")
+FOLDER = "folder:"  # folder:PATH, a class-per-folder tree
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -337,34 +338,64 @@ def _stratified_take(labels: torch.Tensor, per_class: int, gen: torch.Generator)
     return torch.cat(keep).sort().values
 
 
+# The registry: dataset name -> reader(cfg) -> (train, val or None, test, classes, channels, source, notes).
+Reader = Callable[[DataConfig], tuple]
+
+
+def _read_digits(cfg: DataConfig) -> tuple:
+    train, test = _digits()
+    return train, None, test, [str(i) for i in range(10)], 1, "scikit-learn digits (UCI, CC BY 4.0), shipped with vitkit", []
+
+
+def _read_mnist_like(name: str) -> Reader:
+    def read(cfg: DataConfig) -> tuple:
+        train, test, where = _mnist_like(cfg, name)
+        classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+        return train, None, test, classes, 1, f"{name} IDX files in {where}", []
+    return read
+
+
+def _read_cifar(name: str) -> Reader:
+    def read(cfg: DataConfig) -> tuple:
+        train, test, classes, where = _cifar(cfg, name)
+        return train, None, test, classes, 3, f"{name} in {where}", []
+    return read
+
+
+def _read_folder(cfg: DataConfig) -> tuple:
+    train, val, test, classes, where, notes = _folder(cfg, Path(cfg.name[len(FOLDER):]).expanduser())
+    return train, val, test, classes, 3, f"image folder {where}", notes
+
+
+DATASETS: dict[str, Reader] = {
+    "digits": _read_digits,
+    "fashion-mnist": _read_mnist_like("fashion-mnist"),
+    "mnist": _read_mnist_like("mnist"),
+    "cifar10": _read_cifar("cifar10"),
+    "cifar100": _read_cifar("cifar100"),
+}
+SOURCES = (*DATASETS, f"{FOLDER}PATH")
+
+
+def reader(name: str, option: str = "data.name") -> Reader:
+    """The reader of a dataset name (a registered one, or folder:PATH), else DatasetError naming the option."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if name.startswith(FOLDER) and len(name) > len(FOLDER):
+        return _read_folder
+    raise DatasetError(f"{option}: unknown dataset {name!r}; choose one of {', '.join(SOURCES)}")
+
+
 def check_source(name: str, option: str = "data.name") -> None:
     """A dataset name load_dataset knows, else DatasetError naming the option and the choices."""
-    if name in SOURCES[:-1] or (name.startswith("folder:") and len(name) > len("folder:")):
-        return
-    raise DatasetError(f"{option}: unknown dataset {name!r}; choose one of {', '.join(SOURCES)}")
+    reader(name, option)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """The train / val / test splits of `cfg.name`; val is carved from train (a fixed split, seed 0)."""
     name = cfg.name
-    notes: list[str] = []
-    val = None
-    if name == "digits":
-        train, test = _digits()
-        classes, channels, source = [str(i) for i in range(10)], 1, "scikit-learn digits (UCI, CC BY 4.0), shipped with vitkit"
-    elif name in ("fashion-mnist", "mnist"):
-        train, test, where = _mnist_like(cfg, name)
-        classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
-        channels, source = 1, f"{name} IDX files in {where}"
-    elif name in ("cifar10", "cifar100"):
-        train, test, classes, where = _cifar(cfg, name)
-        channels, source = 3, f"{name} in {where}"
-    elif name.startswith("folder:"):
-        train, val, test, classes, where, notes = _folder(cfg, Path(name.split(":", 1)[1]).expanduser())
-        channels, source = 3, f"image folder {where}"
-    else:
-        check_source(name)
-        raise AssertionError(name)  # check_source refused it
+    train, val, test, classes, channels, source, notes = reader(name)(cfg)
+    notes = list(notes)
     gen = torch.Generator().manual_seed(SPLIT_SEED)
     if val is None and cfg.val_fraction > 0:
         perm = torch.randperm(len(train), generator=gen)

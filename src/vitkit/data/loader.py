@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
 
 from vitkit.config import DataConfig
@@ -139,8 +139,9 @@ def eval_stream(split: Split, cfg: DataConfig, channels: int, batch_size: int, w
             if b % world == rank:
                 yield eval_batch(data.images[start:start + batch_size], cfg), data.labels[start:start + batch_size]
         return
-    loader = DataLoader(_EvalFiles(split, cfg, channels), batch_size=batch_size, num_workers=workers, shuffle=False,
-                        pin_memory=pin_memory)
-    for b, (x, y) in enumerate(loader):
-        if b % world == rank:
-            yield x, y
+    # this rank's batches by index: only its own images are read and decoded
+    mine = [i for b, start in enumerate(range(0, len(split), batch_size)) if b % world == rank
+            for i in range(start, min(start + batch_size, len(split)))]
+    loader = DataLoader(Subset(_EvalFiles(split, cfg, channels), mine), batch_size=batch_size, num_workers=workers,
+                        shuffle=False, pin_memory=pin_memory)
+    yield from loader
