@@ -464,3 +464,10 @@ def test_non_square_image():
     model.set_image_size((24, 40))
     assert model.patch_embed.grid == (3, 5) and model(torch.randn(1, 3, 24, 40)).shape == (1, 2)
 
+
+
+def test_a_modified_variant_is_not_recorded_under_the_variants_name():
+    assert vitkit.create_model("ViT-Ti/16", num_classes=3, image_size=32, pool="gap", dropout=0.1).config.name == "ViT-Ti/16"
+    assert vitkit.create_model("ViT-Ti/16", width=192, depth=12).config.name == "ViT-Ti/16"  # the variant's own values
+    name = vitkit.create_model("ViT-Ti/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=16).config.name
+    assert name == "ViT-Ti/16, modified (width=32, depth=2, heads=2, mlp_dim=64)"

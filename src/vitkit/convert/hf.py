@@ -112,7 +112,7 @@ def to_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Te
     return out
 
 
-def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """vitkit names -> HF legacy names, laid out as ViTForImageClassification (or ViTModel when there
     is no head, with the pre-logits layer as its pooler)."""
     if cfg.resnet is not None:
@@ -140,7 +140,7 @@ def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, 
                 out[f"{prefix}encoder.layer.{m.group(1)}.{inv_layer[m.group(2)]}.{m.group(3)}"] = value
             else:
                 raise CheckpointError(f"tensor {key!r} has no place in a Hugging Face ViT")
-    return out, []
+    return out
 
 
 def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> dict:
@@ -213,7 +213,7 @@ def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
     from vitkit.convert.files import CONFIG, WEIGHTS, outside_state, plain
 
     cfg = model.config
-    sd, _ = from_vitkit(outside_state(model), cfg)
+    sd = from_vitkit(outside_state(model), cfg)
     with atomic_path(path, overwrite) as tmp:
         tmp.mkdir()
         save_file(plain(sd), str(tmp / WEIGHTS), metadata={"format": "pt"})

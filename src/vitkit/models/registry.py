@@ -42,6 +42,9 @@ def _canonical(name: str) -> str:
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
 
 
+IDENTITY_FIELDS = ("patch_size", "width", "depth", "heads", "mlp_dim", "resnet")
+
+
 def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
     """The config of a named variant with `overrides` applied (any ViTConfig / BiTConfig field)."""
     canon = _canonical(name)
@@ -61,9 +64,11 @@ def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
     bad = sorted(set(overrides) - valid)
     if bad:
         raise ValueError(f"{canon}: unknown option(s) {bad}; valid options: {sorted(valid - {'arch'})}")
+    # the fields that make a variant what it is: a model with other values is not recorded under its name
+    changed = {k: v for k, v in overrides.items() if k in IDENTITY_FIELDS and k in base and base[k] != v}
     base.update(overrides)
-    if cls is ViTConfig:
-        base.setdefault("name", canon)
+    if cls is ViTConfig and "name" not in overrides:
+        base["name"] = canon if not changed else f"{canon}, modified ({', '.join(f'{k}={v}' for k, v in changed.items())})"
     return cls(**base)
 
 
