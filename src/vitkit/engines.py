@@ -325,7 +325,7 @@ def _export_path(key: str) -> Path:
 def cached_export(model: nn.Module, engine: str) -> Path:
     """The ONNX export of `model` in vitkit's cache (written and checked against PyTorch with `engine` the first
     time: a sidecar <key>.json records the check)."""
-    from vitkit.convert.common import atomic_path
+    from vitkit.atomic import atomic_path
     from vitkit.export import check_against, metadata, write_onnx
 
     model = model.to("cpu").eval()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vitkit.convert.common import atomic_path, refuse_existing
+from vitkit.atomic import atomic_path, refuse_existing
 from vitkit.convert.load import load_model
 
 OPENVINO_XML = "openvino_model.xml"

@@ -16,11 +16,9 @@ def figure(**kw: Any):
 
 def save_png(fig, path: str | os.PathLike, **kw: Any) -> Path:
     """Write `fig` to `path` as PNG: a temporary file beside it, then one rename (never a half-written figure)."""
+    from vitkit.atomic import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
+    with atomic_path(path, overwrite=True) as tmp:
         fig.savefig(tmp, format="png", **kw)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -317,15 +317,11 @@ def read_cache(name: str) -> dict:
 
 def update_cache(name: str, key: str, value: Any) -> None:
     """Set one entry of a JSON cache file, atomically; best effort (a read-only home only means measuring again)."""
-    import json
+    from vitkit.atomic import write_json
 
     data = read_cache(name)
     data[key] = value
-    path = cache_dir() / name
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        write_json(cache_dir() / name, data)
     except OSError:
         pass

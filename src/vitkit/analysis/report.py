@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from vitkit.analysis.attention import (attention_rollout, class_token_attention,
 from vitkit.analysis.embeddings import embedding_filters, posemb_similarity
 from vitkit.analysis.plots import (plot_attention_distance, plot_class_attention, plot_filters, plot_posemb_similarity,
                                    plot_rollout)
-from vitkit.convert.common import refuse_existing
+from vitkit.atomic import refuse_existing, write_json, write_text
 from vitkit.convert.load import load_model
 from vitkit.models.fast import cast_copy
 from vitkit.runtime import resolve_device
@@ -104,9 +102,7 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
     per_layer = class_token_attention([a[:6] for a in attn], cfg.grid, head, model.num_prefix_tokens)
     figures[f"Class-token attention, head {head + 1}"] = plot_class_attention(images01, per_layer, head, out / "class_attention.png").name
     result["num_images"] = sum(len(b) for b in batches)
-    tmp = out / ".attention_distance.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "attention_distance.json")
+    write_json(out / "attention_distance.json", result)
     write_report(out, model, result, figures)
     result["figures"] = figures
     return result
@@ -146,8 +142,4 @@ The paper (ViT-L/16): some heads of the lowest layers attend locally, others glo
 <table><tr><th>layer</th><th>min over heads</th><th>mean</th><th>max</th></tr>{dist_rows}</table></section>
 </body></html>
 """
-    path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, path)
-    return path
+    return write_text(out / "report.html", page)

@@ -1,13 +1,7 @@
-"""What every format shares: the loading report, shape-checked state-dict assembly, atomic writes."""
+"""What every format shares: the loading report and shape-checked state-dict assembly (atomic writes: vitkit.atomic)."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -65,28 +59,3 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, rep
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
 
-
-def refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--force on the command line)")
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on failure it
-    is removed and `path` is untouched. Works for files and directories."""
-    path = Path(path)
-    refuse_existing(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / "out"
-    try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
-            backup = path.with_name(f".{path.name}.old")
-            os.replace(path, backup)
-            os.replace(tmp, path)
-            shutil.rmtree(backup)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)

@@ -231,7 +231,7 @@ def read(p: Path, **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor],
 
 def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
     """vit_jax's names in one .npz (written with NumPy; read back with allow_pickle=False)."""
-    from vitkit.convert.common import atomic_path
+    from vitkit.atomic import atomic_path
     from vitkit.convert.files import outside_state
 
     if path.suffix != ".npz":

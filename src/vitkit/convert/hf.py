@@ -209,7 +209,7 @@ def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
     """A directory transformers' from_pretrained reads: model.safetensors (legacy names) + config.json."""
     from safetensors.torch import save_file
 
-    from vitkit.convert.common import atomic_path
+    from vitkit.atomic import atomic_path
     from vitkit.convert.files import CONFIG, WEIGHTS, outside_state, plain
 
     cfg = model.config

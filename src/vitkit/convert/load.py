@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from vitkit.convert import google_npz, hf, timm, vitkit_format
-from vitkit.convert.common import CheckpointError, LoadReport, load_into, refuse_existing
+from vitkit.atomic import refuse_existing
+from vitkit.convert.common import CheckpointError, LoadReport, load_into
 from vitkit.convert.files import (CONFIG, TORCH_SUFFIXES, WEIGHTS, read_json, read_tensors, read_torch, resolve_run_dir,
                                   safetensors_header)
 from vitkit.data.preprocess import Preprocess

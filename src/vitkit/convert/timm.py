@@ -156,7 +156,7 @@ def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
     """timm's names in one .safetensors file; vitkit's record rides along in the metadata (timm ignores it)."""
     from safetensors.torch import save_file
 
-    from vitkit.convert.common import atomic_path
+    from vitkit.atomic import atomic_path
     from vitkit.convert.files import outside_state, plain
 
     if path.suffix != ".safetensors":

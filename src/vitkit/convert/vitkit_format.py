@@ -12,7 +12,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from vitkit.convert import timm
-from vitkit.convert.common import atomic_path
+from vitkit.atomic import atomic_path
 from vitkit.convert.files import CONFIG, WEIGHTS, plain, read_json
 from vitkit.models.registry import config_from_dict
 

@@ -12,7 +12,7 @@ from vitkit.config import apply_overrides
 from vitkit.convert.load import load_model
 from vitkit.recipes.finetune import finetune as finetune_recipe
 from vitkit.train.loop import new_run_dir, train
-from vitkit.train.metrics import write_json_atomic
+from vitkit.atomic import write_json
 
 
 def finetune(src: str, data: str, resolution: int | None = None, overrides: list[str] | None = None,
@@ -38,7 +38,7 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
     for item in best_dir.iterdir():  # the chosen run becomes the run directory's own
         os.replace(item, run / item.name)
     shutil.rmtree(best_dir)
-    write_json_atomic(run / "sweep.json", {"chosen_lr": float(best), "by": "val top-1, then val loss", "runs": results})
+    write_json(run / "sweep.json", {"chosen_lr": float(best), "by": "val top-1, then val loss", "runs": results})
     final = json.loads((run / "metrics.json").read_text())
     print(f"LR sweep: chose {best} by validation top-1 ({results[best]['val_top1']:.4f}); run directory: {run}")
     return {**final, "lr_sweep": results, "chosen_lr": float(best), "run_dir": str(run)}

@@ -25,7 +25,8 @@ from vitkit.models.registry import create_model
 from vitkit.objectives import build_objective
 from vitkit.train import distributed
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
-from vitkit.train.metrics import MetricsLogger, plot_curves, write_json_atomic
+from vitkit.atomic import write_json
+from vitkit.train.metrics import MetricsLogger, plot_curves
 from vitkit.train.optim import build_optimizer, build_schedule
 from vitkit.train.precision import autocast, configure_matmul, grad_scaler, resolve
 
@@ -168,7 +169,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         run_dir = new_run_dir(out, cfg.recipe) if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
         if env.is_main:
-            write_json_atomic(run_dir / "config.json", cfg.to_dict())
+            write_json(run_dir / "config.json", cfg.to_dict())
     threads = cfg.train.threads or runtime.default_threads()
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
@@ -317,7 +318,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
         logger.log(total, "val", {k: v for k, v in results["val"].items() if k != "n"})
     logger.close()
     if env.is_main:
-        write_json_atomic(run_dir / "metrics.json", results)
+        write_json(run_dir / "metrics.json", results)
         plot_curves(run_dir, f"{cfg.recipe}: {model.config.name or cfg.model.name} on {ds.name}")
         if "test" in results and main_metric == "top1":
             print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "

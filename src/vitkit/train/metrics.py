@@ -3,15 +3,7 @@ loss / accuracy figure."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 class MetricsLogger:
