@@ -146,10 +146,73 @@ RESUME_KEYS = ("train.parallel", "train.threads", "train.progress", "train.stop_
                "train.micro_batch_size", "train.eval_batch_size", "train.compile", "data.workers", "train.device", "train.tf32")
 
 
+@dataclass
+class Run:
+    """A training run while it runs: everything `setup` built, used by `run_steps` and `finish`."""
+
+    cfg: Config
+    env: Any  # distributed.Env
+    dev: torch.device
+    run_dir: Path
+    ds: Dataset
+    model: nn.Module
+    objective: Any
+    module: TrainModule
+    batching: Batching
+    batches: StepBatches
+    total: int
+    eval_every: int
+    ckpt_every: int
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    step_module: nn.Module
+    params: list[torch.Tensor]
+    scaler: Any
+    logger: MetricsLogger
+    hardware: dict
+    start: int
+
+    def export_model(self) -> nn.Module:
+        """What evaluation and the exported checkpoint use: the EMA average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def evaluate(self, split) -> dict:
+        cfg, env, dev = self.cfg, self.env, self.dev
+        batches = eval_stream(split, cfg.data, self.model.config.in_chans, cfg.train.eval_batch_size, workers=cfg.data.workers,
+                              rank=env.rank, world=env.world, pin_memory=dev.type == "cuda")
+        with distributed.gathered(self.module):  # FSDP: full parameters for the whole evaluation, however many batches a rank has
+            res = self.objective.evaluate(self.export_model(), ((to_device(x, dev), to_device(y, dev)) for x, y in batches),
+                                          cfg.train.precision)
+        res = distributed.reduce_eval(res, env)
+        return {k: v for k, v in res.items() if isinstance(v, (int, float))}
+
+    def validate(self, step: int) -> dict:
+        res = self.evaluate(self.ds.val)
+        self.logger.log(step, "val", res)
+        return res
+
+    def checkpoint(self, step: int) -> None:
+        state = {"step": step, "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
+                 "ema_n": int(self.ema.n_averaged) if self.ema is not None else 0, "world": self.env.world,
+                 "parallel": self.cfg.train.parallel, "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        save_checkpoint(self.run_dir, self.module, self.optimizer, self.ema.module if self.ema is not None else None, state,
+                        self.ds.classes, _preprocess(self.cfg, self.model), self.env)
+
+
 def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
           overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says; write the run directory; return the final metrics (metrics.json). On resume,
     `overrides` may change only RESUME_KEYS (e.g. a run from 2 FSDP processes continued in one)."""
+    run = setup(cfg, out, resume, overrides)
+    stop, wall, seen = run_steps(run)
+    return finish(run, stop, wall, seen)
+
+
+def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
+          overrides: list[str] | None = None) -> Run:
+    """Everything a run needs, checked before anything is written: the config (validated), the device, then the
+    run directory (new, or the resumed one with its config), data, model, objective, optimizer, checkpoint state."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
@@ -180,15 +243,12 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
     objective = build_objective(cfg, model)
-    main_metric = objective.main_metric
     module = TrainModule(model, objective)
     batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
     # in-memory data lives and is augmented on the training device (whole batches; draws on the CPU generator)
     batches = StepBatches(ds.train, cfg.data, model.config.in_chans, ds.num_classes, cfg.train.batch_size, cfg.train.seed,
                           env.rank, env.world, device=dev if cfg.data.workers <= 0 else "cpu")
     total = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * batches.steps_per_epoch))
-    eval_every = cfg.train.eval_every or batches.steps_per_epoch
-    ckpt_every = cfg.train.ckpt_every or batches.steps_per_epoch
 
     module.to(dev)
     accelerate(model)  # the fast kernels that win on this machine (models/fast.py); parameters unchanged
@@ -204,6 +264,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     optimizer = build_optimizer(module, cfg.optim)  # after sharding: FSDP's optimizer holds only this rank's shards
     schedule = build_schedule(optimizer, cfg.optim, total)
     start = 0
+    scaler = grad_scaler(cfg.train.precision, dev)
     if resume:
         exported, state = load_checkpoint(run_dir, module, optimizer)
         schedule.load_state_dict(state["schedule"])
@@ -212,13 +273,14 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             ema.n_averaged.fill_(state["ema_n"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
     step_module = torch.compile(wrapped) if cfg.train.compile else wrapped
     params = [p for p in module.parameters() if p.requires_grad]
-    scaler = grad_scaler(cfg.train.precision, dev)
-    if resume and scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
 
-    logger = MetricsLogger(run_dir, enabled=env.is_main, resume_step=start)
+    run = Run(cfg, env, dev, run_dir, ds, model, objective, module, batching, batches, total,
+              cfg.train.eval_every or batches.steps_per_epoch, cfg.train.ckpt_every or batches.steps_per_epoch, ema, optimizer,
+              schedule, step_module, params, scaler, MetricsLogger(run_dir, enabled=env.is_main, resume_step=start), hardware, start)
     if env.is_main:
         print(f"vitkit train: {cfg.recipe} -> {run_dir}")
         print(f"  data: {describe_dataset(ds)}" + "".join(f"\n  note: {n}" for n in ds.notes))
@@ -228,58 +290,43 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
               f"{env.world} process(es) x {batching.accum} micro-batch(es) of {batching.micro}" + (f", resuming at step {start}" if start else ""))
         print(f"  precision: {cfg.train.precision}" + (" (fp16 with a gradient scaler)" if scaler is not None else "")
               + f"; {dev}, {torch.get_num_threads()} thread(s): {runtime.summary(hardware)}")
+    return run
 
-    def export_model() -> nn.Module:
-        return ema.module if ema is not None else model
 
-    def run_eval(split) -> dict:
-        batches = eval_stream(split, cfg.data, model.config.in_chans, cfg.train.eval_batch_size, workers=cfg.data.workers,
-                              rank=env.rank, world=env.world, pin_memory=dev.type == "cuda")
-        with distributed.gathered(module):  # FSDP: full parameters for the whole evaluation, however many batches a rank has
-            res = objective.evaluate(export_model(), ((to_device(x, dev), to_device(y, dev)) for x, y in batches), cfg.train.precision)
-        res = distributed.reduce_eval(res, env)
-        return {k: v for k, v in res.items() if isinstance(v, (int, float))}
-
-    def validate(step: int) -> dict:
-        res = run_eval(ds.val)
-        logger.log(step, "val", res)
-        return res
-
-    def checkpoint(step: int) -> None:
-        state = {"step": step, "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
-                 "ema_n": int(ema.n_averaged) if ema is not None else 0, "world": env.world, "parallel": cfg.train.parallel,
-                 "scaler": scaler.state_dict() if scaler is not None else None}
-        save_checkpoint(run_dir, module, optimizer, ema.module if ema is not None else None, state, ds.classes,
-                        _preprocess(cfg, model), env)
-
-    bar = tqdm(total=total, initial=start, disable=not (cfg.train.progress and env.is_main), dynamic_ncols=True, desc="train")
+def run_steps(r: Run) -> tuple[int, float, int]:
+    """The training steps from r.start: validation and checkpoints on their schedule, the progress bar, the time
+    limit (which shortens r.total) and stop_at_step. Returns (the step it stopped after, training seconds, images)."""
+    cfg, env, dev = r.cfg, r.env, r.dev
+    bar = tqdm(total=r.total, initial=r.start, disable=not (cfg.train.progress and env.is_main), dynamic_ncols=True, desc="train")
     t0, seen, last_val = time.perf_counter(), 0, None
-    model.train()
-    stream = train_stream(batches, start, total, cfg.data.workers, pin_memory=dev.type == "cuda")
+    r.model.train()
+    stream = train_stream(r.batches, r.start, r.total, cfg.data.workers, pin_memory=dev.type == "cuda")
     shown: dict[str, float] = {}
-    stop = min(total, cfg.train.stop_at_step) if cfg.train.stop_at_step > start else total
+    stop = min(r.total, cfg.train.stop_at_step) if cfg.train.stop_at_step > r.start else r.total
+    main_metric = r.objective.main_metric
     try:
-        for step in range(start, stop):
+        for step in range(r.start, stop):
             x, y = next(stream)
             x, y = to_device(x, dev), to_device(y, dev)
             torch.manual_seed(step_seed(cfg.train.seed, step, salt=3 + env.rank))  # dropout, stochastic depth
-            metrics = train_step(step_module, x, y, optimizer, batching, cfg.optim.clip_norm, cfg.train.precision, params, scaler)
-            metrics["lr"] = schedule.get_last_lr()[0]
-            schedule.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            metrics = train_step(r.step_module, x, y, r.optimizer, r.batching, cfg.optim.clip_norm, cfg.train.precision,
+                                 r.params, r.scaler)
+            metrics["lr"] = r.schedule.get_last_lr()[0]
+            r.schedule.step()
+            if r.ema is not None:
+                r.ema.update_parameters(r.model)
             seen += len(x) * env.world
             done = step + 1
-            if done % cfg.train.log_every == 0 or done == total:
+            if done % cfg.train.log_every == 0 or done == r.total:
                 metrics = distributed.reduce_metrics({k: float(v) for k, v in metrics.items()}, env)
                 metrics["img_per_s"] = seen / (time.perf_counter() - t0)
-                metrics["epoch"] = done / batches.steps_per_epoch
-                logger.log(done, "train", metrics)
+                metrics["epoch"] = done / r.batches.steps_per_epoch
+                r.logger.log(done, "train", metrics)
                 shown = metrics
-            if done % eval_every == 0 and done != total and len(ds.val):
-                last_val = validate(done)
-            if (done % ckpt_every == 0 or done == stop) and done != total:
-                checkpoint(done)
+            if done % r.eval_every == 0 and done != r.total and len(r.ds.val):
+                last_val = r.validate(done)
+            if (done % r.ckpt_every == 0 or done == stop) and done != r.total:
+                r.checkpoint(done)
             if shown:  # the last logged step's numbers: no device sync per step
                 bar.set_postfix(loss=f"{shown['loss']:.3f}", acc=f"{shown.get('acc', float('nan')):.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}",
@@ -293,40 +340,46 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
                     over = bool(flag.item())
                 if over:
                     if env.is_main:
-                        print(f"time limit: stopping after step {done} of {total} ({cfg.train.time_limit_s:g} s of training)")
-                    total = done
+                        print(f"time limit: stopping after step {done} of {r.total} ({cfg.train.time_limit_s:g} s of training)")
+                    r.total = stop = done
                     break
     except torch.OutOfMemoryError as err:
-        raise MemoryError(_oom_message(cfg, model, dev, batching, err)) from None
+        raise MemoryError(_oom_message(cfg, r.model, dev, r.batching, err)) from None
     bar.close()
-    wall = time.perf_counter() - t0
-    if stop < total:
-        logger.close()
-        if env.is_main:
-            print(f"stopped at step {stop} of {total} (train.stop_at_step); continue with `vitkit train --resume {run_dir}`")
-        distributed.teardown(env)
-        return {"recipe": cfg.recipe, "steps": stop, "stopped": True, "run_dir": str(run_dir)}
-    checkpoint(total)
+    return stop, time.perf_counter() - t0, seen
 
-    results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / batches.steps_per_epoch,
+
+def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
+    """After the steps: a run stopped early (stop_at_step) checkpoints and says how to continue; a finished one
+    checkpoints, evaluates validation and test, writes metrics.json and curves.png."""
+    cfg, env, total = r.cfg, r.env, r.total
+    if stop < total:
+        r.logger.close()
+        if env.is_main:
+            print(f"stopped at step {stop} of {total} (train.stop_at_step); continue with `vitkit train --resume {r.run_dir}`")
+        distributed.teardown(env)
+        return {"recipe": cfg.recipe, "steps": stop, "stopped": True, "run_dir": str(r.run_dir)}
+    r.checkpoint(total)
+    main_metric = r.objective.main_metric
+    results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / r.batches.steps_per_epoch,
                                "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0,
-                               "precision": cfg.train.precision, "hardware": hardware}
-    for split_name, split in (("val", ds.val), ("test", ds.test)):
+                               "precision": cfg.train.precision, "hardware": r.hardware}
+    for split_name, split in (("val", r.ds.val), ("test", r.ds.test)):
         if len(split):
-            results[split_name] = run_eval(split)
+            results[split_name] = r.evaluate(split)
     if "val" in results:
-        logger.log(total, "val", {k: v for k, v in results["val"].items() if k != "n"})
-    logger.close()
+        r.logger.log(total, "val", {k: v for k, v in results["val"].items() if k != "n"})
+    r.logger.close()
     if env.is_main:
-        write_json(run_dir / "metrics.json", results)
-        plot_curves(run_dir, f"{cfg.recipe}: {model.config.name or cfg.model.name} on {ds.name}")
+        write_json(r.run_dir / "metrics.json", results)
+        plot_curves(r.run_dir, f"{cfg.recipe}: {r.model.config.name or cfg.model.name} on {r.ds.name}")
         if "test" in results and main_metric == "top1":
             print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "
                   f"({results['test']['n']} images; {wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
         elif "test" in results:
             print(f"test {main_metric} {results['test'][main_metric]:.4f} ({results['test']['n']} images; "
                   f"{wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
-        print(f"run directory: {run_dir}")
+        print(f"run directory: {r.run_dir}")
     distributed.teardown(env)
-    results["run_dir"] = str(run_dir)
+    results["run_dir"] = str(r.run_dir)
     return results
