@@ -65,8 +65,10 @@ def read_json(path: Path) -> dict:
 
 def resolve_run_dir(p: Path) -> Path:
     """A training run directory stands for its checkpoint (RUN/checkpoint)."""
-    if p.is_dir() and (p / "checkpoint").is_dir() and not (p / WEIGHTS).exists():
-        return p / "checkpoint"
+    from vitkit.rundir import RunDir
+
+    if p.is_dir() and (p / RunDir.CHECKPOINT).is_dir() and not (p / WEIGHTS).exists():
+        return p / RunDir.CHECKPOINT
     return p
 
 

@@ -28,9 +28,10 @@ from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
 from vitkit.convert.load import save_model
+from vitkit.rundir import RunDir
 from vitkit.train import distributed
 
-CKPT = "checkpoint"
+CKPT = RunDir.CHECKPOINT
 STATE = "state.pt"
 TRAIN_STATE = "train_state"
 

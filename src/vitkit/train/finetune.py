@@ -11,7 +11,8 @@ from typing import Any
 from vitkit.config import apply_overrides
 from vitkit.convert.load import load_model
 from vitkit.recipes.finetune import finetune as finetune_recipe
-from vitkit.train.loop import new_run_dir, train
+from vitkit.rundir import RunDir
+from vitkit.train.loop import train
 from vitkit.atomic import write_json
 
 
@@ -24,7 +25,7 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
     cfg = apply_overrides(finetune_recipe(str(src), data, size, normalize), overrides or [])
     if not lr_sweep:
         return train(cfg, out=out)
-    run = new_run_dir(out, "finetune")
+    run = RunDir.new(out, "finetune").path
     results = {}
     for lr in lr_sweep:
         cfg.optim.lr = lr
@@ -39,6 +40,6 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
         os.replace(item, run / item.name)
     shutil.rmtree(best_dir)
     write_json(run / "sweep.json", {"chosen_lr": float(best), "by": "val top-1, then val loss", "runs": results})
-    final = json.loads((run / "metrics.json").read_text())
+    final = json.loads(RunDir(run).metrics.read_text())
     print(f"LR sweep: chose {best} by validation top-1 ({results[best]['val_top1']:.4f}); run directory: {run}")
     return {**final, "lr_sweep": results, "chosen_lr": float(best), "run_dir": str(run)}

@@ -5,7 +5,6 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from tqdm import tqdm
 
 from vitkit import runtime
 from vitkit.data.preprocess import Preprocess
-from vitkit.config import Config, apply_overrides, load_config
+from vitkit.config import Config
 from vitkit.config import validate as validate_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
 from vitkit.data.loader import StepBatches, eval_stream, step_seed, to_device, train_stream
@@ -25,20 +24,10 @@ from vitkit.models.registry import create_model
 from vitkit.objectives import build_objective
 from vitkit.train import distributed
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
-from vitkit.atomic import write_json
+from vitkit.rundir import RunDir
 from vitkit.train.metrics import MetricsLogger, plot_curves
 from vitkit.train.optim import build_optimizer, build_schedule
 from vitkit.train.precision import autocast, configure_matmul, grad_scaler, resolve
-
-
-def new_run_dir(out: str | Path | None, recipe: str) -> Path:
-    """A fresh run directory; an existing non-empty one is never reused silently."""
-    run = Path(out) if out else Path("runs") / f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}"
-    if run.exists() and any(run.iterdir()):
-        raise FileExistsError(f"{run} already exists and is not empty; continue it with `vitkit train --resume {run}` "
-                              f"or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    return run
 
 
 def build_model(cfg: Config, ds: Dataset) -> nn.Module:
@@ -141,11 +130,6 @@ def _preprocess(cfg: Config, model: nn.Module) -> Preprocess:
     return Preprocess(cfg.data.image_size, model.config.in_chans, cfg.data.normalize)
 
 
-# What a resumed run may change: how it runs, not what it computes.
-RESUME_KEYS = ("train.parallel", "train.threads", "train.progress", "train.stop_at_step", "train.activation_checkpointing",
-               "train.micro_batch_size", "train.eval_batch_size", "train.compile", "data.workers", "train.device", "train.tf32")
-
-
 @dataclass
 class Run:
     """A training run while it runs: everything `setup` built, used by `run_steps` and `finish`."""
@@ -203,7 +187,7 @@ class Run:
 def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
           overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says; write the run directory; return the final metrics (metrics.json). On resume,
-    `overrides` may change only RESUME_KEYS (e.g. a run from 2 FSDP processes continued in one)."""
+    `overrides` may change only vitkit.rundir.RESUME_KEYS (e.g. a run from 2 FSDP processes continued in one)."""
     run = setup(cfg, out, resume, overrides)
     stop, wall, seen = run_steps(run)
     return finish(run, stop, wall, seen)
@@ -214,14 +198,8 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     """Everything a run needs, checked before anything is written: the config (validated), the device, then the
     run directory (new, or the resumed one with its config), data, model, objective, optimizer, checkpoint state."""
     if resume:
-        run_dir = Path(resume)
-        if not (run_dir / "config.json").exists():
-            raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json); start one with `vitkit train --out {run_dir}`")
-        cfg = load_config(run_dir / "config.json")
-        for o in overrides or []:
-            if o.split("=", 1)[0].strip() not in RESUME_KEYS:
-                raise ValueError(f"--set {o}: a resumed run keeps its configuration; only {', '.join(RESUME_KEYS)} may change")
-        apply_overrides(cfg, overrides or [])
+        rundir, cfg = RunDir.resume(resume, overrides)
+        run_dir = rundir.path
     validate_config(cfg)  # every choice checked: a bad config is an error before anything is written
     # the device next: one that is not there is an error before anything is written
     env = distributed.setup(cfg.train.device)
@@ -229,10 +207,10 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     # "auto" -> what this hardware does natively, recorded in config.json; a resumed run's value is checked here
     cfg.train.precision = resolve(cfg.train.precision, dev, "train.precision")
     if not resume:
-        run_dir = new_run_dir(out, cfg.recipe) if env.is_main else Path(out or "")
+        run_dir = RunDir.new(out, cfg.recipe).path if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
         if env.is_main:
-            write_json(run_dir / "config.json", cfg.to_dict())
+            RunDir(run_dir).write_config(cfg)
     threads = cfg.train.threads or runtime.default_threads()
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
@@ -371,7 +349,7 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
         r.logger.log(total, "val", {k: v for k, v in results["val"].items() if k != "n"})
     r.logger.close()
     if env.is_main:
-        write_json(r.run_dir / "metrics.json", results)
+        RunDir(r.run_dir).write_metrics(results)
         plot_curves(r.run_dir, f"{cfg.recipe}: {r.model.config.name or cfg.model.name} on {r.ds.name}")
         if "test" in results and main_metric == "top1":
             print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vitkit.rundir import RunDir
+
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int = 0):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / RunDir.METRICS_LOG
         self.enabled = enabled
         self.tb = None
         if not enabled:
@@ -19,7 +21,7 @@ class MetricsLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run_dir / RunDir.TENSORBOARD))
         except ImportError:
             self.tb = None
 
@@ -40,7 +42,7 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / RunDir.METRICS_LOG
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
@@ -72,4 +74,4 @@ def plot_curves(run_dir: Path, title: str = "") -> Path | None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return save_png(fig, run_dir / "curves.png", dpi=110)
+    return save_png(fig, run_dir / RunDir.CURVES, dpi=110)
