@@ -320,3 +320,59 @@ def test_the_export_cache_keeps_the_most_recently_used(tmp_path):
     kept = sorted(p.stem for p in folder.glob("*.onnx"))
     assert kept == ["00"] + [f"{i:02d}" for i in range(4, engines.KEEP_EXPORTS + 3)]
     assert sorted(p.stem for p in folder.glob("*.json")) == kept
+
+
+@pytest.mark.skipif("onnxruntime" not in HAVE, reason="onnxruntime is not installed")
+def test_auto_survives_an_engine_that_cannot_serve_the_model(digits_model, monkeypatch):
+    """An optional engine whose export or check fails drops out of auto's race; it is not the user's error."""
+    def broken(model, engine):
+        raise RuntimeError(f"{engine} export failed")
+
+    monkeypatch.setattr(engines, "cached_export", broken)
+    eng = engines.load_engine(digits_model, precision="fp32", images=5000, batch_size=64)
+    assert eng.engine == "torch" and "failed" in eng.choice["why"]
+
+
+@pytest.mark.skipif("onnxruntime" not in HAVE, reason="onnxruntime is not installed")
+def test_an_export_without_recorded_classes_reads_them_from_the_graph(digits_model, tmp_path, capsys):
+    import onnx
+
+    path = tmp_path / "old.onnx"
+    assert main(["export", str(digits_model), str(path)]) == 0
+    proto = onnx.load(str(path))
+    meta = json.loads(next(p.value for p in proto.metadata_props if p.key == "vitkit"))
+    meta.pop("num_classes"), meta.pop("class_names")  # as an older vitkit wrote it for a checkpoint without names
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key="vitkit", value=json.dumps(meta))
+    onnx.save(proto, str(path))
+    for name in HAVE:
+        assert engines.load_engine(path, name).num_classes == 10
+
+
+def test_a_non_square_model_is_refused_by_dataset_evaluation_in_one_line(tmp_path):
+    model = vitkit.create_model("ViT-Ti/16", num_classes=10, image_size=(8, 12), patch_size=4, in_chans=1, width=32, depth=1,
+                                heads=2, mlp_dim=64)
+    vitkit.save_model(model, tmp_path / "m")
+    with pytest.raises(ValueError, match="this model takes 8x12 images; dataset evaluation"):
+        eval_model(tmp_path / "m", "digits", engine="torch")
+
+
+@pytest.mark.skipif("onnxruntime" not in HAVE, reason="onnxruntime is not installed")
+def test_serving_a_model_off_the_cpu_through_a_cpu_engine_is_refused(digits_model):
+    model = vitkit.load_model(digits_model).to("meta")
+    with pytest.raises(ValueError, match="runs on the CPU here"):
+        engines.serve(model, "onnxruntime")
+
+
+@pytest.mark.skipif("onnxruntime" not in HAVE, reason="onnxruntime is not installed")
+def test_on_a_gpu_machine_an_export_runs_on_the_cpu_by_default(digits_model, tmp_path, monkeypatch):
+    """--device auto is the GPU where there is one; an export (a CPU engine) then takes the CPU, an explicit GPU is refused."""
+    from vitkit.export import export_model
+
+    export_model(digits_model, tmp_path / "m.onnx")
+    real = runtime.resolve_device
+    monkeypatch.setattr(runtime, "resolve_device", lambda spec="auto", option="--device": torch.device("cuda", 0)
+                        if spec in ("auto", "cuda") else real(spec, option))
+    assert engines.load_engine(tmp_path / "m.onnx", "onnxruntime").engine == "onnxruntime"
+    with pytest.raises(ValueError, match="pass --device cpu"):
+        engines.load_engine(tmp_path / "m.onnx", "onnxruntime", device="cuda")

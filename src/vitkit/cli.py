@@ -431,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, MemoryError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError, ImportError, MemoryError) as err:
         # ImportError: a missing extra; MemoryError: a GPU out of memory, with the estimate and a smaller micro-batch
         print(f"vitkit {args.verb}: error: {err}", file=sys.stderr)
         return 2

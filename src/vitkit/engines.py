@@ -159,15 +159,17 @@ class OnnxRuntimeEngine(Engine):
             raise ValueError(f"{path}: ONNX Runtime cannot read this export: {str(err).strip().splitlines()[0]}") from None
         meta = sess.get_modelmeta().custom_metadata_map.get("vitkit")
         super().__init__("onnxruntime", precision, _parse_meta(meta, path))
-        self._sess = sess
+        self._sess, self._path = sess, path
         self._outputs = [o.name for o in sess.get_outputs()]
         _check_io(path, [i.name for i in sess.get_inputs()], self._outputs)
+        if not self.num_classes:  # an export from before its metadata recorded the classes: the graph says
+            self.num_classes = _classes_of(sess.get_outputs()[self._outputs.index("logits")].shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._sess.run(["logits"], {"images": _numpy(x)})[0])
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
-        _has_pre_logits(self.source, self._outputs)
+        _has_pre_logits(self._path, self._outputs)
         return torch.from_numpy(self._sess.run(["pre_logits"], {"images": _numpy(x)})[0])
 
 
@@ -192,7 +194,10 @@ class OpenVinoEngine(Engine):
         super().__init__("openvino", precision, _parse_meta(meta, xml))
         names = [sorted(o.get_names()) for o in graph.outputs]
         _check_io(xml, [n for i in graph.inputs for n in i.get_names()], [n for ns in names for n in ns])
-        self._core, self._graph, self._threads = core, graph, torch.get_num_threads()
+        self._core, self._graph, self._threads, self._path = core, graph, torch.get_num_threads(), xml
+        if not self.num_classes:
+            shape = graph.output("logits").get_partial_shape()
+            self.num_classes = _classes_of([d.get_length() if d.is_static else None for d in shape])
         self._hint = "bf16" if precision == "bf16" else "f32"
         self._latency = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": self._hint, "PERFORMANCE_HINT": "LATENCY",
                                                           "INFERENCE_NUM_THREADS": self._threads})
@@ -237,7 +242,7 @@ class OpenVinoEngine(Engine):
         return self._run(x, "logits")
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
-        _has_pre_logits(self.source, self._outputs)
+        _has_pre_logits(self._path, self._outputs)
         return self._run(x, "pre_logits")
 
 
@@ -274,7 +279,12 @@ def _check_io(path: Path, inputs: list[str], outputs: list[str]) -> None:
                          f"inputs {inputs} and outputs {outputs}); export the checkpoint with `vitkit export`")
 
 
-def _has_pre_logits(source: str, outputs: list[str]) -> None:
+def _classes_of(shape: Any) -> int:
+    """The class count of a logits output shape (N, K); 0 when it is not static."""
+    return int(shape[1]) if len(shape) == 2 and isinstance(shape[1], int) else 0
+
+
+def _has_pre_logits(source: str | Path, outputs: list[str]) -> None:
     if "pre_logits" not in outputs:
         raise ValueError(f"{source}: this export has no 'pre_logits' output (an older vitkit wrote it); "
                          f"export the checkpoint again for few-shot features")
@@ -380,6 +390,8 @@ def serve(model: nn.Module, engine: str, precision: str = "auto", compile: bool 
     if compile:
         raise ValueError(f"--compile is PyTorch's (torch.compile); {_LABEL[engine]} compiles its graph itself: drop --compile")
     _need(engine)
+    if runtime.model_device(model).type != "cpu":
+        raise ValueError(f"{_LABEL[engine]} runs on the CPU here: serve a model on the CPU (model.cpu()), or use engine 'torch'")
     prec = engine_precision(engine, precision)
     path = cached_export(model, engine)
     try:
@@ -462,13 +474,24 @@ def _auto(names: list[str], build, key: str, batch: int, images: int | None, rea
         cost = "measuring" if all(ready(n) for n in names) else "exporting and measuring"
         return _chosen(build(fallback), {"why": f"{fallback}: {_images(images)} (< {AUTO_MIN_IMAGES}), too few to pay for {cost}",
                                          "cached": False})
-    built = {n: build(n) for n in names}
+    built, failed = {}, {}
+    for n in names:
+        try:
+            built[n] = build(n)
+        except Exception as err:  # noqa: BLE001 - an optional engine that cannot serve this model drops out of the race
+            if n == names[0]:
+                raise
+            failed[n] = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if len(built) == 1:
+        (only_name,) = built
+        return _chosen(built[only_name], {"why": f"{only_name}: the other engines failed ({'; '.join(f'{k}: {v}' for k, v in failed.items())})",
+                                          "cached": False})
     first = built[names[0]]
     dev = runtime.model_device(first)
     x = torch.randn(batch, first.in_chans, *first.image_size, generator=torch.Generator().manual_seed(0)).to(dev)
     speeds = measure(built, x)
     best = max(speeds, key=speeds.get)
-    verdict = {"engine": best, "measured_img_per_s": {k: round(v, 1) for k, v in speeds.items()},
+    verdict = {"engine": best, "measured_img_per_s": {k: round(v, 1) for k, v in speeds.items()}, **({"failed": failed} if failed else {}),
                "why": f"{best}: fastest measured here ({', '.join(f'{k} {v:.1f}' for k, v in speeds.items())} img/s "
                       f"at batch {batch}, {first.precision})"}
     runtime.update_cache(VERDICTS, key, verdict)
@@ -490,7 +513,15 @@ def choose(model: nn.Module, precision: str = "auto", batch_size: int = 256, ima
         return _chosen(serve(model, "torch", prec, compile), {"why": f"torch: {why}", "cached": False})
     batch = max(1, min(batch_size, images or batch_size))
     key = f"{runtime.machine_key()} | {_versions()} | {_signature(model)} | {prec} | batch {batch}"
-    exported = lambda name: name == "torch" or _export_path(weights_key(model, metadata(model, _torch_source(model)))).is_file()  # noqa: E731
+    key_path: list[Path] = []  # the weights hash, computed once and only when a cached verdict needs it
+
+    def exported(name: str) -> bool:
+        if name == "torch":
+            return True
+        if not key_path:
+            key_path.append(_export_path(weights_key(model, metadata(model, _torch_source(model)))))
+        return key_path[0].is_file()
+
     return _auto(names, lambda name: serve(model, name, prec), key, batch, images, exported)
 
 
@@ -506,7 +537,15 @@ def _auto_export(path: Path, readers: list[str], precision: str, batch_size: int
         raise ImportError(f"{path}: serving an export needs {' or '.join(readers)}: pip install "
                           + " or ".join(f"'vitkit[{_EXTRA[e]}]'" for e in readers))
     want = engine_precision("torch", precision, "cpu")
-    same = [e for e in have if engine_precision(e, "auto" if precision == "auto" else want) == want]
+    same = []
+    for e in have:
+        try:
+            if engine_precision(e, "auto" if precision == "auto" else want) == want:
+                same.append(e)
+        except ValueError:  # this engine cannot run the precision asked for: the others may
+            pass
+    if not same and precision != "auto":
+        engine_precision(have[0], precision)  # none can: say why (raises)
     names = same or have
     from vitkit.export import OPENVINO_XML
 
@@ -528,7 +567,8 @@ def load_engine(src: str | Path, engine: str = "auto", precision: str = "auto", 
     if engine not in CHOICES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(CHOICES)}")
     kind = export_kind(src)
-    dev = runtime.resolve_device(device)
+    # exports and the CPU engines run on the CPU: "auto" means the CPU for them (an explicit GPU is refused below)
+    dev = runtime.resolve_device("cpu" if device == "auto" and (kind or engine in ("onnxruntime", "openvino")) else device)
     if kind is not None:
         readers = ["openvino", "onnxruntime"] if kind == "onnx" else ["openvino"]
         if engine == "torch" or (engine != "auto" and engine not in readers):

@@ -79,4 +79,8 @@ class Preprocess:
         """The evaluation DataConfig of dataset `data` prepared this way (square sizes: DataConfig's)."""
         from vitkit.config import DataConfig
 
-        return DataConfig(name=data, data_dir=data_dir, image_size=self.image_size[0], normalize=self.normalize, **kw)
+        h, w = self.image_size
+        if h != w:
+            raise ValueError(f"this model takes {h}x{w} images; dataset evaluation (eval, fewshot, analyze) resizes to squares: "
+                             f"use `vitkit predict` for its images, or resample it to a square size (--resolution)")
+        return DataConfig(name=data, data_dir=data_dir, image_size=h, normalize=self.normalize, **kw)
