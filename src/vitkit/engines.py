@@ -94,7 +94,9 @@ def engine_precision(engine: str, precision: str = "auto", device: str | torch.d
 class Engine(nn.Module):
     """images (N, C, H, W), normalised as `preprocess` says -> fp32 logits (N, num_classes).
 
-    `engine` and `precision` say what computes; `choice` how "auto" chose (None when the engine was named)."""
+    `engine` and `precision` say what computes; `choice` how "auto" chose (None when the engine was named). One
+    Engine serves one caller at a time (the ONNX Runtime / OpenVINO engines reuse one request): give each thread
+    its own."""
 
     def __init__(self, engine: str, precision: str, info: dict[str, Any]):
         super().__init__()
