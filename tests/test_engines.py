@@ -376,3 +376,22 @@ def test_on_a_gpu_machine_an_export_runs_on_the_cpu_by_default(digits_model, tmp
     assert engines.load_engine(tmp_path / "m.onnx", "onnxruntime").engine == "onnxruntime"
     with pytest.raises(ValueError, match="pass --device cpu"):
         engines.load_engine(tmp_path / "m.onnx", "onnxruntime", device="cuda")
+
+
+@pytest.mark.parametrize("kind, ov_bf16, want", [("native-bf16", True, "bf16"), ("native-bf16", False, "fp32"),
+                                                 ("avx512", True, "fp32"), ("avx2", False, "fp32")])
+def test_precision_auto_per_cpu_kind(monkeypatch, kind, ov_bf16, want):
+    """Every branch on any machine: VITKIT_CPU forces the kind, OpenVINO's bf16 capability is forced too. auto is
+    bf16 only where the CPU does it natively and the engine runs it; an explicit bf16 the engine cannot run is refused."""
+    monkeypatch.setenv("VITKIT_CPU", kind)
+    monkeypatch.setattr(engines, "openvino_bf16", lambda: ov_bf16)
+    monkeypatch.setattr(engines, "installed", lambda e: True)
+    assert engines.engine_precision("openvino", "auto") == want
+    assert engines.engine_precision("onnxruntime", "auto") == "fp32"
+    torch_auto = engines.engine_precision("torch", "auto", "cpu")
+    assert torch_auto == ("bf16" if kind == "native-bf16" else "fp32")
+    assert engines.candidates(torch_auto) == (["torch", "openvino"] if torch_auto == "bf16" and ov_bf16 else
+                                              ["torch"] if torch_auto == "bf16" else ["torch", "onnxruntime", "openvino"])
+    if not ov_bf16:
+        with pytest.raises(ValueError, match="no native bf16 for OpenVINO"):
+            engines.engine_precision("openvino", "bf16")

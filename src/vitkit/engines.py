@@ -36,12 +36,13 @@ import torch
 import torch.nn as nn
 
 from vitkit import runtime
+from vitkit.export import EXTRAS
+from vitkit.models.fast import InferenceOnly
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 CHOICES = ("auto", *ENGINES)
 AUTO_MIN_IMAGES = 2048
 VERDICTS = "engines.json"  # in runtime.cache_dir()
-_EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
 _LABEL = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
@@ -53,11 +54,9 @@ def installed(engine: str) -> bool:
 
 
 def _need(engine: str) -> Any:
-    try:
-        return __import__(engine)
-    except ImportError:
-        raise ImportError(f"--engine {engine} needs the {engine!r} package: pip install 'vitkit[{_EXTRA[engine]}]' "
-                          f"(or pip install {engine})") from None
+    from vitkit.export import need
+
+    return need(engine, f"--engine {engine}")
 
 
 def openvino_bf16() -> bool:
@@ -91,7 +90,7 @@ def engine_precision(engine: str, precision: str = "auto", device: str | torch.d
     return want
 
 
-class Engine(nn.Module):
+class Engine(InferenceOnly, nn.Module):
     """images (N, C, H, W), normalised as `preprocess` says -> fp32 logits (N, num_classes).
 
     `engine` and `precision` say what computes; `choice` how "auto" chose (None when the engine was named). One
@@ -111,11 +110,6 @@ class Engine(nn.Module):
         self.source: str = str(info.get("source", ""))
         self.choice: dict[str, Any] | None = None
         super().train(False)
-
-    def train(self, mode: bool = True) -> "Engine":
-        if mode:
-            raise RuntimeError("an Engine is for inference only; train the model it serves instead")
-        return super().train(False)
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -537,7 +531,7 @@ def _auto_export(path: Path, readers: list[str], precision: str, batch_size: int
     have = [e for e in readers if installed(e)]
     if not have:
         raise ImportError(f"{path}: serving an export needs {' or '.join(readers)}: pip install "
-                          + " or ".join(f"'vitkit[{_EXTRA[e]}]'" for e in readers))
+                          + " or ".join(f"'vitkit[{EXTRAS[e]}]'" for e in readers))
     want = engine_precision("torch", precision, "cpu")
     same = []
     for e in have:

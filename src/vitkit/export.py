@@ -59,8 +59,9 @@ class _Outputs(nn.Module):
 
 
 def image_hw(model: nn.Module) -> tuple[int, int]:
-    s = model.config.image_size
-    return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+    from vitkit.data.preprocess import Preprocess
+
+    return Preprocess.of(model).image_size
 
 
 def metadata(model: nn.Module, source: str) -> dict[str, Any]:

@@ -160,7 +160,16 @@ def bf16_copy(model: nn.Module) -> nn.Module:
     return cast_copy(model, torch.bfloat16)
 
 
-class InferenceModel(nn.Module):
+class InferenceOnly:
+    """A module for inference only (InferenceModel, vitkit.engines.Engine): train(True) is refused, eval stays."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"an {type(self).__name__} is for inference only; train the model it serves instead")
+        return super().train(False)
+
+
+class InferenceModel(InferenceOnly, nn.Module):
     """`InferenceModel(model, precision="auto", compile=False)(images)` -> fp32 logits.
 
     precision: "auto" (bf16 where the hardware has it natively, fp16 on older GPUs, else fp32), "fp32",
@@ -191,11 +200,6 @@ class InferenceModel(nn.Module):
         # a plain attribute, not a second registered sub-module: the weights appear once in state_dict()
         self.__dict__["fn"] = torch.compile(self.model, options={"freezing": True}) if compile else self.model
         super().train(False)
-
-    def train(self, mode: bool = True) -> "InferenceModel":
-        if mode:
-            raise RuntimeError("an InferenceModel is for inference only; train the model it wraps instead")
-        return super().train(False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
