@@ -62,8 +62,9 @@ def test_timm_to_vitkit_logits_equal(case, tmp_path):
     assert detect_format(path) == "timm"
     size = kw["img_size"]
     # a table-less timm model records no image size: the caller gives it
-    model = vitkit.load_model(path, heads=4, **({"image_size": size} if kw.get("pos_embed") == "none" else {})).eval()
-    assert model.load_report.missing == [] and model.load_report.unexpected == []
+    model, card = vitkit.load(path, heads=4, **({"image_size": size} if kw.get("pos_embed") == "none" else {}))
+    model.eval()
+    assert card.report.missing == [] and card.report.unexpected == []
     assert max_diff(ref, model, torch.randn(2, chans, size, size)) <= TOL
 
 
@@ -101,14 +102,15 @@ def test_hf_to_vitkit_honours_config(kw, tmp_path):
     ref = hf_model(**kw)
     ref.save_pretrained(tmp_path / "hf")
     assert detect_format(tmp_path / "hf") == "hf"
-    model = vitkit.load_model(tmp_path / "hf").eval()
+    model, card = vitkit.load(tmp_path / "hf")
+    model.eval()
     c = ref.config
     assert model.config.ln_eps == c.layer_norm_eps and model.config.qkv_bias == c.qkv_bias
     assert model.config.in_chans == c.num_channels and model.config.num_classes == c.num_labels
-    assert model.class_names == [c.id2label[i] for i in range(c.num_labels)]
+    assert card.class_names == [c.id2label[i] for i in range(c.num_labels)]
     assert max_diff(ref, model, torch.randn(2, c.num_channels, 32, 32)) <= TOL
     # and back out: transformers reads what vitkit writes
-    vitkit.save_model(model, tmp_path / "out", format="hf")
+    vitkit.save_model(model, tmp_path / "out", format="hf", card=card)
     again = transformers.ViTForImageClassification.from_pretrained(tmp_path / "out").eval()
     assert again.config.id2label == c.id2label
     assert max_diff(again, model, torch.randn(2, c.num_channels, 32, 32)) <= TOL
@@ -193,10 +195,11 @@ def test_npz_big_vision_naming_prefixes_and_scan(prefix, scanned, tmp_path):
     else:
         arrays = big_vision_variant(arrays, prefix, scanned)
     np.savez(tmp_path / "bv.npz", **arrays)
-    back = vitkit.load_model(tmp_path / "bv.npz").eval()
+    back, card = vitkit.load(tmp_path / "bv.npz")
+    back.eval()
     assert back.config.depth == 3 and back.config.heads == 2
     assert max_diff(back, model, torch.randn(2, 3, 32, 32)) <= 1e-6
-    notes = back.load_report.notes
+    notes = card.report.notes
     assert (f"prefix {prefix!r}" in notes) == bool(prefix)
     assert ("scanned blocks (depth 3) unstacked" in notes) == scanned
     assert ("vit_jax naming" if prefix == "opt/target/" else "big_vision naming") in notes
@@ -216,9 +219,10 @@ def test_npz_hybrid_layers_width_old_gn_shapes_and_unknown_arrays(tmp_path):
     old["zzz_unknown"] = np.ones(2, np.float32)
     old["block1/unit1/extra/kernel"] = np.ones(2, np.float32)  # an unknown array inside the first unit: the rest still read
     np.savez(tmp_path / "old.npz", **old)
-    back = vitkit.load_model(tmp_path / "old.npz").eval()
+    back, card = vitkit.load(tmp_path / "old.npz")
+    back.eval()
     assert back.config.resnet.layers == (1, 2) and back.config.resnet.width_factor == 2
-    assert set(back.load_report.unexpected) == {"zzz_unknown", "Transformer/encoderblock_0/extra/kernel", "block1/unit1/extra/kernel"}
+    assert set(card.report.unexpected) == {"zzz_unknown", "Transformer/encoderblock_0/extra/kernel", "block1/unit1/extra/kernel"}
     assert max_diff(back, model, torch.randn(1, 3, 32, 32)) == 0
 
 
@@ -272,10 +276,11 @@ def test_sincos_model_exports_its_table(tmp_path):
 def test_load_at_larger_image_size_keeps_class_token(tmp_path):
     model = jitter(vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=2))
     path = vitkit.save_model(model, tmp_path / "m")
-    big = vitkit.load_model(path, image_size=64)
+    big, card = vitkit.load(path, image_size=64)
     assert big.pos_embed.shape == (1, 65, 32)
     assert torch.equal(big.pos_embed[:, 0], model.pos_embed[:, 0])
-    assert big.load_report.resampled and "(1, 17, 32) -> (1, 65, 32)" in big.load_report.resampled[0]
+    assert card.report.resampled and "(1, 17, 32) -> (1, 65, 32)" in card.report.resampled[0]
+    assert card.preprocess.image_size == (64, 64)  # the card has the size the model was loaded at
     assert big(torch.randn(1, 3, 64, 64)).shape == (1, 2)
 
 
@@ -285,16 +290,17 @@ def test_num_classes_replaces_head_with_zeros_and_pre_logits_can_be_dropped(tmp_
     path = vitkit.save_model(model, tmp_path / "m.npz", format="npz")
     kept = vitkit.load_model(path)
     assert kept.config.representation_size == 32 and kept.config.num_classes == 7
-    new = vitkit.load_model(path, num_classes=3, drop_pre_logits=True).eval()
+    new, card = vitkit.load(path, num_classes=3, drop_pre_logits=True)
+    new.eval()
     assert isinstance(new.pre_logits, torch.nn.Identity) and new.head.weight.shape == (3, 32)
     assert new(torch.randn(2, 3, 32, 32)).abs().max() == 0
-    assert any("head replaced" in n for n in new.load_report.notes) or any("pre-logits" in n for n in new.load_report.notes)
+    assert any("head replaced" in n for n in card.report.notes) or any("pre-logits" in n for n in card.report.notes)
 
 
 def test_zeroed_head_is_reported(tmp_path):
     model = vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=2)
-    back = vitkit.load_model(vitkit.save_model(model, tmp_path / "raw.npz", format="npz"))
-    assert "the head is all zeros (a raw pre-training checkpoint): its predictions mean nothing until fine-tuned" in back.load_report.notes
+    card = vitkit.load(vitkit.save_model(model, tmp_path / "raw.npz", format="npz")).card
+    assert "the head is all zeros (a raw pre-training checkpoint): its predictions mean nothing until fine-tuned" in card.report.notes
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -473,6 +479,6 @@ def test_a_safetensors_checkpoint_is_read_once(tmp_path, monkeypatch):
     import vitkit.convert.files as load
 
     monkeypatch.setattr(load, "safe_open", Counting)
-    back = vitkit.load_model(tmp_path / "m.safetensors")
+    _, card = vitkit.load(tmp_path / "m.safetensors")
     assert sorted(reads) == sorted(model.state_dict()) and len(reads) == len(set(reads))
-    assert back.preprocess.image_size == (16, 16)
+    assert card.preprocess.image_size == (16, 16)

@@ -94,9 +94,10 @@ def test_npz_pre_logits_kernel_is_transposed(rep, tmp_path):
     w = vit_jax_arrays(rng, rep=rep)
     assert not np.allclose(w["pre_logits/kernel"][:16, :16], w["pre_logits/kernel"][:16, :16].T)
     np.savez(tmp_path / "vit.npz", **w)
-    model = vitkit.load_model(tmp_path / "vit.npz").eval()
+    model, card = vitkit.load(tmp_path / "vit.npz")
+    model.eval()
     assert model.config.representation_size == rep and model.config.num_classes == 5
-    assert model.load_report.missing == [] and model.load_report.unexpected == []
+    assert card.report.missing == [] and card.report.unexpected == []
     images = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     expected = numpy_vit_logits(w, images, patch=4)
     with torch.no_grad():
@@ -118,9 +119,10 @@ def test_timm_no_embed_class_zero_row_is_prepended(tmp_path):
     assert ref.pos_embed.shape == (1, 16, 32)  # 4 x 4 patches, no row for the class token
     path = tmp_path / "m.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
-    model = vitkit.load_model(path, heads=2).eval()
+    model, card = vitkit.load(path, heads=2)
+    model.eval()
     assert model.pos_embed.shape == (1, 17, 32)
-    assert model.load_report.unexpected == []
+    assert card.report.unexpected == []
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=0)
@@ -157,9 +159,10 @@ def test_hf_default_two_labels_keep_their_head(tmp_path):
     ref = jitter(transformers.ViTForImageClassification(tiny_hf_config()))
     assert ref.config.num_labels == 2 and ref.classifier.weight.shape == (2, 32)
     ref.save_pretrained(tmp_path / "hf")
-    model = vitkit.load_model(tmp_path / "hf").eval()
+    model, card = vitkit.load(tmp_path / "hf")
+    model.eval()
     assert model.config.num_classes == 2
-    assert model.load_report.unexpected == [] and model.load_report.missing == []
+    assert card.report.unexpected == [] and card.report.missing == []
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x).logits, atol=1e-5, rtol=0)

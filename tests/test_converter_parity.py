@@ -216,8 +216,8 @@ def test_hf_unknown_tensors_are_reported_not_dropped(tmp_path):
     sd["vit.encoder.layer.0.attention.extra.weight"] = torch.ones(2)
     sd["vit.something_else"] = torch.ones(2)
     save_file(sd, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
-    model = vitkit.load_model(tmp_path / "hf")
-    assert set(model.load_report.unexpected) == {"encoder.layer.0.attention.extra.weight", "something_else"}
+    model, card = vitkit.load(tmp_path / "hf")
+    assert set(card.report.unexpected) == {"encoder.layer.0.attention.extra.weight", "something_else"}
     # labels keyed by int (as some hand-written configs have) read as well as by str
     from vitkit.convert.hf import class_names_from_hf
 
@@ -266,7 +266,8 @@ def test_hf_config_written_is_what_transformers_writes(head, tmp_path):
     cfg = transformers.ViTConfig(**kw)
     ref = transformers.ViTForImageClassification(cfg) if head else transformers.ViTModel(cfg)
     ref.save_pretrained(tmp_path / "ref")
-    vitkit.save_model(vitkit.load_model(tmp_path / "ref"), tmp_path / "out", format="hf")
+    model, card = vitkit.load(tmp_path / "ref")
+    vitkit.save_model(model, tmp_path / "out", format="hf", card=card)
     theirs = json.loads((tmp_path / "ref" / "config.json").read_text())
     ours = json.loads((tmp_path / "out" / "config.json").read_text())
     if not head:  # a ViTModel carries no labels; transformers still writes its two defaults

@@ -300,7 +300,7 @@ def test_engine_choice_on_a_gpu_is_torch(digits_model, monkeypatch):
     """auto never sends a GPU model to a CPU engine (the model's device decides)."""
     model = vitkit.load_model(digits_model)
     monkeypatch.setattr(runtime, "model_device", lambda m: torch.device("cuda", 0))
-    monkeypatch.setattr(engines, "serve", lambda model, name, precision, compile=False: name)
+    monkeypatch.setattr(engines, "serve", lambda model, name, precision, compile=False, card=None: name)
     monkeypatch.setattr(engines, "_chosen", lambda eng, how: (eng, how))
     monkeypatch.setattr(engines, "engine_precision", lambda e, p, d="cpu": "bf16")
     name, how = engines.choose(model, images=10**6)

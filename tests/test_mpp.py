@@ -135,8 +135,9 @@ def test_tiny_mpp_run_learns_and_transfers(tmp_path):
     losses = [l["loss"] for l in lines if l["split"] == "train"]
     assert losses[-1] < 0.8 * losses[0] and losses[-1] < math.log(8)  # below chance for 8 grey levels
     assert 0 < res["test"]["mpp_acc"] <= 1 and "top1" not in res["test"]
-    encoder = vitkit.load_model(tmp_path / "mpp")
+    encoder, card = vitkit.load(tmp_path / "mpp")
     assert encoder.config.num_classes == 0 and "mask_token" not in encoder.state_dict()
+    assert card.class_names is None  # an encoder has no classifier: its card names no classes
     ft = finetune(str(tmp_path / "mpp"), "digits", out=tmp_path / "ft",
                   overrides=["train.steps=5", "train.batch_size=32", "train.progress=false"])
     assert 0 <= ft["test"]["top1"] <= 1

@@ -23,10 +23,10 @@ def ckpt(tmp_path):
 
 
 def test_the_recorded_normalisation_and_the_models_own_size(ckpt):
-    model = vitkit.load_model(ckpt / "m")
-    assert model.preprocess == Preprocess((16, 16), 1, "imagenet")
+    model, card = vitkit.load(ckpt / "m")
+    assert card.preprocess == Preprocess((16, 16), 1, "imagenet")
     model.set_image_size(24)  # resized after loading: what is written follows the model
-    vitkit.save_model(model, ckpt / "m24")
+    vitkit.save_model(model, ckpt / "m24", card=card)
     written = json.loads((ckpt / "m24" / "config.json").read_text())["preprocess"]
     assert written == {"image_size": 24, "normalize": "imagenet", "in_chans": 1}
 
@@ -38,7 +38,7 @@ def test_convert_with_a_new_size_predicts(ckpt, capsys):
     assert main(["predict", str(ckpt / "m32"), str(ckpt / "x.png"), "--json", "--engine", "torch"]) == 0
     (res,) = json.loads(capsys.readouterr().out)
     assert sorted(t["class"] for t in res["top"]) == ["a", "b", "c"]
-    assert vitkit.load_model(ckpt / "m32").preprocess == Preprocess((32, 32), 1, "imagenet")
+    assert vitkit.load(ckpt / "m32").card.preprocess == Preprocess((32, 32), 1, "imagenet")
 
 
 def test_export_at_a_new_resolution_records_it(ckpt, capsys):

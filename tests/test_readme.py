@@ -1,5 +1,5 @@
-"""The README's Python API snippet runs as written (the weights section needs the user's files: its
-calls are covered by tests/test_convert.py)."""
+"""The README's Python API and engine snippets run as written (the weights section, on stand-ins for the
+user's files: tests/test_card.py)."""
 import re
 from pathlib import Path
 

@@ -41,9 +41,9 @@ def test_loop_learns_digits(tmp_path):
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"train", "val"} <= {l["split"] for l in lines}
     # the run directory is a checkpoint anything can load, with its class names and preprocessing
-    model = vitkit.load_model(run)
-    assert model.class_names == [str(i) for i in range(10)]
-    assert model.preprocess.to_dict() == {"image_size": 8, "normalize": "google", "in_chans": 1}
+    _, card = vitkit.load(run)
+    assert card.class_names == [str(i) for i in range(10)]
+    assert card.preprocess.to_dict() == {"image_size": 8, "normalize": "google", "in_chans": 1}
 
 
 def test_run_directory_is_never_overwritten(tmp_path):
@@ -262,7 +262,7 @@ def test_stop_and_resume_in_process_equals_one_run(tmp_path):
     a = load_file(str(tmp_path / "one" / "checkpoint/model.safetensors"))  # the EMA weights
     b = load_file(str(tmp_path / "two" / "checkpoint/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert vitkit.load_model(tmp_path / "two").class_names == [str(i) for i in range(10)]
+    assert vitkit.load(tmp_path / "two").card.class_names == [str(i) for i in range(10)]
     sa, sb = (_train_state(tmp_path / n / "checkpoint", tmp_path / f"{n}.pt") for n in ("one", "two"))
     assert all(torch.equal(sa["module"][k], sb["module"][k]) for k in sa["module"])
     assert all(torch.equal(v, sb["optim"]["state"][p][k]) for p, s in sa["optim"]["state"].items() for k, v in s.items())

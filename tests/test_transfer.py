@@ -27,9 +27,9 @@ def test_finetune_new_head_and_higher_resolution(pretrained, tmp_path):
     res = finetune(str(pretrained), "digits", resolution=16, out=tmp_path / "ft",
                    overrides=["train.steps=6", "train.batch_size=32", "train.progress=false"])
     assert 0 <= res["test"]["top1"] <= 1
-    model = vitkit.load_model(tmp_path / "ft")
+    model, card = vitkit.load(tmp_path / "ft")
     assert model.config.image_size == 16 and model.pos_embed.shape == (1, 1 + 16, 32)
-    assert model.class_names == [str(i) for i in range(10)]
+    assert card.class_names == [str(i) for i in range(10)]
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert cfg["optim"]["name"] == "sgd" and cfg["optim"]["weight_decay"] == 0 and cfg["optim"]["momentum"] == 0.9
     assert cfg["model"]["init"] == str(pretrained)

@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "BiTConfig": "vitkit.models", "BiTResNet": "vitkit.models", "ViTConfig": "vitkit.models", "VisionTransformer": "vitkit.models",
     "count_params": "vitkit.models", "create_model": "vitkit.models", "describe": "vitkit.models", "list_models": "vitkit.models",
-    "CheckpointError": "vitkit.convert", "LoadReport": "vitkit.convert", "load_model": "vitkit.convert", "save_model": "vitkit.convert",
+    "CheckpointError": "vitkit.convert", "LoadReport": "vitkit.convert", "ModelCard": "vitkit.convert",
+    "load": "vitkit.convert", "load_model": "vitkit.convert", "save_model": "vitkit.convert",
     "InferenceModel": "vitkit.models.fast",
     "Engine": "vitkit.engines", "load_engine": "vitkit.engines", "export_model": "vitkit.export",
 }

@@ -122,12 +122,12 @@ def _parse_size(text: str | None) -> int | tuple[int, int] | None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from vitkit.convert import load_model, save_model
+    from vitkit.convert import load, save_model
 
-    model = load_model(args.src, num_classes=args.num_classes, image_size=_parse_size(args.image_size),
+    model, card = load(args.src, num_classes=args.num_classes, image_size=_parse_size(args.image_size),
                        format=getattr(args, "from"), model=args.model, drop_pre_logits=args.drop_pre_logits)
-    out = save_model(model, args.dst, format=args.to, overwrite=args.force)
-    report = model.load_report
+    out = save_model(model, args.dst, format=args.to, overwrite=args.force, card=card)
+    report = card.report
     if args.json:
         print(json.dumps({"src": args.src, "dst": str(out), "to": args.to, "report": report.to_dict()}, indent=2))
     else:

@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 
 from vitkit import runtime
+from vitkit.convert.card import ModelCard
+from vitkit.data.preprocess import Preprocess
 from vitkit.export import EXTRAS
 from vitkit.models.fast import InferenceOnly
 
@@ -100,16 +102,24 @@ class Engine(InferenceOnly, nn.Module):
     def __init__(self, engine: str, precision: str, info: dict[str, Any]):
         super().__init__()
         self.engine, self.precision = engine, precision
-        from vitkit.data.preprocess import Preprocess
-
-        self.preprocess = Preprocess.from_dict(info["preprocess"])
-        self.image_size: tuple[int, int] = self.preprocess.image_size
-        self.in_chans: int = self.preprocess.in_chans
+        self.card = ModelCard(Preprocess.from_dict(info["preprocess"]), info.get("class_names"), str(info.get("source", "")))
+        self.image_size: tuple[int, int] = self.card.preprocess.image_size
+        self.in_chans: int = self.card.preprocess.in_chans
         self.num_classes: int = int(info.get("num_classes") or 0)
-        self.class_names: list[str] | None = info.get("class_names")
-        self.source: str = str(info.get("source", ""))
         self.choice: dict[str, Any] | None = None
         super().train(False)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.card.preprocess
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.card.class_names
+
+    @property
+    def source(self) -> str:
+        return self.card.source
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -122,13 +132,13 @@ class Engine(InferenceOnly, nn.Module):
 class TorchEngine(Engine):
     """vitkit's own path: `InferenceModel` (on the model's device)."""
 
-    def __init__(self, model: nn.Module, precision: str, compile: bool = False, info: dict[str, Any] | None = None):
+    def __init__(self, model: nn.Module, precision: str, compile: bool = False, card: ModelCard | None = None):
         from vitkit.export import metadata
         from vitkit.models.fast import InferenceModel
 
         self.model: nn.Module  # registered below, after nn.Module's set-up
         inner = InferenceModel(model, precision, compile=compile)
-        super().__init__("torch", inner.precision, info or metadata(model, _torch_source(model)))
+        super().__init__("torch", inner.precision, metadata(model, card))
         self.model = inner
         self.config = model.config
 
@@ -328,14 +338,14 @@ def _export_path(key: str) -> Path:
     return runtime.cache_dir() / "exports" / f"{key}.onnx"
 
 
-def cached_export(model: nn.Module, engine: str) -> Path:
-    """The ONNX export of `model` in vitkit's cache (written and checked against PyTorch with `engine` the first
-    time: a sidecar <key>.json records the check)."""
+def cached_export(model: nn.Module, engine: str, card: ModelCard | None = None) -> Path:
+    """The ONNX export of `model` (with its card) in vitkit's cache (written and checked against PyTorch with
+    `engine` the first time: a sidecar <key>.json records the check)."""
     from vitkit.atomic import atomic_path
     from vitkit.export import check_against, metadata, write_onnx
 
     model = model.to("cpu").eval()
-    meta = metadata(model, _torch_source(model))
+    meta = metadata(model, card)
     path = _export_path(weights_key(model, meta))
     record = path.with_suffix(".json")
     checks = {}
@@ -373,30 +383,25 @@ def _prune(folder: Path) -> None:
         old.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _torch_source(model: nn.Module) -> str:
-    return str(getattr(getattr(model, "load_report", None), "source", ""))
-
-
-def serve(model: nn.Module, engine: str, precision: str = "auto", compile: bool = False) -> Engine:
-    """`model` (a loaded checkpoint) served by the named engine."""
-    from vitkit.export import metadata
-
+def serve(model: nn.Module, engine: str, precision: str = "auto", compile: bool = False,
+          card: ModelCard | None = None) -> Engine:
+    """`model` (a loaded checkpoint, with its card from `vitkit.load`) served by the named engine."""
     if engine == "torch":
-        return TorchEngine(model, precision, compile, metadata(model, _torch_source(model)))
+        return TorchEngine(model, precision, compile, card)
     if compile:
         raise ValueError(f"--compile is PyTorch's (torch.compile); {_LABEL[engine]} compiles its graph itself: drop --compile")
     _need(engine)
     if runtime.model_device(model).type != "cpu":
         raise ValueError(f"{_LABEL[engine]} runs on the CPU here: serve a model on the CPU (model.cpu()), or use engine 'torch'")
     prec = engine_precision(engine, precision)
-    path = cached_export(model, engine)
+    path = cached_export(model, engine, card)
     try:
         eng = open_export(path, engine, prec)
     except ValueError:  # damaged since it was written and checked (a full disk, a killed copy): export it again
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)
-        eng = open_export(cached_export(model, engine), engine, prec)
-    eng.source = _torch_source(model)
+        eng = open_export(cached_export(model, engine, card), engine, prec)
+    eng.card = eng.card.replace(source=card.source if card else "")  # the same weights may be cached from another file
     return eng
 
 
@@ -495,7 +500,7 @@ def _auto(names: list[str], build, key: str, batch: int, images: int | None, rea
 
 
 def choose(model: nn.Module, precision: str = "auto", batch_size: int = 256, images: int | None = None,
-           compile: bool = False) -> Engine:
+           compile: bool = False, card: ModelCard | None = None) -> Engine:
     """Engine "auto" for a loaded checkpoint (module docstring): torch on a GPU; on the CPU the fastest engine
     measured for this model shape, precision and batch size on this machine (cached)."""
     from vitkit.export import metadata
@@ -506,7 +511,7 @@ def choose(model: nn.Module, precision: str = "auto", batch_size: int = 256, ima
     if len(names) == 1 or compile:
         why = ("on a GPU" if dev.type != "cpu" else "--compile is PyTorch's" if compile
                else f"no other engine installed runs {prec} here")
-        return _chosen(serve(model, "torch", prec, compile), {"why": f"torch: {why}", "cached": False})
+        return _chosen(serve(model, "torch", prec, compile, card), {"why": f"torch: {why}", "cached": False})
     batch = max(1, min(batch_size, images or batch_size))
     key = f"{runtime.machine_key()} | {_versions()} | {_signature(model)} | {prec} | batch {batch}"
     key_path: list[Path] = []  # the weights hash, computed once and only when a cached verdict needs it
@@ -515,10 +520,10 @@ def choose(model: nn.Module, precision: str = "auto", batch_size: int = 256, ima
         if name == "torch":
             return True
         if not key_path:
-            key_path.append(_export_path(weights_key(model, metadata(model, _torch_source(model)))))
+            key_path.append(_export_path(weights_key(model, metadata(model, card))))
         return key_path[0].is_file()
 
-    return _auto(names, lambda name: serve(model, name, prec), key, batch, images, exported)
+    return _auto(names, lambda name: serve(model, name, prec, card=card), key, batch, images, exported)
 
 
 def _chosen(engine: Engine, how: dict[str, Any]) -> Engine:
@@ -558,7 +563,7 @@ def load_engine(src: str | Path, engine: str = "auto", precision: str = "auto", 
     """An `Engine` for `src` (a checkpoint or an export; `vitkit.load_engine`); `images` is how many images the
     job will run (auto's cost rule), `resolution` resamples a checkpoint's position embeddings (an export has
     its own size)."""
-    from vitkit.convert.load import load_model
+    from vitkit.convert.load import load
 
     if engine not in CHOICES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(CHOICES)}")
@@ -587,7 +592,8 @@ def load_engine(src: str | Path, engine: str = "auto", precision: str = "auto", 
         _need(engine)
         if dev.type != "cpu":
             raise ValueError(f"--engine {engine} runs on the CPU here; pass --device cpu, or --engine torch on {dev}")
-    model = load_model(src, image_size=resolution).to(dev)
+    model, card = load(src, image_size=resolution)
+    model.to(dev)
     if engine == "auto":
-        return choose(model, precision, batch_size, images, compile)
-    return serve(model, engine, precision, compile)
+        return choose(model, precision, batch_size, images, compile, card)
+    return serve(model, engine, precision, compile, card)

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 
 from vitkit.atomic import atomic_path, refuse_existing
-from vitkit.convert.load import load_model
+from vitkit.convert.card import ModelCard
+from vitkit.convert.load import load
 
 OPENVINO_XML = "openvino_model.xml"
 FORMATS = ("onnx", "openvino")
@@ -64,11 +65,10 @@ def image_hw(model: nn.Module) -> tuple[int, int]:
     return Preprocess.of(model).image_size
 
 
-def metadata(model: nn.Module, source: str) -> dict[str, Any]:
-    """What an export records of its model: preprocessing, class names, source, classes."""
-    from vitkit.data.preprocess import Preprocess
-
-    return {"preprocess": Preprocess.of(model).to_dict(), "class_names": getattr(model, "class_names", None), "source": source,
+def metadata(model: nn.Module, card: ModelCard | None = None) -> dict[str, Any]:
+    """What an export records of its model (its card, as JSON): preprocessing, class names, source, classes."""
+    card = (card or ModelCard.of(model)).for_model(model)
+    return {"preprocess": card.preprocess.to_dict(), "class_names": card.class_names, "source": card.source,
             "num_classes": getattr(model.config, "num_classes", 0)}
 
 
@@ -132,8 +132,8 @@ def export_model(src: str | Path, out: str | Path, to: str = "onnx", resolution:
     need("onnxscript", "export")
     if to == "openvino":
         need("openvino", "OpenVINO export")
-    model = load_model(src, image_size=resolution).eval()
-    meta = metadata(model, str(src))
+    model, card = load(src, image_size=resolution)
+    meta = metadata(model.eval(), card)
     res: dict[str, Any] = {"path": str(out), "format": to, "opset": opset, "image_size": list(image_hw(model)),
                            "in_chans": model.config.in_chans, "num_classes": meta["num_classes"],
                            "checked_with": None, "max_abs_diff": None}

@@ -15,7 +15,8 @@ from vitkit.analysis.embeddings import embedding_filters, posemb_similarity
 from vitkit.analysis.plots import (plot_attention_distance, plot_class_attention, plot_filters, plot_posemb_similarity,
                                    plot_rollout)
 from vitkit.atomic import refuse_existing, write_json, write_text
-from vitkit.convert.load import load_model
+from vitkit.convert.load import load
+from vitkit.data.preprocess import Preprocess
 from vitkit.models.fast import cast_copy
 from vitkit.runtime import resolve_device
 from vitkit.train.precision import DTYPES, resolve
@@ -31,11 +32,11 @@ def _unnormalize(x: torch.Tensor, kind: str) -> torch.Tensor:
     return (x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)).clamp(0, 1)
 
 
-def load_images(model, src: str, data: str | None, images: list[str], num_images: int, data_dir: str | None,
+def load_images(prep: Preprocess, data: str | None, images: list[str], num_images: int, data_dir: str | None,
                 batch_size: int = 32) -> tuple[list[torch.Tensor], str, str]:
-    """Normalised image batches, the normalisation used, and where the images came from."""
-    cfg = data_config_for(model, data or "digits", data_dir)
-    chans = model.config.in_chans
+    """Image batches prepared as `prep`, the normalisation used, and where the images came from."""
+    cfg = data_config_for(prep, data or "digits", data_dir)
+    chans = prep.in_chans
     if images:
         t = eval_transform(cfg, chans)
         xs = [t(load_image(Path(p), chans)) for p in images]
@@ -60,12 +61,13 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         refuse_existing(out, overwrite)
-    model = load_model(src).eval()
+    model, card = load(src)
+    model.eval()
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"{src}: a {type(model).__name__} has no attention to analyse; analyze takes ViTs and hybrids")
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    batches, normalize, source = load_images(model, src, data, images or [], num_images, data_dir)
+    batches, normalize, source = load_images(card.preprocess, data, images or [], num_images, data_dir)
     figures: dict[str, str] = {}
     result: dict = {"model": str(src), "data": source, "image_size": cfg.image_size, "grid": list(cfg.grid)}
 

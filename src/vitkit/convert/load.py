@@ -1,4 +1,5 @@
-"""`load_model` and `save_model`: the dispatcher over the format adapters, then shape checks, resampling, a report.
+"""`load`, `load_model` and `save_model`: the dispatcher over the format adapters, then shape checks, resampling,
+a model card (class names, preprocessing, the loading report: convert/card.py).
 
 Formats, one adapter module each (detect / read / write):
 - "vitkit" (convert/vitkit_format.py): a directory with `model.safetensors` + `config.json`, or one `.safetensors`
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 from vitkit.convert import google_npz, hf, timm, vitkit_format
 from vitkit.atomic import refuse_existing
+from vitkit.convert.card import Loaded, ModelCard
 from vitkit.convert.common import CheckpointError, LoadReport, load_into
 from vitkit.convert.files import (CONFIG, TORCH_SUFFIXES, WEIGHTS, read_json, read_tensors, read_torch, resolve_run_dir,
                                   safetensors_header)
@@ -88,7 +90,7 @@ def read_checkpoint(path: str | Path, fmt: str = "auto", **overrides: Any) -> tu
     return ADAPTERS[fmt].read(p, tensors, meta, **overrides)
 
 
-def load_model(
+def load(
     path: str | Path,
     num_classes: int | None = None,
     image_size: int | tuple[int, int] | None = None,
@@ -99,16 +101,16 @@ def load_model(
     resample_mode: str = "bilinear",
     device: str | torch.device | None = None,
     **overrides: Any,
-) -> nn.Module:
-    """A model with the weights of any checkpoint vitkit reads; the architecture comes from the file.
+) -> Loaded:
+    """`(model, card)`: a model with the weights of any checkpoint vitkit reads (the architecture comes from
+    the file) and its `ModelCard` (class names, preprocessing, source, the loading report).
 
-    `num_classes` different from the checkpoint's replaces the head with a zero-initialised one;
-    `image_size` resamples the position embeddings over the new grid (class token untouched);
+    `num_classes` different from the checkpoint's replaces the head with a zero-initialised one (and drops the
+    class names); `image_size` resamples the position embeddings over the new grid (class token untouched);
     `drop_pre_logits` removes a pre-logits layer (as for fine-tuning); `model` names the variant when
     the file cannot say (timm state dicts do not record the number of heads); `overrides` set any
     other architecture option (dropout, drop_path, heads, ...); `device` ("auto", "cpu", "cuda:1", ...) places
-    it (default: the CPU, where the file is read). The returned model has a
-    `load_report` (missing, unexpected and resampled tensors) and `class_names` (or None).
+    it (default: the CPU, where the file is read).
     """
     source = str(path)
     if model is not None:
@@ -134,14 +136,19 @@ def load_model(
             report.resampled.append(f"pos_embed {old[1]} -> {tuple(net.pos_embed.shape)} ({resample_mode}, class token kept)")
     elif image_size is not None:
         net.config.image_size = image_size  # convolutional: any size works
-    net.load_report = report
-    net.class_names = class_names
-    net.preprocess = Preprocess.of(net, read_preprocess(path))  # the size after any resize above
+    card = ModelCard(Preprocess.of(net, read_preprocess(path)), class_names, source, report)  # the size after any resize
     if device is not None:
         from vitkit.runtime import resolve_device
 
         net.to(resolve_device(str(device), option="device"))
-    return net
+    return Loaded(net, card)
+
+
+def load_model(path: str | Path, num_classes: int | None = None, image_size: int | tuple[int, int] | None = None,
+               **kwargs: Any) -> nn.Module:
+    """The model of `load` alone (the same arguments); `vitkit.load` also gives its class names, preprocessing
+    and loading report."""
+    return load(path, num_classes, image_size, **kwargs).model
 
 
 def read_preprocess(path: str | Path) -> dict | None:
@@ -162,17 +169,19 @@ def read_preprocess(path: str | Path) -> dict | None:
 
 
 def save_model(model: nn.Module, path: str | Path, format: str = "vitkit", *, overwrite: bool = False,
-               class_names: list[str] | None = None, preprocess: Preprocess | dict | None = None) -> Path:
+               card: ModelCard | None = None, class_names: list[str] | None = None,
+               preprocess: Preprocess | dict | None = None) -> Path:
     """Write `model` as vitkit (a directory, or one file if `path` ends in .safetensors), timm
-    (.safetensors), hf (a directory) or npz (Google .npz, vit_jax naming). Atomic: on any error
-    nothing is left at `path`; an existing path is refused unless `overwrite`."""
+    (.safetensors), hf (a directory) or npz (Google .npz, vit_jax naming), with its card (class names and
+    normalisation; `class_names` / `preprocess` given here win over the card's; the size and channels are the
+    model's). Atomic: on any error nothing is left at `path`; an existing path is refused unless `overwrite`."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
     path = Path(path)
     refuse_existing(path, overwrite)
     cfg = model.config
-    names = class_names if class_names is not None else getattr(model, "class_names", None)
-    prep = Preprocess.of(model, preprocess).to_dict()  # the model's size and channels, always
+    names = class_names if class_names is not None else card.class_names if card else None
+    prep = Preprocess.of(model, preprocess if preprocess is not None else card.preprocess if card else None).to_dict()
     info = {"format": "vitkit", "version": 1, "model": config_to_dict(cfg), "class_names": names, "preprocess": prep}
     if format != "vitkit" and not isinstance(cfg, ViTConfig):
         raise CheckpointError(f"a {type(model).__name__} can be saved as vitkit only; {format} holds ViTs")

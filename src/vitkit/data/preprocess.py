@@ -38,9 +38,8 @@ class Preprocess:
     @classmethod
     def of(cls, model: Any, recorded: "Preprocess | dict | None" = None) -> "Preprocess":
         """The preprocessing of `model` now: its config's image size and channels, the normalisation recorded
-        (`recorded`, else the model's `preprocess` attribute, else "google")."""
-        rec = recorded if recorded is not None else getattr(model, "preprocess", None)
-        norm = rec.normalize if isinstance(rec, Preprocess) else (rec or {}).get("normalize") or "google"
+        (`recorded`: a Preprocess, its dict, or None for "google")."""
+        norm = recorded.normalize if isinstance(recorded, Preprocess) else (recorded or {}).get("normalize") or "google"
         return cls(model.config.image_size, model.config.in_chans, norm)
 
     @classmethod

@@ -6,16 +6,14 @@ from pathlib import Path
 from vitkit.config import DataConfig
 from vitkit.data.datasets import load_dataset
 from vitkit.data.loader import eval_stream
+from vitkit.data.preprocess import Preprocess
 from vitkit.evaluate.classify import evaluate
 from vitkit.runtime import model_device
 
 
-def data_config_for(model, data: str, data_dir: str | None = None, resolution: int | None = None,
+def data_config_for(prep: Preprocess, data: str, data_dir: str | None = None, resolution: int | None = None,
                     normalize: str | None = None) -> DataConfig:
-    """The evaluation pipeline a model (or an `Engine`) was trained with (its recorded preprocessing), else Google's."""
-    from vitkit.data.preprocess import Preprocess
-
-    prep = model.preprocess if isinstance(getattr(model, "preprocess", None), Preprocess) else Preprocess.of(model)
+    """The evaluation pipeline of dataset `data` for a model prepared as `prep` (its card's, an Engine's)."""
     if resolution:
         prep = prep.replace(image_size=resolution)
     if normalize:
@@ -42,7 +40,7 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
     ds = load_dataset(_dataset_config(data, data_dir))
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
     model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(part), compile=compile)
-    cfg = data_config_for(model, data, data_dir, resolution, normalize)
+    cfg = data_config_for(model.preprocess, data, data_dir, resolution, normalize)
     k = model.num_classes
     if k != ds.num_classes:
         raise ValueError(f"{src}: the model has {k} classes but {data} has {ds.num_classes}; fine-tune it first "
@@ -97,7 +95,7 @@ def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, 
 
     ds = load_dataset(_dataset_config(data, data_dir))
     model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(ds.train) + len(ds.test))
-    cfg = data_config_for(model, data, data_dir, resolution)
+    cfg = data_config_for(model.preprocess, data, data_dir, resolution)
     train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, model.in_chans, batch_size))
     test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, model.in_chans, batch_size))
     res = fewshot_eval(train_x, train_y, test_x, test_y, shots, seeds, DEFAULT_L2 if l2 is None else l2)

@@ -27,6 +27,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
+from vitkit.convert.card import ModelCard
 from vitkit.convert.load import save_model
 from vitkit.rundir import RunDir
 from vitkit.train import distributed
@@ -50,10 +51,10 @@ def checkpoint_dir(run_dir: Path) -> Path | None:
 
 
 class _Weights:
-    """What save_model needs of a model (config, names, state dict), for weights gathered from shards."""
+    """What save_model needs of a model (config, state dict), for weights gathered from shards."""
 
     def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]):
-        self.config, self.class_names, self.preprocess = model.config, getattr(model, "class_names", None), None
+        self.config = model.config
         self._state = state
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -69,9 +70,10 @@ def _quiet_dcp() -> Iterator[None]:
 
 
 def save_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, export: nn.Module | None,
-                    state: dict[str, Any], class_names: list[str] | None, preprocess: Any, env: distributed.Env) -> None:
+                    state: dict[str, Any], card: ModelCard, env: distributed.Env) -> None:
     """Every rank calls this. `module` is the training module (model + objective, sharded or not);
-    `export` the module users get (the EMA model), or None for the trained model itself."""
+    `export` the module users get (the EMA model), or None for the trained model itself; `card` what is
+    recorded beside its weights (class names, preprocessing)."""
     model = module.model
     if export is None and distributed.is_sharded(module):  # gather the shards, on rank 0 only
         full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -82,7 +84,7 @@ def save_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Opt
     if env.is_main:
         made = Path(tempfile.mkdtemp(prefix=f".{CKPT}.", dir=run_dir))
         out = made / "out"
-        save_model(export, out, class_names=class_names, preprocess=preprocess)
+        save_model(export, out, card=card)
     out = distributed.broadcast_path(out or Path(), env)
     try:
         with _quiet_dcp():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.config import apply_overrides
-from vitkit.convert.load import load_model
+from vitkit.convert.load import load
 from vitkit.recipes.finetune import finetune as finetune_recipe
 from vitkit.rundir import RunDir
 from vitkit.train.loop import train
@@ -18,10 +18,9 @@ from vitkit.atomic import write_json
 
 def finetune(src: str, data: str, resolution: int | None = None, overrides: list[str] | None = None,
              out: str | Path | None = None, lr_sweep: list[float] | None = None) -> dict[str, Any]:
-    source = load_model(src)  # to read its resolution and preprocessing, and to fail early on a bad file
-    size = source.config.image_size
-    size = resolution or (size if isinstance(size, int) else size[0])
-    normalize = source.preprocess.normalize
+    _, card = load(src)  # to read its resolution and preprocessing, and to fail early on a bad file
+    size = resolution or card.preprocess.image_size[0]
+    normalize = card.preprocess.normalize
     cfg = apply_overrides(finetune_recipe(str(src), data, size, normalize), overrides or [])
     if not lr_sweep:
         return train(cfg, out=out)

@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from vitkit import runtime
+from vitkit.convert.card import ModelCard
 from vitkit.data.preprocess import Preprocess
 from vitkit.config import Config
 from vitkit.config import validate as validate_config
@@ -43,7 +44,6 @@ def build_model(cfg: Config, ds: Dataset) -> nn.Module:
         # a self-supervised encoder has no classifier: finetune/fewshot put their own on its features
         k = ds.num_classes if cfg.objective == "classification" else 0
         model = create_model(m.name, num_classes=k, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
-    model.class_names = ds.classes if cfg.objective == "classification" else None
     return model
 
 
@@ -126,10 +126,6 @@ def _oom_message(cfg: Config, model: nn.Module, dev: torch.device, batching: Bat
     return f"{where}: {advice}"
 
 
-def _preprocess(cfg: Config, model: nn.Module) -> Preprocess:
-    return Preprocess(cfg.data.image_size, model.config.in_chans, cfg.data.normalize)
-
-
 @dataclass
 class Run:
     """A training run while it runs: everything `setup` built, used by `run_steps` and `finish`."""
@@ -157,6 +153,11 @@ class Run:
     hardware: dict
     start: int
 
+    def card(self) -> ModelCard:
+        """What the checkpoint records beside the weights: the preprocessing and, for a classifier, the class names."""
+        names = self.ds.classes if self.cfg.objective == "classification" else None
+        return ModelCard(Preprocess(self.cfg.data.image_size, self.model.config.in_chans, self.cfg.data.normalize), names)
+
     def export_model(self) -> nn.Module:
         """What evaluation and the exported checkpoint use: the EMA average when there is one."""
         return self.ema.module if self.ema is not None else self.model
@@ -181,7 +182,7 @@ class Run:
                  "ema_n": int(self.ema.n_averaged) if self.ema is not None else 0, "world": self.env.world,
                  "parallel": self.cfg.train.parallel, "scaler": self.scaler.state_dict() if self.scaler is not None else None}
         save_checkpoint(self.run_dir, self.module, self.optimizer, self.ema.module if self.ema is not None else None, state,
-                        self.ds.classes, _preprocess(self.cfg, self.model), self.env)
+                        self.card(), self.env)
 
 
 def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
