@@ -13,59 +13,70 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from vitkit.models.registry import create_model
 
 GIB = 2**30
 
 
-@contextlib.contextmanager
-def _fused_attention() -> Iterator[None]:
-    """Attention as the fused kernels store it for the backward pass (q, k, v, the output and one
-    log-sum-exp per row: flash attention on GPUs, its CPU counterpart), not the T x T weights that the
-    composite fallback keeps on the meta device (1.7x too much for ViT-B/16 at 384 px)."""
-    plain = F.scaled_dot_product_attention
+class _FusedAttentionSaves(torch.autograd.Function):
+    """What the fused attention kernels keep for the backward pass (flash attention on GPUs, its CPU
+    counterpart): q, k, v, the output and one float32 log-sum-exp per row; shapes only (the meta device)."""
 
-    def fused(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
-        if attn_mask is not None or kw:
-            return plain(q, k, v, attn_mask, dropout_p, is_causal, scale=scale, **kw)
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, scale=scale)[0]
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, h, n, _ = q.shape  # laid out (B, N, h, d), as the kernels write it: merging the heads after is a view
+        out = q.new_empty(b, n, h, v.shape[-1]).transpose(1, 2)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
 
-    F.scaled_dot_product_attention = fused
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = plain
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        raise RuntimeError("vitkit.train.memory counts what the forward keeps; it has no backward pass")
+
+
+class _fused_attention(TorchFunctionMode):
+    """On the meta device, attention as the fused kernels store it, not the T x T weights that the composite
+    fallback keeps there (1.7x too much for ViT-B/16 at 384 px). A function mode: only the calls made inside
+    the `with` block are affected, nothing is patched."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and kwargs.get("attn_mask") is None and len(args) == 3:
+            return _FusedAttentionSaves.apply(*args)
+        return func(*args, **kwargs)
 
 
 def activation_bytes(name: str, image_size: int, batch: int = 1, checkpointing: bool = False,
                      device: str = "meta", **overrides: Any) -> int:
     """Bytes autograd keeps between forward and backward for `batch` images (the peak of the backward
     pass is about this plus one block's worth). `device="cpu"` runs it for real (tests compare the two)."""
-    seen: dict[int, int] = {}
-
+    # keyed by the storage object (one per storage: views of one tensor count once), kept alive beside its size
+    seen: dict[int, tuple[torch.UntypedStorage, int]] = {}
     weights: set[int] = set()
 
     def pack(t: torch.Tensor):
-        st = t.untyped_storage()  # keyed by the storage itself: views of one tensor count once
-        if st._cdata not in weights:  # parameters are model state, counted apart
-            seen[st._cdata] = max(seen.get(st._cdata, 0), st.nbytes())
+        st = t.untyped_storage()
+        if id(st) not in weights:  # parameters are model state, counted apart
+            seen[id(st)] = (st, max(seen.get(id(st), (st, 0))[1], st.nbytes()))
         return t
 
-    with torch.device(device), _fused_attention():
+    meta = torch.device(device).type == "meta"
+    with torch.device(device), _fused_attention() if meta else contextlib.nullcontext():
         model = create_model(name, image_size=image_size, **overrides)
         model.train()
         model.set_grad_checkpointing(checkpointing)
-        weights.update(p.untyped_storage()._cdata for p in model.parameters())
+        params = [p.untyped_storage() for p in model.parameters()]  # alive while counting, so their ids stay theirs
+        weights.update(id(st) for st in params)
         x = torch.empty(batch, model.config.in_chans, image_size, image_size)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x).sum()  # kept alive while counting: its graph holds the saved tensors
-    total = sum(seen.values())
+    total = sum(nbytes for _, nbytes in seen.values())
     del out
     return total
 
