@@ -254,17 +254,22 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(image, class index) pairs of a class-per-folder tree, by torchvision's scan (make_dataset: any depth, any
+    case of suffix, links followed); hidden folders are not classes. `classes`: the training classes to index by."""
+    from torchvision.datasets.folder import make_dataset
+
     dirs = _class_dirs(root)
     names = [d.name for d in dirs] if classes is None else classes
-    files = []
     for d in dirs:
         if d.name not in names:
             raise DatasetError(f"{d}: class {d.name!r} is not among the training classes {names}")
-        imgs = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not imgs:
+    found = make_dataset(root, {d.name: names.index(d.name) for d in dirs}, extensions=tuple(sorted(IMAGE_SUFFIXES)),
+                         allow_empty=True)
+    present = {label for _, label in found}
+    for d in dirs:
+        if names.index(d.name) not in present:
             raise DatasetError(f"{d}: class folder without images ({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder")
-        files.extend((p, names.index(d.name)) for p in imgs)
-    return files, names
+    return [(Path(path), label) for path, label in found], names
 
 
 def load_image(path: Path, channels: int, size: int | None = None) -> torch.Tensor:
