@@ -122,11 +122,15 @@ def _parse_size(text: str | None) -> int | tuple[int, int] | None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from vitkit import progress
     from vitkit.convert import load, save_model
 
-    model, card = load(args.src, num_classes=args.num_classes, image_size=_parse_size(args.image_size),
-                       format=getattr(args, "from"), model=args.model, drop_pre_logits=args.drop_pre_logits)
-    out = save_model(model, args.dst, format=args.to, overwrite=args.force, card=card)
+    with progress.Stages("convert", [f"reading {args.src}", f"writing {args.dst} ({args.to})"]) as bar:
+        model, card = load(args.src, num_classes=args.num_classes, image_size=_parse_size(args.image_size),
+                           format=getattr(args, "from"), model=args.model, drop_pre_logits=args.drop_pre_logits)
+        bar.next()
+        out = save_model(model, args.dst, format=args.to, overwrite=args.force, card=card)
+        bar.next()
     report = card.report
     if args.json:
         print(json.dumps({"src": args.src, "dst": str(out), "to": args.to, "report": report.to_dict()}, indent=2))
@@ -409,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_models_parser, _info_parser, _convert_parser, _train_parser, _eval_parser, _finetune_parser,
                 _fewshot_parser, _predict_parser, _analyze_parser, _export_parser):  # the order of --help
         add(sub)
+    for verb in sub.choices.values():  # options every verb shares
+        verb.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they show on a terminal only, as tqdm's)")
     return parser
 
 
@@ -429,8 +435,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0
+    if args.quiet:
+        from vitkit import progress
+
+        progress.disable()
     try:
         return func(args)
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (training says which checkpoint it kept and how to resume)
+        print(f"vitkit {args.verb}: {str(err) or 'interrupted'}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError, ImportError, MemoryError) as err:
         # ImportError: a missing extra; MemoryError: a GPU out of memory, with the estimate and a smaller micro-batch
         print(f"vitkit {args.verb}: error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from vitkit.atomic import atomic_path, refuse_existing
+from vitkit import progress
 from vitkit.convert.card import ModelCard
 from vitkit.convert.load import load
 
@@ -132,31 +133,40 @@ def export_model(src: str | Path, out: str | Path, to: str = "onnx", resolution:
     need("onnxscript", "export")
     if to == "openvino":
         need("openvino", "OpenVINO export")
-    model, card = load(src, image_size=resolution)
-    meta = metadata(model.eval(), card)
-    res: dict[str, Any] = {"path": str(out), "format": to, "opset": opset, "image_size": list(image_hw(model)),
-                           "in_chans": model.config.in_chans, "num_classes": meta["num_classes"],
-                           "checked_with": None, "max_abs_diff": None}
-    with atomic_path(out, overwrite) as tmp:
-        if to == "onnx":
-            write_onnx(model, tmp, meta, opset)
-            graph = tmp
-        else:
-            tmp.mkdir()
-            graph = tmp / "model.onnx"
-            write_onnx(model, graph, meta, opset)
-            write_openvino(graph, tmp / "ir", meta)
-            graph.unlink()
-            for f in (tmp / "ir").iterdir():
-                f.rename(tmp / f.name)
-            (tmp / "ir").rmdir()
-            graph = tmp / OPENVINO_XML
-        name = "onnxruntime" if to == "onnx" else "openvino"
-        if check and engines.installed(name):
-            runner = engines.open_export(graph, name, "fp32")
-            res["max_abs_diff"] = check_against(model, runner)  # a failed check leaves nothing behind
-            res["checked_with"] = name
-            del runner
+    name = "onnxruntime" if to == "onnx" else "openvino"
+    checking = check and engines.installed(name)
+    stages = ["reading the checkpoint", "ONNX graph"] + (["OpenVINO IR"] if to == "openvino" else []) + (
+        [f"checking against PyTorch with {name}"] if checking else [])
+    with progress.Stages(f"export {to}", stages) as bar:
+        model, card = load(src, image_size=resolution)
+        meta = metadata(model.eval(), card)
+        bar.next()
+        res: dict[str, Any] = {"path": str(out), "format": to, "opset": opset, "image_size": list(image_hw(model)),
+                               "in_chans": model.config.in_chans, "num_classes": meta["num_classes"],
+                               "checked_with": None, "max_abs_diff": None}
+        with atomic_path(out, overwrite) as tmp:
+            if to == "onnx":
+                write_onnx(model, tmp, meta, opset)
+                bar.next()
+                graph = tmp
+            else:
+                tmp.mkdir()
+                graph = tmp / "model.onnx"
+                write_onnx(model, graph, meta, opset)
+                bar.next()
+                write_openvino(graph, tmp / "ir", meta)
+                bar.next()
+                graph.unlink()
+                for f in (tmp / "ir").iterdir():
+                    f.rename(tmp / f.name)
+                (tmp / "ir").rmdir()
+                graph = tmp / OPENVINO_XML
+            if checking:
+                runner = engines.open_export(graph, name, "fp32")
+                res["max_abs_diff"] = check_against(model, runner)  # a failed check leaves nothing behind
+                res["checked_with"] = name
+                del runner
+                bar.next()
     return res
 
 

@@ -68,7 +68,7 @@ def plot_attention_distance(dist: torch.Tensor, path: Path, image_size: int) -> 
     ax = fig.subplots()
     cmap = colormaps["tab20"]
     for h in range(H):
-        ax.scatter(np.arange(1, L + 1), dist[:, h].numpy(), s=14, color=cmap(h % 20), label=f"head {h + 1}")
+        ax.scatter(np.arange(1, L + 1), dist[:, h].numpy(), s=14, color=cmap(h % 20), label=f"head {h}")
     ax.set_xlabel("network depth (layer)")
     ax.set_ylabel("mean attention distance (pixels)")
     ax.set_ylim(0, max(float(dist.max()) * 1.1, 1.0))
@@ -107,8 +107,9 @@ def plot_rollout(images01: torch.Tensor, maps: torch.Tensor, path: Path, cols: i
     return _save(fig, path)
 
 
-def plot_class_attention(images01: torch.Tensor, per_layer: torch.Tensor, head: int, path: Path, max_images: int = 6) -> Path:
-    """Rows: images; columns: layers; the class token's attention of one head over the patches."""
+def plot_class_attention(images01: torch.Tensor, per_layer: torch.Tensor, title: str, path: Path, max_images: int = 6) -> Path:
+    """Rows: images; columns: layers; one head's attention over the patches (the class token's, or the patches'
+    mean in a model without one), under `title`."""
     L = per_layer.shape[0]
     n = min(max_images, images01.shape[0])
     fig = figure(figsize=((L + 1) * 1.1, n * 1.15))
@@ -121,5 +122,5 @@ def plot_class_attention(images01: torch.Tensor, per_layer: torch.Tensor, head: 
             axes[r][l + 1].axis("off")
             if r == 0:
                 axes[r][l + 1].set_title(f"L{l + 1}", fontsize=7)
-    fig.suptitle(f"Class-token attention of head {head + 1}, per layer", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path)

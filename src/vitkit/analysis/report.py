@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+from vitkit import progress
 from vitkit.analysis.attention import (attention_rollout, class_token_attention, collect_attention, mean_attention_distance,
                                        rollout_maps, token_stride)
 from vitkit.analysis.embeddings import embedding_filters, posemb_similarity
@@ -57,7 +61,8 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
             head: int = 0, data_dir: str | None = None, overwrite: bool = False, precision: str = "auto",
             device: str = "auto") -> dict:
     """Write filters.png, posemb_similarity.png, attention_distance.png (+ .json), rollout.png,
-    class_attention.png and report.html into `out`; return the numbers."""
+    class_attention.png and report.html into `out`; return the numbers. The files are made in a temporary
+    folder beside `out` and moved in at the end: a failure leaves `out` as it was. Heads are numbered from 0."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         refuse_existing(out, overwrite)
@@ -65,7 +70,23 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
     model.eval()
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"{src}: a {type(model).__name__} has no attention to analyse; analyze takes ViTs and hybrids")
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    if not 0 <= head < cfg.heads:
+        raise ValueError(f"--head {head}: the model has {cfg.heads} heads per layer, numbered 0 to {cfg.heads - 1}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result = _analyze(model, card, work, src, data, images, num_images, head, data_dir, precision, device)
+        out.mkdir(exist_ok=True)
+        for item in work.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _analyze(model: VisionTransformer, card, out: Path, src: str, data: str | None, images: list[str] | None,
+             num_images: int, head: int, data_dir: str | None, precision: str, device: str) -> dict:
     cfg = model.config
     batches, normalize, source = load_images(card.preprocess, data, images or [], num_images, data_dir)
     figures: dict[str, str] = {}
@@ -87,7 +108,8 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
     dev = resolve_device(device)
     prec = resolve(precision, dev)  # the attention maps are computed in it (bf16 / fp16: a cast copy of the weights)
     result["precision"], result["device"] = prec, str(dev)
-    attn = collect_attention((model if prec == "fp32" else cast_copy(model, DTYPES[prec])).to(dev), batches)
+    attn = collect_attention((model if prec == "fp32" else cast_copy(model, DTYPES[prec])).to(dev),
+                             progress.bar(batches, desc="attention maps", unit="batch"))
     px = token_stride(model)
     dist = mean_attention_distance(attn, cfg.grid, px, model.num_prefix_tokens)
     size = cfg.image_size if isinstance(cfg.image_size, int) else max(cfg.image_size)
@@ -102,7 +124,9 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
     maps_up = F.interpolate(maps[:, None], size=images01.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     figures["Attention rollout"] = plot_rollout(images01, maps_up, out / "rollout.png").name
     per_layer = class_token_attention([a[:6] for a in attn], cfg.grid, head, model.num_prefix_tokens)
-    figures[f"Class-token attention, head {head + 1}"] = plot_class_attention(images01, per_layer, head, out / "class_attention.png").name
+    what = "Class-token attention" if model.num_prefix_tokens else "Mean attention of the patches (no class token)"
+    figures[f"{what}, head {head}"] = plot_class_attention(images01, per_layer, f"{what} of head {head}, per layer",
+                                                           out / "class_attention.png").name
     result["num_images"] = sum(len(b) for b in batches)
     write_json(out / "attention_distance.json", result)
     write_report(out, model, result, figures)

@@ -1,8 +1,10 @@
 """`vitkit eval`: any loadable model on any dataset split."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from vitkit import progress
 from vitkit.config import DataConfig
 from vitkit.data.datasets import load_dataset
 from vitkit.data.loader import eval_stream
@@ -19,6 +21,24 @@ def data_config_for(prep: Preprocess, data: str, data_dir: str | None = None, re
     if normalize:
         prep = prep.replace(normalize=normalize)
     return prep.data_config(data, data_dir, val_fraction=0.1, download=True)
+
+
+def warn_class_names(src: str | Path, model_names: list[str] | None, data_names: list[str]) -> None:
+    """One line on stderr when a checkpoint's class names differ from the dataset's (a class-per-folder tree with
+    other names, or in another order): the head's outputs are matched to the data's classes by index."""
+    if not model_names or list(model_names) == list(data_names):
+        return
+    if sorted(model_names) == sorted(data_names):
+        why = "the same names in another order"
+    else:
+        only = [c for c in data_names if c not in model_names][:5]
+        why = f"the data has {only} that the checkpoint does not name" if only else "other names"
+    print(f"warning: {src} was trained on classes {_short(model_names)}; the data's classes are {_short(data_names)} "
+          f"({why}): outputs are matched to them by index", file=sys.stderr)
+
+
+def _short(names: list[str], n: int = 6) -> str:
+    return "[" + ", ".join(map(repr, names[:n])) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"
 
 
 def _dataset_config(data: str, data_dir: str | None) -> DataConfig:
@@ -45,8 +65,10 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
     if k != ds.num_classes:
         raise ValueError(f"{src}: the model has {k} classes but {data} has {ds.num_classes}; fine-tune it first "
                          f"(`vitkit finetune {src} --data {data}`)")
+    warn_class_names(src, model.class_names, ds.classes)
     dev = model_device(model)
-    res = evaluate(model, eval_stream(part, cfg, model.in_chans, batch_size, pin_memory=dev.type == "cuda"),
+    stream = eval_stream(part, cfg, model.in_chans, batch_size, pin_memory=dev.type == "cuda")
+    res = evaluate(model, progress.bar(stream, total=-(-len(part) // batch_size), desc=f"eval {data} ({split})", unit="batch"),
                    num_classes=ds.num_classes)
     res["device"] = str(dev)
     res["classes"] = ds.classes
@@ -96,8 +118,13 @@ def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, 
     ds = load_dataset(_dataset_config(data, data_dir))
     model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(ds.train) + len(ds.test))
     cfg = data_config_for(model.preprocess, data, data_dir, resolution)
-    train_x, train_y = extract_features(model, eval_stream(ds.train, cfg, model.in_chans, batch_size))
-    test_x, test_y = extract_features(model, eval_stream(ds.test, cfg, model.in_chans, batch_size))
+    warn_class_names(src, model.class_names, ds.classes)
+    feats = {}
+    for name, part in (("train", ds.train), ("test", ds.test)):
+        stream = eval_stream(part, cfg, model.in_chans, batch_size)
+        feats[name] = extract_features(model, progress.bar(stream, total=-(-len(part) // batch_size),
+                                                           desc=f"features of {data} ({name})", unit="batch"))
+    (train_x, train_y), (test_x, test_y) = feats["train"], feats["test"]
     res = fewshot_eval(train_x, train_y, test_x, test_y, shots, seeds, DEFAULT_L2 if l2 is None else l2)
     res.update({"model": str(src), "data": data, "precision": model.precision, "device": str(model_device(model)),
                 "engine": model.describe()})

@@ -11,9 +11,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
-from vitkit import runtime
+from vitkit import progress, runtime
 from vitkit.convert.card import ModelCard
 from vitkit.data.preprocess import Preprocess
 from vitkit.config import Config
@@ -152,6 +151,7 @@ class Run:
     logger: MetricsLogger
     hardware: dict
     start: int
+    saved: int | None = None  # the step of the last checkpoint on disk (None: none yet)
 
     def card(self) -> ModelCard:
         """What the checkpoint records beside the weights: the preprocessing and, for a classifier, the class names."""
@@ -183,6 +183,7 @@ class Run:
                  "parallel": self.cfg.train.parallel, "scaler": self.scaler.state_dict() if self.scaler is not None else None}
         save_checkpoint(self.run_dir, self.module, self.optimizer, self.ema.module if self.ema is not None else None, state,
                         self.card(), self.env)
+        self.saved = step
 
 
 def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
@@ -259,7 +260,8 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
 
     run = Run(cfg, env, dev, run_dir, ds, model, objective, module, batching, batches, total,
               cfg.train.eval_every or batches.steps_per_epoch, cfg.train.ckpt_every or batches.steps_per_epoch, ema, optimizer,
-              schedule, step_module, params, scaler, MetricsLogger(run_dir, enabled=env.is_main, resume_step=start), hardware, start)
+              schedule, step_module, params, scaler, MetricsLogger(run_dir, enabled=env.is_main, resume_step=start), hardware, start,
+              saved=start if resume else None)
     if env.is_main:
         print(f"vitkit train: {cfg.recipe} -> {run_dir}")
         print(f"  data: {describe_dataset(ds)}" + "".join(f"\n  note: {n}" for n in ds.notes))
@@ -272,17 +274,22 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     return run
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says which checkpoint was kept and how to continue."""
+
+
 def run_steps(r: Run) -> tuple[int, float, int]:
     """The training steps from r.start: validation and checkpoints on their schedule, the progress bar, the time
     limit (which shortens r.total) and stop_at_step. Returns (the step it stopped after, training seconds, images)."""
     cfg, env, dev = r.cfg, r.env, r.dev
-    bar = tqdm(total=r.total, initial=r.start, disable=not (cfg.train.progress and env.is_main), dynamic_ncols=True, desc="train")
+    bar = progress.bar(total=r.total, initial=r.start, desc="train", unit="step", leave=True, enabled=cfg.train.progress and env.is_main)
     t0, seen, last_val = time.perf_counter(), 0, None
     r.model.train()
     stream = train_stream(r.batches, r.start, r.total, cfg.data.workers, pin_memory=dev.type == "cuda")
     shown: dict[str, float] = {}
     stop = min(r.total, cfg.train.stop_at_step) if cfg.train.stop_at_step > r.start else r.total
     main_metric = r.objective.main_metric
+    step = r.start
     try:
         for step in range(r.start, stop):
             x, y = next(stream)
@@ -324,6 +331,11 @@ def run_steps(r: Run) -> tuple[int, float, int]:
                     break
     except torch.OutOfMemoryError as err:
         raise MemoryError(_oom_message(cfg, r.model, dev, r.batching, err)) from None
+    except KeyboardInterrupt:
+        bar.close()
+        kept = (f"the last checkpoint is at step {r.saved}: continue with `vitkit train --resume {r.run_dir}`" if r.saved is not None
+                else f"no checkpoint was written yet (the first comes at step {r.ckpt_every}): start again")
+        raise Interrupted(f"interrupted during step {step + 1}; {kept}") from None
     bar.close()
     return stop, time.perf_counter() - t0, seen
 
