@@ -92,3 +92,18 @@ def test_zero_initialised_head_gives_zero_logits(pretrained):
     model = vitkit.load_model(pretrained, num_classes=4).eval()
     with torch.no_grad():
         assert model(torch.randn(3, 1, 8, 8)).abs().max() == 0
+
+
+def test_a_shorter_finetune_derives_its_schedule(pretrained, tmp_path, capsys):
+    """train.steps=20 instead of the recipe's 500: warm-up a tenth (2 steps), five validations and checkpoints over
+    the run (every 4 steps), unless set explicitly; the log says what was derived."""
+    finetune(str(pretrained), "digits", out=tmp_path / "ft",
+             overrides=["train.steps=20", "train.batch_size=16", "train.progress=false", "train.ckpt_every=10"])
+    out = capsys.readouterr().out
+    assert "finetune: 20 steps (recipe: 500); derived from them: optim.warmup_steps=2, train.eval_every=4, train.log_every=1" in out
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert cfg["optim"]["warmup_steps"] == 2 and cfg["train"]["eval_every"] == 4 and cfg["train"]["ckpt_every"] == 10
+    lines = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert {4, 8, 12, 16} <= {line["step"] for line in lines if line["split"] == "val"}
+    lrs = [line["lr"] for line in lines if line["split"] == "train"]
+    assert lrs[0] < lrs[1] == max(lrs) and lrs[-1] < lrs[1] / 10  # warm-up over two steps, then the cosine decays

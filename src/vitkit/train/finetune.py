@@ -8,12 +8,30 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vitkit.config import apply_overrides
+from vitkit.config import Config, apply_overrides
 from vitkit.convert.load import load
-from vitkit.recipes.finetune import finetune as finetune_recipe
+from vitkit.recipes.finetune import DERIVED, finetune as finetune_recipe
 from vitkit.rundir import RunDir
 from vitkit.train.loop import train
 from vitkit.atomic import write_json
+
+
+def _recipe(src: str, data: str, size: int, normalize: str, overrides: list[str]) -> Config:
+    """The fine-tuning recipe with `overrides`; a new train.steps re-derives the schedule's other lengths (warm-up,
+    validation, checkpoints, logs) unless they are set too, and says so."""
+    cfg = apply_overrides(finetune_recipe(src, data, size, normalize), overrides)
+    default = finetune_recipe(src, data, size, normalize).train.steps
+    if cfg.train.steps == default:
+        return cfg
+    cfg = apply_overrides(finetune_recipe(src, data, size, normalize, steps=cfg.train.steps), overrides)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    derived = [k for k in DERIVED if k not in given]
+    if derived:
+        values = {"optim.warmup_steps": cfg.optim.warmup_steps, "train.eval_every": cfg.train.eval_every,
+                  "train.ckpt_every": cfg.train.ckpt_every, "train.log_every": cfg.train.log_every}
+        print(f"finetune: {cfg.train.steps} steps (recipe: {default}); derived from them: "
+              + ", ".join(f"{k}={values[k]}" for k in derived) + " (set any with --set to choose)")
+    return cfg
 
 
 def finetune(src: str, data: str, resolution: int | None = None, overrides: list[str] | None = None,
@@ -21,7 +39,7 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
     _, card = load(src)  # to read its resolution and preprocessing, and to fail early on a bad file
     size = resolution or card.preprocess.image_size[0]
     normalize = card.preprocess.normalize
-    cfg = apply_overrides(finetune_recipe(str(src), data, size, normalize), overrides or [])
+    cfg = _recipe(str(src), data, size, normalize, overrides or [])
     if not lr_sweep:
         return train(cfg, out=out)
     run = RunDir.new(out, "finetune").path
