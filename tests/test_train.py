@@ -318,3 +318,27 @@ def test_resume_never_unpickles_the_state_file(tmp_path):
     torch.save({**state, "payload": _NotAllowed()}, tmp_path / "run" / "checkpoint" / "state.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train(Config(), resume=tmp_path / "run")
+
+
+def test_training_time_and_images_count_the_whole_run_across_a_resume(tmp_path, monkeypatch):
+    """A first segment made slow (0.1 s a step, planted) then a resumed fast one: metrics.json's train_wall_s
+    covers both (the first alone is >= 0.6 s), and train_img_per_s counts every image of the 8 steps."""
+    import vitkit.train.loop as loop
+
+    real = loop.train_step
+
+    def slow(*a, **k):
+        time.sleep(0.1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "train_step", slow)
+    train(tiny("train.steps=8", "train.batch_size=16", "train.stop_at_step=6"), out=tmp_path / "run")
+    first = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
+    assert first["train_wall_s"] >= 0.6 and first["train_images"] == 6 * 16
+    monkeypatch.setattr(loop, "train_step", real)
+    t0 = time.perf_counter()
+    train(Config(), resume=tmp_path / "run")
+    second = time.perf_counter() - t0  # the resumed call, set-up and evaluation included: more than its steps
+    res = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert res["train_wall_s"] >= first["train_wall_s"] >= 0.6 and res["train_wall_s"] < first["train_wall_s"] + second
+    assert res["train_img_per_s"] * res["train_wall_s"] == pytest.approx(8 * 16)

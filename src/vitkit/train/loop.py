@@ -152,6 +152,9 @@ class Run:
     hardware: dict
     start: int
     saved: int | None = None  # the step of the last checkpoint on disk (None: none yet)
+    wall_before: float = 0.0  # training seconds and images of the segments before a resume (from the checkpoint)
+    images_before: int = 0
+    segment: tuple[float, int] = (0.0, 0)  # this segment's start time (perf_counter) and its images so far
 
     def card(self) -> ModelCard:
         """What the checkpoint records beside the weights: the preprocessing and, for a classifier, the class names."""
@@ -180,7 +183,9 @@ class Run:
     def checkpoint(self, step: int) -> None:
         state = {"step": step, "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
                  "ema_n": int(self.ema.n_averaged) if self.ema is not None else 0, "world": self.env.world,
-                 "parallel": self.cfg.train.parallel, "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+                 "parallel": self.cfg.train.parallel, "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                 "train_wall_s": self.wall_before + time.perf_counter() - self.segment[0],
+                 "train_images": self.images_before + self.segment[1]}
         save_checkpoint(self.run_dir, self.module, self.optimizer, self.ema.module if self.ema is not None else None, state,
                         self.card(), self.env)
         self.saved = step
@@ -261,7 +266,8 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     run = Run(cfg, env, dev, run_dir, ds, model, objective, module, batching, batches, total,
               cfg.train.eval_every or batches.steps_per_epoch, cfg.train.ckpt_every or batches.steps_per_epoch, ema, optimizer,
               schedule, step_module, params, scaler, MetricsLogger(run_dir, enabled=env.is_main, resume_step=start), hardware, start,
-              saved=start if resume else None)
+              saved=start if resume else None, wall_before=float(state.get("train_wall_s", 0.0)) if resume else 0.0,
+              images_before=int(state.get("train_images", 0)) if resume else 0)
     if env.is_main:
         print(f"vitkit train: {cfg.recipe} -> {run_dir}")
         print(f"  data: {describe_dataset(ds)}" + "".join(f"\n  note: {n}" for n in ds.notes))
@@ -284,6 +290,7 @@ def run_steps(r: Run) -> tuple[int, float, int]:
     cfg, env, dev = r.cfg, r.env, r.dev
     bar = progress.bar(total=r.total, initial=r.start, desc="train", unit="step", leave=True, enabled=cfg.train.progress and env.is_main)
     t0, seen, last_val = time.perf_counter(), 0, None
+    r.segment = (t0, 0)
     r.model.train()
     stream = train_stream(r.batches, r.start, r.total, cfg.data.workers, pin_memory=dev.type == "cuda")
     shown: dict[str, float] = {}
@@ -302,6 +309,7 @@ def run_steps(r: Run) -> tuple[int, float, int]:
             if r.ema is not None:
                 r.ema.update_parameters(r.model)
             seen += len(x) * env.world
+            r.segment = (t0, seen)
             done = step + 1
             if done % cfg.train.log_every == 0 or done == r.total:
                 metrics = distributed.reduce_metrics({k: float(v) for k, v in metrics.items()}, env)
@@ -352,6 +360,7 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
         return {"recipe": cfg.recipe, "steps": stop, "stopped": True, "run_dir": str(r.run_dir)}
     r.checkpoint(total)
     main_metric = r.objective.main_metric
+    wall, seen = r.wall_before + wall, r.images_before + seen  # the whole run, across resumes
     results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / r.batches.steps_per_epoch,
                                "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0,
                                "precision": cfg.train.precision, "hardware": r.hardware}
