@@ -10,14 +10,19 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from vitkit.config import DataConfig
+
+if TYPE_CHECKING:  # PIL is imported where images are read
+    from PIL import Image
 
 FOLDER = "folder:"  # folder:PATH, a class-per-folder tree
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -272,13 +277,62 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[tup
     return [(Path(path), label) for path, label in found], names
 
 
+SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}  # PIL's 16-bit integer modes; "I" (32-bit) is read as one when it fits
+
+
+def _eight_bit(im: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit or float image as 8-bit grayscale (PIL's convert("L") clips them: 16-bit PNGs come out white, float
+    TIFFs in [0, 1] black); any other mode as it is."""
+    if im.mode not in SIXTEEN_BIT | {"I", "F"}:
+        return im
+    from PIL import Image
+
+    v = np.asarray(im)
+    finite = bool(np.isfinite(v).all())
+    lo, hi = (float(v.min()), float(v.max())) if v.size and finite else (0.0, 0.0)
+    if im.mode == "F":
+        if not finite or lo < 0 or hi > 255:
+            found = f"values in [{lo:g}, {hi:g}]" if finite else "NaN or infinite values"
+            raise DatasetError(f"{path}: a float image (PIL mode 'F') with {found}; vitkit reads float images in [0, 1] or "
+                               f"[0, 255]: rescale it to one of them, or save it as an 8-bit image")
+        out = np.floor(v.astype(np.float64) * (255 if hi <= 1 else 1) + 0.5)
+    else:
+        if lo < 0 or hi > 65535:
+            raise DatasetError(f"{path}: a 32-bit integer image (PIL mode 'I') with values in [{lo:g}, {hi:g}]; vitkit reads integer "
+                               f"images of 8 or 16 bits: rescale it to 0..65535 or 0..255 and save it as such")
+        out = (v.astype(np.int64) + 128) // 257  # round(v * 255 / 65535), exactly: 255 / 65535 = 1 / 257, never a tie
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """`im` turned as its EXIF orientation says; an EXIF block PIL cannot parse (a phone's or an editor's bug) is no
+    orientation: the pixels themselves are fine, and refusing them would refuse photos that read before."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(im)
+    except (SyntaxError, struct.error):
+        return im
+
+
 def load_image(path: Path, channels: int, size: int | None = None) -> torch.Tensor:
-    """Any image file (L, RGB, RGBA, P, ...) as uint8 (C, H, W), optionally resized to size x size."""
+    """Any image file PIL opens as uint8 (C, H, W), optionally resized to size x size; the one reader of every verb.
+
+    Upright as shown: the EXIF orientation (phones store the sensor's pixels and a rotation tag) is applied first
+    (an unparsable EXIF block counts as none).
+    16-bit integer images (PIL modes I;16*, and I with values in 0..65535) map their full range onto 0..255 as
+    round(v * 255 / 65535); float images (mode F, e.g. float TIFF) in [0, 1] are scaled by 255, in [0, 255] taken as
+    they are (rounded), and anything else (negative, above 255, NaN) is refused: a float image's range is a
+    convention, not in the file, and a guess would feed the model a different picture. A dark float image whose
+    values all lie in [0, 1] is therefore read as [0, 1]. Transparent pixels become white (as a browser or viewer
+    shows them on a white page), not the colour PIL's convert("RGB") keeps under a zero alpha. Palette, 1-bit,
+    CMYK, YCbCr, LAB and HSV go through PIL's conversion; multi-frame files (GIF, TIFF) give their first frame."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
+            im = _eight_bit(_upright(im), path)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent pixels become white
                 im = Image.alpha_composite(bg, im.convert("RGBA"))
@@ -286,6 +340,8 @@ def load_image(path: Path, channels: int, size: int | None = None) -> torch.Tens
             if size is not None:
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
+    except DatasetError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: cannot read this image ({err}); replace or remove the file") from err
     t = torch.from_numpy(arr.copy())
