@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+import vitkit
 from vitkit.cli import build_parser, main
 
 
@@ -69,3 +70,49 @@ def test_convert_errors_exit_2(tmp_path, capsys):
     assert "nope.npz: no such file" in capsys.readouterr().err
     assert main(["convert", str(tmp_path), str(tmp_path / "x"), "--image-size", "big"]) == 2
     assert "--image-size 'big'" in capsys.readouterr().err
+
+
+def test_verbs_share_one_spelling_and_keep_the_old_ones(tmp_path, capsys):
+    """--out for every output and --resolution for every size; `convert SRC DST`, `export SRC OUT` and
+    `convert --image-size` still work (hidden from --help)."""
+    model = vitkit.create_model("ViT-Ti/16", num_classes=3, image_size=16, patch_size=8, width=32, depth=1, heads=2, mlp_dim=64)
+    src = vitkit.save_model(model, tmp_path / "m")
+    assert main(["convert", str(src), "--out", str(tmp_path / "a"), "--resolution", "32"]) == 0
+    assert main(["convert", str(src), str(tmp_path / "b"), "--image-size", "32"]) == 0
+    for name in ("a", "b"):
+        assert vitkit.load_model(tmp_path / name).config.image_size == 32
+    assert main(["convert", str(src), str(tmp_path / "c"), "--out", str(tmp_path / "d")]) == 2
+    assert "two outputs given" in capsys.readouterr().err
+    assert main(["convert", str(src)]) == 2
+    assert "give --out PATH" in capsys.readouterr().err
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert "--resolution" in buf.getvalue() and "--image-size" not in buf.getvalue() and "DST" not in buf.getvalue()
+
+
+def test_train_and_finetune_take_force_and_json(tmp_path, capsys):
+    tiny = ["--set", "model.width=32", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=64",
+            "--set", "train.steps=2", "--set", "train.batch_size=16", "--set", "train.progress=false"]
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny, "--json"]) == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)  # stdout is the JSON alone; the log went to stderr
+    assert res["steps"] == 2 and "vitkit train: quickstart" in cap.err
+    assert main(["train", "--out", str(run), *tiny]) == 2
+    assert "pass --force to replace it" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), *tiny, "--force"]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    assert main(["train", "--out", str(mine), *tiny, "--force"]) == 2
+    assert "not a vitkit run directory" in capsys.readouterr().err and (mine / "notes.txt").exists()
+    ft = tmp_path / "ft"
+    sets = ["--set", "train.steps=2", "--set", "train.batch_size=16", "--set", "train.progress=false"]
+    assert main(["finetune", str(run), "--data", "digits", "--out", str(ft), *sets, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert main(["finetune", str(run), "--data", "digits", "--out", str(ft), *sets, "--force", "--data-dir", str(tmp_path)]) == 0
+    assert json.loads((ft / "config.json").read_text())["data"]["data_dir"] == str(tmp_path)

@@ -160,3 +160,31 @@ def test_a_gap_model_is_not_said_to_have_a_class_token(tmp_path):
     assert not any("Class-token" in t for t in titles)
     tok = analyze(str(vitkit.save_model(_tiny(), tmp_path / "tok")), tmp_path / "b", data="digits", num_images=4, head=1)
     assert "Class-token attention, head 1" in tok["figures"]
+
+
+def test_ctrl_c_inside_a_checkpoint_write_keeps_the_one_before(tmp_path, monkeypatch):
+    """DCP wraps a KeyboardInterrupt in its CheckpointException (a traceback, exit 1, seen on a real Ctrl-C): it is an
+    interrupt again, and the run names the checkpoint it kept."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    from vitkit.config import apply_overrides
+    from vitkit.recipes import get_recipe
+    from vitkit.train.loop import Interrupted, train
+
+    real, calls = DefaultSavePlanner.create_local_plan, []
+
+    def second_write_interrupted(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(DefaultSavePlanner, "create_local_plan", second_write_interrupted)
+    cfg = apply_overrides(get_recipe("quickstart"), ["model.width=32", "model.depth=1", "model.heads=2", "model.mlp_dim=64",
+                                                     "train.steps=8", "train.ckpt_every=2", "train.batch_size=16",
+                                                     "train.progress=false"])
+    with pytest.raises(Interrupted, match=r"interrupted during step 4; the last checkpoint is at step 2: continue with"):
+        train(cfg, out=tmp_path / "run")
+    import torch
+
+    assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)["step"] == 2

@@ -5,6 +5,7 @@ Layout: the options several verbs share first; then per verb its handler `cmd_VE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -121,15 +122,26 @@ def _parse_size(text: str | None) -> int | tuple[int, int] | None:
     return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
 
 
+def _out(args: argparse.Namespace, what: str) -> str:
+    """--out, or the positional output of earlier releases (still accepted, no longer shown)."""
+    if args.out and args.old_out and args.out != args.old_out:
+        raise ValueError(f"two outputs given ({args.old_out} and --out {args.out}); give --out only")
+    out = args.out or args.old_out
+    if not out:
+        raise ValueError(f"give --out PATH: {what}")
+    return out
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from vitkit import progress
     from vitkit.convert import load, save_model
 
-    with progress.Stages("convert", [f"reading {args.src}", f"writing {args.dst} ({args.to})"]) as bar:
-        model, card = load(args.src, num_classes=args.num_classes, image_size=_parse_size(args.image_size),
+    dst = _out(args, "a directory for vitkit / hf, *.safetensors for timm, *.npz for npz")
+    with progress.Stages("convert", [f"reading {args.src}", f"writing {dst} ({args.to})"]) as bar:
+        model, card = load(args.src, num_classes=args.num_classes, image_size=_parse_size(args.resolution),
                            format=getattr(args, "from"), model=args.model, drop_pre_logits=args.drop_pre_logits)
         bar.next()
-        out = save_model(model, args.dst, format=args.to, overwrite=args.force, card=card)
+        out = save_model(model, dst, format=args.to, overwrite=args.force, card=card)
         bar.next()
     report = card.report
     if args.json:
@@ -143,16 +155,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _convert_parser(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint between vitkit, timm, Hugging Face and Google .npz",
                        description="Read any checkpoint vitkit knows (format detected unless --from says) and write it in "
-                                   "another format. Writes are atomic; an existing DST is refused unless --force.")
+                                   "another format. Writes are atomic; an existing output is refused unless --force.")
     p.add_argument("src", help="checkpoint: vitkit dir/.safetensors, timm .safetensors/.pth, Hugging Face dir, Google .npz")
-    p.add_argument("dst", help="output path (a directory for vitkit/hf, *.safetensors for timm, *.npz for npz)")
+    p.add_argument("old_out", nargs="?", metavar="DST", help=argparse.SUPPRESS)  # before --out: `convert SRC DST`
+    p.add_argument("--out", metavar="PATH", help="output path (a directory for vitkit/hf, *.safetensors for timm, *.npz for npz)")
     p.add_argument("--from", default="auto", choices=["auto", "vitkit", "timm", "hf", "npz"], help="input format (default: detect)")
     p.add_argument("--to", default="vitkit", choices=["vitkit", "timm", "hf", "npz"], help="output format (default: vitkit)")
     p.add_argument("--model", metavar="NAME", help="variant name when the file cannot tell (timm files do not record heads)")
     p.add_argument("--num-classes", type=int, metavar="K", help="replace the head with a zero-initialised one of K classes")
-    p.add_argument("--image-size", metavar="S", help="resample position embeddings for S (or HxW) pixels")
+    p.add_argument("--resolution", metavar="R", help="resample position embeddings for R (or HxW) pixels")
+    p.add_argument("--image-size", dest="resolution", help=argparse.SUPPRESS)  # the earlier spelling
     p.add_argument("--drop-pre-logits", action="store_true", help="remove the pre-logits layer (as for fine-tuning)")
-    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_convert)
 
@@ -170,14 +184,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.recipe or args.config or args.out:
             raise ValueError("--resume continues a run exactly as it was configured; drop --recipe/--config/--out")
-        train(None, resume=args.resume, overrides=_sets(args))
-        return 0
-    cfg = load_config(args.config) if args.config else get_recipe(args.recipe or "quickstart")
-    apply_overrides(cfg, _sets(args))
-    if args.print_config:
-        print(cfg.to_json())
-        return 0
-    train(cfg, out=args.out)
+        if args.force:
+            raise ValueError("--resume continues a run in place; drop --force")
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            res = train(None, resume=args.resume, overrides=_sets(args))
+    else:
+        cfg = load_config(args.config) if args.config else get_recipe(args.recipe or "quickstart")
+        apply_overrides(cfg, _sets(args))
+        if args.print_config:
+            print(cfg.to_json())
+            return 0
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # the log, apart from the JSON
+            res = train(cfg, out=args.out, overwrite=args.force)
+    if args.json:
+        print(json.dumps(res, indent=2))
     return 0
 
 
@@ -192,6 +212,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=3e-3 (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory at --out")
+    p.add_argument("--json", action="store_true", help="the final metrics as JSON on stdout (the log goes to stderr)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_train)
@@ -253,7 +275,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             sweep = [float(t) for t in args.lr_sweep.split(",")]
         except ValueError:
             raise ValueError(f"--lr-sweep {args.lr_sweep!r}: give comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03") from None
-    finetune(args.src, args.data, args.resolution, _sets(args), args.out, sweep)
+    sets = _sets(args) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # the log, apart from the JSON
+        res = finetune(args.src, args.data, args.resolution, sets, args.out, sweep, overwrite=args.force)
+    if args.json:
+        print(json.dumps(res, indent=2))
     return 0
 
 
@@ -267,8 +293,11 @@ def _finetune_parser(sub: Any) -> None:
     p.add_argument("--resolution", type=int, metavar="R", help="fine-tuning resolution (default: the model's)")
     p.add_argument("--lr-sweep", metavar="LRS", help="comma-separated learning rates; the best on the validation split is kept")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/finetune-TIME)")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory at --out")
     p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
+    p.add_argument("--json", action="store_true", help="the final metrics as JSON on stdout (the log goes to stderr)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -373,7 +402,8 @@ def _analyze_parser(sub: Any) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from vitkit.export import export_model
 
-    res = export_model(args.src, args.out, to=args.to, resolution=args.resolution, opset=args.opset, overwrite=args.force)
+    out = _out(args, "*.onnx, or a directory for --to openvino")
+    res = export_model(args.src, out, to=args.to, resolution=args.resolution, opset=args.opset, overwrite=args.force)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -394,7 +424,8 @@ def _export_parser(sub: Any) -> None:
                                    "openvino_model.xml/.bin (fp32 weights), needs pip install 'vitkit[openvino]'. `vitkit "
                                    "predict` / `eval` / `fewshot` serve either (--engine).")
     p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
-    p.add_argument("out", help="output: *.onnx, or a directory for openvino (refused if it exists, unless --force)")
+    p.add_argument("old_out", nargs="?", metavar="OUT", help=argparse.SUPPRESS)  # before --out: `export SRC OUT`
+    p.add_argument("--out", metavar="PATH", help="*.onnx, or a directory for openvino (refused if it exists, unless --force)")
     p.add_argument("--to", default="onnx", choices=["onnx", "openvino"], help="format (default: onnx)")
     p.add_argument("--resolution", type=int, metavar="R", help="export at R px (position embeddings resampled)")
     p.add_argument("--opset", type=int, default=18)

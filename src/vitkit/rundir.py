@@ -14,6 +14,7 @@ Rules: a new run never reuses a non-empty directory; a resumed run keeps its con
 from __future__ import annotations
 
 from dataclasses import dataclass
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,12 +36,18 @@ class RunDir:
     TENSORBOARD: ClassVar[str] = "tensorboard"
 
     @classmethod
-    def new(cls, out: str | Path | None, recipe: str) -> "RunDir":
-        """A fresh run directory (default runs/RECIPE-TIME); an existing non-empty one is never reused silently."""
+    def new(cls, out: str | Path | None, recipe: str, replace: bool = False) -> "RunDir":
+        """A fresh run directory (default runs/RECIPE-TIME); an existing non-empty one is never reused silently:
+        `replace` (--force) removes it first, and only if it is a vitkit run directory (it has a config.json)."""
         run = Path(out) if out else Path("runs") / f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}"
         if run.exists() and any(run.iterdir()):
-            raise FileExistsError(f"{run} already exists and is not empty; continue it with `vitkit train --resume {run}` "
-                                  f"or choose another --out")
+            if not replace:
+                raise FileExistsError(f"{run} already exists and is not empty; continue it with `vitkit train --resume {run}`, "
+                                      f"choose another --out, or pass --force to replace it")
+            if not (run / cls.CONFIG).is_file():
+                raise FileExistsError(f"{run} is not a vitkit run directory (no {cls.CONFIG}); --force replaces run "
+                                      f"directories only: choose another --out")
+            shutil.rmtree(run)
         run.mkdir(parents=True, exist_ok=True)
         return cls(run)
 

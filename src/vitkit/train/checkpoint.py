@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 import torch.nn as nn
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
@@ -63,10 +64,16 @@ class _Weights:
 
 @contextlib.contextmanager
 def _quiet_dcp() -> Iterator[None]:
-    """One process has no process group; DCP then reads and writes alone, which is what we want."""
+    """One process has no process group; DCP then reads and writes alone, which is what we want. A Ctrl-C inside
+    DCP comes back wrapped in its CheckpointException: it is a KeyboardInterrupt again here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        yield
+        try:
+            yield
+        except CheckpointException as err:
+            if any(isinstance(exc, KeyboardInterrupt) for exc, _ in err.failures.values()):
+                raise KeyboardInterrupt from None
+            raise
 
 
 def save_checkpoint(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, export: nn.Module | None,

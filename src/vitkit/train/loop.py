@@ -192,16 +192,17 @@ class Run:
 
 
 def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
-          overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train as `cfg` says; write the run directory; return the final metrics (metrics.json). On resume,
-    `overrides` may change only vitkit.rundir.RESUME_KEYS (e.g. a run from 2 FSDP processes continued in one)."""
-    run = setup(cfg, out, resume, overrides)
+          overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train as `cfg` says; write the run directory (`overwrite`: an existing run directory at `out` is replaced);
+    return the final metrics (metrics.json). On resume, `overrides` may change only vitkit.rundir.RESUME_KEYS
+    (e.g. a run from 2 FSDP processes continued in one)."""
+    run = setup(cfg, out, resume, overrides, overwrite)
     stop, wall, seen = run_steps(run)
     return finish(run, stop, wall, seen)
 
 
 def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
-          overrides: list[str] | None = None) -> Run:
+          overrides: list[str] | None = None, overwrite: bool = False) -> Run:
     """Everything a run needs, checked before anything is written: the config (validated), the device, then the
     run directory (new, or the resumed one with its config), data, model, objective, optimizer, checkpoint state."""
     if resume:
@@ -214,7 +215,7 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     # "auto" -> what this hardware does natively, recorded in config.json; a resumed run's value is checked here
     cfg.train.precision = resolve(cfg.train.precision, dev, "train.precision")
     if not resume:
-        run_dir = RunDir.new(out, cfg.recipe).path if env.is_main else Path(out or "")
+        run_dir = RunDir.new(out, cfg.recipe, replace=overwrite).path if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
         if env.is_main:
             RunDir(run_dir).write_config(cfg)
