@@ -196,7 +196,8 @@ def test_hf_refuses_what_it_cannot_hold(tmp_path):
     cases = [
         (vitkit.create_model("R+ViT-Ti/16", **small), r"^Hugging Face's ViT has no hybrid \(ResNet\) stem; save hybrids as vitkit, timm or npz$"),
         (vitkit.create_model("ViT-Ti/16", pool="gap", **small),
-         "^Hugging Face's ViT classifies from the class token; a GAP model cannot be written in its format$"),
+         r"^Hugging Face's ViT has no global-average-pooling head \(pool='gap'\).*a GAP model cannot be written in its format; "
+         r"save it as vitkit, timm or npz"),
         (vitkit.create_model("ViT-Ti/16", pool="gap", class_token=True, fc_norm=True, **small), "a GAP model cannot"),
         (vitkit.create_model("ViT-Ti/16", pool="gap", class_token=True, **small), "a GAP model cannot"),  # no fc_norm either
         (vitkit.create_model("ViT-Ti/16", representation_size=32, **small),
@@ -286,3 +287,22 @@ def test_hf_config_square_tuple_size_and_non_square_refused(tmp_path):
                                 num_classes=2)
     with pytest.raises(CheckpointError, match=r"holds one image_size; \(16, 32\) is not square"):
         vitkit.save_model(model, tmp_path / "ns", format="hf")
+
+
+def test_timm_files_vitkit_writes_read_back_without_from(tmp_path):
+    """A timm .safetensors vitkit wrote carries vitkit's record too: it is read with timm's names (a hybrid's and an
+    fc_norm model's differ from vitkit's), with no --from needed; .npz refuses GAP with a class token (it would come
+    back as token pooling)."""
+    from vitkit.convert import CheckpointError
+
+    small = dict(width=32, depth=1, heads=2, mlp_dim=64, image_size=32, num_classes=3)
+    for model in (vitkit.create_model("R+ViT-Ti/16", **small), vitkit.create_model("ViT-Ti/16", pool="gap", fc_norm=True, **small)):
+        torch.manual_seed(0)
+        for p in model.parameters():
+            p.data.normal_(0, 0.1)
+        path = vitkit.save_model(model, tmp_path / f"{id(model)}.safetensors", format="timm")
+        back = vitkit.load_model(path).eval()
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.allclose(back(x), model.eval()(x), atol=1e-5)
+    with pytest.raises(CheckpointError, match="pools by the class token whenever there is one"):
+        vitkit.save_model(vitkit.create_model("ViT-Ti/16", pool="gap", class_token=True, **small), tmp_path / "g.npz", format="npz")

@@ -182,6 +182,9 @@ def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, np.nda
     """vitkit tensors -> a vit_jax-style .npz dict (unscanned, no prefix)."""
     if cfg.fc_norm:  # its encoder_norm comes before the pooling: the file would compute something else
         raise CheckpointError("the official .npz format has no LayerNorm after the pooling (fc_norm); save this model as vitkit or timm")
+    if cfg.pool == "gap" and cfg.class_token:  # a file with "cls" is read as class-token pooling (big_vision's rule)
+        raise CheckpointError("the .npz format pools by the class token whenever there is one (pool='gap' with class_token=True "
+                              "would come back as token pooling); save this model as vitkit or timm")
     inv_top = {v: k for k, v in TOP.items()}
     inv_block = {v: k for k, v in VIT_JAX_BLOCK.items()}
     inv_unit = {v: k for k, v in UNIT.items()}

@@ -4,6 +4,10 @@
 On disk (every transformers version, 5.x included) the names are the legacy ones: separate
 query/key/value linears, `attention.output.dense`, `intermediate.dense`, `output.dense`. transformers
 5 renames them in memory only (q_proj, o_proj, mlp.fc1); both are read here, the legacy ones written.
+
+Beside them goes preprocessor_config.json, the `ViTImageProcessor` settings that prepare images as vitkit's evaluation
+does (`Preprocess.eval_transform`), so that `transformers.pipeline("image-classification", model=DIR)` and
+`AutoImageProcessor.from_pretrained(DIR)` work on an export; reading a directory, its mean / std give the normalisation.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from vitkit.convert.common import CheckpointError
+from vitkit.data.preprocess import Preprocess
 from vitkit.models.vit import ViTConfig
 
 EMBED = {
@@ -112,16 +117,30 @@ def to_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Te
     return out
 
 
+def check_holds(cfg: ViTConfig) -> None:
+    """Refuse, naming the field, what transformers' ViT cannot compute, and say which formats hold it instead.
+
+    What it can: a fixed sin-cos or no position embedding (written as a table: files.outside_state), a class-token model
+    with fc_norm (LayerNorm acts on each token alone, so normalising the class token after pooling, as vitkit does,
+    equals normalising every token before, as transformers does), a pre-logits layer without a head (the pooler)."""
+    if cfg.resnet is not None:
+        raise CheckpointError("Hugging Face's ViT has no hybrid (ResNet) stem; save hybrids as vitkit, timm or npz")
+    if cfg.pool == "gap":
+        # .npz: its GAP files have neither a class token nor fc_norm (with a class token it reads token pooling)
+        others = "vitkit, timm or npz" if not cfg.class_token and not cfg.fc_norm else "vitkit or timm"
+        raise CheckpointError("Hugging Face's ViT has no global-average-pooling head (pool='gap'): it classifies from the class "
+                              f"token, so a GAP model cannot be written in its format; save it as {others} instead "
+                              "(vitkit convert SRC OUT.safetensors --to timm)")
+    if cfg.representation_size and cfg.num_classes:
+        raise CheckpointError("Hugging Face's ViTForImageClassification has no pre-logits layer; load with drop_pre_logits=True "
+                              "or save with num_classes=0 (a ViTModel whose pooler holds it), or keep "
+                              f"representation_size={cfg.representation_size} as vitkit or npz (vitkit convert SRC OUT.npz --to npz)")
+
+
 def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """vitkit names -> HF legacy names, laid out as ViTForImageClassification (or ViTModel when there
     is no head, with the pre-logits layer as its pooler)."""
-    if cfg.resnet is not None:
-        raise CheckpointError("Hugging Face's ViT has no hybrid (ResNet) stem; save hybrids as vitkit, timm or npz")
-    if not cfg.class_token or cfg.pool != "token" or cfg.fc_norm:
-        raise CheckpointError("Hugging Face's ViT classifies from the class token; a GAP model cannot be written in its format")
-    if cfg.representation_size and cfg.num_classes:
-        raise CheckpointError("Hugging Face's ViTForImageClassification has no pre-logits layer; load with drop_pre_logits=True "
-                              "or save with num_classes=0 (a ViTModel whose pooler holds it)")
+    check_holds(cfg)
     prefix = "vit." if cfg.num_classes else ""
     inv_embed = {v: k for k, v in EMBED.items()}
     inv_layer = {v: k for k, v in LAYER.items()}
@@ -161,6 +180,73 @@ def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> dict:
     }
 
 
+# --- preprocessor_config.json ------------------------------------------------------------------------------------
+
+PREPROCESSOR = "preprocessor_config.json"
+# PIL.Image.Resampling.BILINEAR, the code transformers' "resample" holds; its torchvision backend then resizes with
+# antialiasing, as Preprocess.eval_transform does
+PIL_BILINEAR = 2
+
+
+def preprocessor_to_hf(prep: Preprocess) -> dict:
+    """A `ViTImageProcessor` that prepares images as `prep.eval_transform()` does: the whole image resized to the
+    model's size (bilinear, no crop), scaled to [0, 1], normalised with `prep.mean_std()`, one value per channel.
+    A 1-channel model gets 1-value mean / std and no RGB conversion: transformers' processor and pipeline then take
+    grayscale arrays (H, W, 1); the pipeline makes image files RGB, which such a model refuses."""
+    h, w = prep.image_size
+    mean, std = prep.mean_std()
+    return {
+        "image_processor_type": "ViTImageProcessor",
+        "do_convert_rgb": prep.in_chans == 3,  # grayscale and palette images to RGB, as vitkit's image loader does
+        "do_resize": True, "size": {"height": h, "width": w}, "resample": PIL_BILINEAR,
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(mean), "image_std": list(std),
+    }
+
+
+def normalize_from_hf(proc: dict, source: str) -> tuple[str | None, str | None]:
+    """(vitkit's normalisation, None) when a preprocessor_config.json's mean / std are one of vitkit's
+    (data.transforms.NORMALIZATIONS, to 1e-4), else (None, a note for the loading report). Absent fields mean
+    ViTImageProcessor's defaults: rescale by 1/255, normalise with 0.5 / 0.5 (Google's)."""
+    from vitkit.data.transforms import NORMALIZATIONS, norm_stats
+
+    if not proc.get("do_rescale", True) or abs(float(proc.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        return None, f"{source}: pixels are not scaled by 1/255 (do_rescale, rescale_factor); normalisation kept as 'google'"
+    if not proc.get("do_normalize", True):
+        return None, f"{source}: do_normalize is false, which no vitkit normalisation is; normalisation kept as 'google'"
+
+    def values(key: str) -> list[float]:
+        v = proc.get(key, 0.5)
+        return [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
+
+    mean, std = values("image_mean"), values("image_std")
+    for kind in NORMALIZATIONS:
+        ref = norm_stats(kind, len(mean))
+        if len(std) == len(mean) and all(abs(a - b) <= 1e-4 for a, b in zip(mean + std, ref[0] + ref[1])):
+            return kind, None
+    return None, (f"{source}: image_mean {mean} / image_std {std} are not a normalisation vitkit knows (Google's 0.5 / 0.5, "
+                  f"ImageNet's); normalisation kept as 'google' (eval --normalize, predict(normalize=...) choose another)")
+
+
+def read_normalize(p: Path) -> tuple[str | None, str | None]:
+    """`normalize_from_hf` of the preprocessor_config.json beside a Hugging Face checkpoint (read as JSON only);
+    (None, None) without one. A broken file is a note, not an error: the weights load without it."""
+    from vitkit.convert.files import read_json
+
+    path = (p if p.is_dir() else p.parent) / PREPROCESSOR
+    if not path.is_file():
+        return None, None
+    try:
+        proc = read_json(path)
+        if not isinstance(proc, dict):
+            raise CheckpointError(f"{path}: holds a {type(proc).__name__}, not the settings of an image processor")
+        return normalize_from_hf(proc, str(path))
+    except CheckpointError as err:
+        return None, f"{err}; normalisation kept as 'google'"
+    except (TypeError, ValueError) as err:  # a mean / std / rescale_factor that is not numbers
+        return None, f"{path}: unreadable settings ({err}); normalisation kept as 'google'"
+
+
 # --- the format adapter -----------------------------------------------------------------------------------------
 
 NAME = "hf"
@@ -187,7 +273,8 @@ def detect_tensors(keys: list[str], meta: dict[str, str], path: Path) -> bool:
 
 def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
          **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str], list[str] | None]:
-    """The architecture from config.json (beside the weights), the pooler as the pre-logits layer, the labels."""
+    """The architecture from config.json (beside the weights), the pooler as the pre-logits layer, the labels; a note
+    when preprocessor_config.json normalises as vitkit cannot (the normalisation it can: load.read_preprocess)."""
     from vitkit.convert.files import CONFIG, read_json
 
     notes: list[str] = []
@@ -201,12 +288,16 @@ def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
         notes.append("ViTModel pooler (Dense + tanh) loaded as the pre-logits layer")
     if "classifier.weight" not in legacy:
         overrides.setdefault("num_classes", 0)
+    note = read_normalize(p)[1]
+    if note:
+        notes.append(note)
     cfg = config_from_hf(hf_cfg, str(p), **overrides)
     return cfg, to_vitkit(tensors, cfg), notes, class_names_from_hf(hf_cfg)
 
 
 def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
-    """A directory transformers' from_pretrained reads: model.safetensors (legacy names) + config.json."""
+    """A directory transformers' from_pretrained and pipeline read: model.safetensors (legacy names), config.json and
+    preprocessor_config.json (the model's size, `info["preprocess"]`'s normalisation)."""
     from safetensors.torch import save_file
 
     from vitkit.atomic import atomic_path
@@ -214,7 +305,9 @@ def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
 
     cfg = model.config
     sd = from_vitkit(outside_state(model), cfg)
+    processor = preprocessor_to_hf(Preprocess.of(model, info.get("preprocess")))
     with atomic_path(path, overwrite) as tmp:
         tmp.mkdir()
         save_file(plain(sd), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config_to_hf(cfg, info.get("class_names")), indent=2))
+        (tmp / PREPROCESSOR).write_text(json.dumps(processor, indent=2))

@@ -136,7 +136,7 @@ def load(
             report.resampled.append(f"pos_embed {old[1]} -> {tuple(net.pos_embed.shape)} ({resample_mode}, class token kept)")
     elif image_size is not None:
         net.config.image_size = image_size  # convolutional: any size works
-    card = ModelCard(Preprocess.of(net, read_preprocess(path)), class_names, source, report)  # the size after any resize
+    card = ModelCard(Preprocess.of(net, read_preprocess(path, fmt)), class_names, source, report)  # the size after any resize
     if device is not None:
         from vitkit.runtime import resolve_device
 
@@ -151,10 +151,14 @@ def load_model(path: str | Path, num_classes: int | None = None, image_size: int
     return load(path, num_classes, image_size, **kwargs).model
 
 
-def read_preprocess(path: str | Path) -> dict | None:
-    """How a vitkit checkpoint's inputs were prepared ({"image_size", "normalize", "in_chans"}), if recorded."""
+def read_preprocess(path: str | Path, fmt: str = "auto") -> dict | None:
+    """How a checkpoint's inputs were prepared ({"image_size", "normalize", "in_chans"}), if recorded: vitkit's record,
+    or (`fmt` "hf") the normalisation of a Hugging Face preprocessor_config.json's mean / std."""
     p = resolve_run_dir(Path(path))
     try:
+        if fmt == "hf":
+            normalize = hf.read_normalize(p)[0]
+            return {"normalize": normalize} if normalize else None
         if p.is_dir() and (p / CONFIG).exists():
             return read_json(p / CONFIG).get("preprocess")
         if p.suffix == ".safetensors":

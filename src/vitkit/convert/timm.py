@@ -167,5 +167,6 @@ def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
         warnings.warn(f"{path}: {note}", stacklevel=3)
     if cfg.representation_size:
         info["model"]["representation_size"] = None
+    info = {**info, "names": "timm"}  # the record says the tensors carry timm's names, for vitkit's own reader
     with atomic_path(path, overwrite) as tmp:
         save_file(plain(sd), str(tmp), metadata={"format": "pt", "vitkit": json.dumps(info)})

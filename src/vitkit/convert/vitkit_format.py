@@ -35,6 +35,7 @@ def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], timm_n
     timm's names (a timm file vitkit wrote, read as timm)."""
     info = json.loads(meta["vitkit"]) if "vitkit" in meta else read_json(p / CONFIG)
     cfg = config_from_dict({**info["model"], **overrides})
+    timm_names = timm_names or info.get("names") == "timm"  # a timm file vitkit wrote says so in its record
     return cfg, timm.to_vitkit(tensors, cfg) if timm_names else tensors, [], info.get("class_names")
 
 

@@ -1,8 +1,12 @@
-"""Named variants -> configs -> models: "ViT-B/16", "R50+ViT-B/16", "R50x1", ..."""
+"""Named variants -> configs -> models: "ViT-B/16", "R50+ViT-B/16", "R50x1", ...; timm's and Hugging Face's names
+("vit_base_patch16_224", "google/vit-base-patch16-224") as aliases of them."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import fnmatch
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,17 +20,120 @@ BIT_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 BIT_NAMES = ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")
 
 
+# --- other libraries' names for the same architectures ------------------------------------------------------------
+
+# timm's (timm.list_models("vit_*"), timm 1.0) -> (vitkit variant, image size, the pretrained tag timm picks without one)
+TIMM_NAMES = {
+    "vit_tiny_patch16_224": ("ViT-Ti/16", 224, "augreg_in21k_ft_in1k"),
+    "vit_tiny_patch16_384": ("ViT-Ti/16", 384, "augreg_in21k_ft_in1k"),
+    "vit_small_patch8_224": ("ViT-S/8", 224, "dino"),
+    "vit_small_patch16_224": ("ViT-S/16", 224, "augreg_in21k_ft_in1k"),
+    "vit_small_patch16_384": ("ViT-S/16", 384, "augreg_in21k_ft_in1k"),
+    "vit_small_patch32_224": ("ViT-S/32", 224, "augreg_in21k_ft_in1k"),
+    "vit_small_patch32_384": ("ViT-S/32", 384, "augreg_in21k_ft_in1k"),
+    "vit_base_patch8_224": ("ViT-B/8", 224, "augreg2_in21k_ft_in1k"),
+    "vit_base_patch16_224": ("ViT-B/16", 224, "augreg2_in21k_ft_in1k"),
+    "vit_base_patch16_384": ("ViT-B/16", 384, "augreg_in21k_ft_in1k"),
+    "vit_base_patch32_224": ("ViT-B/32", 224, "augreg_in21k_ft_in1k"),
+    "vit_base_patch32_384": ("ViT-B/32", 384, "augreg_in21k_ft_in1k"),
+    "vit_large_patch14_224": ("ViT-L/14", 224, "untrained"),
+    "vit_large_patch16_224": ("ViT-L/16", 224, "augreg_in21k_ft_in1k"),
+    "vit_large_patch16_384": ("ViT-L/16", 384, "augreg_in21k_ft_in1k"),
+    "vit_large_patch32_224": ("ViT-L/32", 224, "orig_in21k"),
+    "vit_large_patch32_384": ("ViT-L/32", 384, "orig_in21k_ft_in1k"),
+    "vit_huge_patch14_224": ("ViT-H/14", 224, "orig_in21k"),
+    "vit_tiny_r_s16_p8_224": ("R+ViT-Ti/16", 224, "augreg_in21k_ft_in1k"),
+    "vit_tiny_r_s16_p8_384": ("R+ViT-Ti/16", 384, "augreg_in21k_ft_in1k"),
+    "vit_small_r26_s32_224": ("R26+ViT-S/32", 224, "augreg_in21k_ft_in1k"),
+    "vit_small_r26_s32_384": ("R26+ViT-S/32", 384, "augreg_in21k_ft_in1k"),
+    "vit_base_r26_s32_224": ("R26+ViT-B/32", 224, "untrained"),
+    "vit_base_r50_s16_224": ("R50+ViT-B/16", 224, "orig_in21k"),
+    "vit_base_r50_s16_384": ("R50+ViT-B/16", 384, "orig_in21k_ft_in1k"),
+    "vit_large_r50_s32_224": ("R50+ViT-L/32", 224, "augreg_in21k_ft_in1k"),
+    "vit_large_r50_s32_384": ("R50+ViT-L/32", 384, "augreg_in21k_ft_in1k"),
+}
+# timm's pretrained tags of those names -> the classes of the published head: ImageNet-1k, ImageNet-21k (AugReg kept its
+# trained 21843-way head), none (orig_in21k: timm drops Google's zeroed head and pre-logits; DINO, MAE: self-supervised)
+TIMM_TAGS = {
+    "augreg2_in21k_ft_in1k": 1000, "augreg_in21k_ft_in1k": 1000, "augreg_in1k": 1000, "orig_in21k_ft_in1k": 1000,
+    "sam_in1k": 1000, "untrained": 1000, "augreg_in21k": 21843, "bamboo": 115217, "orig_in21k": 0, "dino": 0, "mae": 0,
+}
+# Google's ViTs on the Hugging Face Hub -> (vitkit variant, image size, classes, pre-logits width). The ImageNet-1k
+# fine-tuned ones are ViTForImageClassification; the -in21k ones ViTModel without a classifier ("heads zero'd by
+# Google"), whose pooler (Dense + tanh) holds the pre-training pre-logits layer, as `vitkit.load` reads them.
+HF_NAMES = {
+    "google/vit-base-patch16-224": ("ViT-B/16", 224, 1000, None),
+    "google/vit-base-patch16-384": ("ViT-B/16", 384, 1000, None),
+    "google/vit-base-patch32-384": ("ViT-B/32", 384, 1000, None),
+    "google/vit-large-patch16-224": ("ViT-L/16", 224, 1000, None),
+    "google/vit-large-patch16-384": ("ViT-L/16", 384, 1000, None),
+    "google/vit-large-patch32-384": ("ViT-L/32", 384, 1000, None),
+    "google/vit-base-patch16-224-in21k": ("ViT-B/16", 224, 0, 768),
+    "google/vit-base-patch32-224-in21k": ("ViT-B/32", 224, 0, 768),
+    "google/vit-large-patch16-224-in21k": ("ViT-L/16", 224, 0, 1024),
+    "google/vit-large-patch32-224-in21k": ("ViT-L/32", 224, 0, 1024),
+    "google/vit-huge-patch14-224-in21k": ("ViT-H/14", 224, 0, 1280),
+}
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another library's name for one of vitkit's variants, with what its published model fixes beyond the variant."""
+
+    variant: str  # vitkit's name, e.g. "ViT-B/16"
+    image_size: int
+    num_classes: int  # of the published head; 0: none
+    representation_size: int | None  # pre-logits width (Hugging Face's in21k pooler), None: none
+    library: str  # "timm" or "hf"
+    name: str  # the library's name, without a tag
+    tag: str | None = None  # timm's pretrained tag, the one given or timm's default (the weights a download would get)
+
+    def defaults(self) -> dict[str, Any]:
+        return dict(image_size=self.image_size, num_classes=self.num_classes, representation_size=self.representation_size)
+
+
+def resolve_alias(name: str) -> Alias | None:
+    """The variant a timm name ("vit_base_patch16_224", with an optional ".augreg_in21k" tag or "timm/" prefix, as on
+    the Hugging Face Hub) or a Hugging Face name ("google/vit-base-patch16-224") stands for; None for other names."""
+    key = name.strip().lower()
+    if key in HF_NAMES:
+        variant, size, classes, pre_logits = HF_NAMES[key]
+        return Alias(variant, size, classes, pre_logits, "hf", key)
+    base, dot, tag = key.removeprefix("timm/").partition(".")
+    if base not in TIMM_NAMES:
+        return None
+    variant, size, default_tag = TIMM_NAMES[base]
+    tag = tag if dot else default_tag
+    if tag not in TIMM_TAGS:
+        close = difflib.get_close_matches(tag, list(TIMM_TAGS), n=1)
+        hint = f"did you mean {base}.{close[0]}? " if close else ""
+        raise ValueError(f"{name!r}: unknown timm pretrained tag {tag!r}; {hint}known tags: {', '.join(TIMM_TAGS)} "
+                         f"(or no tag: {base})")
+    return Alias(variant, size, TIMM_TAGS[tag], None, "timm", base, tag)
+
+
+# --- vitkit's names -------------------------------------------------------------------------------------------
+
+
 def _vit_names() -> list[str]:
     return [f"ViT-{size}/{p}" for size in VARIANTS for p in PATCH_SIZES]
 
 
-def list_models() -> list[str]:
-    """Every named variant, in the order `vitkit models` prints them."""
-    return _vit_names() + list(HYBRIDS) + list(BIT_NAMES)
+def list_models(pattern: str = "", aliases: bool = False) -> list[str]:
+    """Every named variant, in the order `vitkit models` prints them; `pattern` keeps the names it matches as timm's
+    list_models does (fnmatch, case-insensitive: "ViT-B*", "*/16", "vit_base*"); `aliases` adds timm's and Hugging
+    Face's names that `create_model` also accepts (left out by default, so that each architecture is listed once)."""
+    names = _vit_names() + list(HYBRIDS) + list(BIT_NAMES)
+    if aliases:
+        names += list(TIMM_NAMES) + list(HF_NAMES)
+    return [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())] if pattern else names
 
 
 def _canonical(name: str) -> str:
-    """Accept "ViT-B/16", "vit-b/16", "ViT-B_16" (the .npz file names), "B/16", "b16"."""
+    """Accept "ViT-B/16", "vit-b/16", "ViT-B_16" (the .npz file names), "B/16", "b16", and the aliases."""
+    alias = resolve_alias(name)
+    if alias is not None:
+        return alias.variant
     key = name.strip().replace("_", "/").lower()
     table = {n.lower(): n for n in list_models()}
     if key in table:
@@ -39,15 +146,21 @@ def _canonical(name: str) -> str:
     m = re.fullmatch(r"(?:bit-?)?r(\d+)x(\d+)", key)
     if m and f"r{m.group(1)}x{m.group(2)}" in table:
         return table[f"r{m.group(1)}x{m.group(2)}"]
-    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    every = {n.lower(): n for n in list_models(aliases=True)}
+    close = [every[k] for k in difflib.get_close_matches(name.strip().lower(), list(every), n=3, cutoff=0.6)]
+    near = f" close to it: {', '.join(close)}; all of vitkit's:" if close else ":"
+    raise ValueError(f"unknown model {name!r}; valid names{near} {', '.join(list_models())}, and timm's and Hugging Face's "
+                     f"names for them (vitkit.list_models(aliases=True))")
 
 
 IDENTITY_FIELDS = ("patch_size", "width", "depth", "heads", "mlp_dim", "resnet")
 
 
 def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
-    """The config of a named variant with `overrides` applied (any ViTConfig / BiTConfig field)."""
-    canon = _canonical(name)
+    """The config of a named variant with `overrides` applied (any ViTConfig / BiTConfig field). An alias (timm's or
+    Hugging Face's name) also sets its published model's image size, classes and pre-logits layer, unless overridden."""
+    alias = resolve_alias(name)
+    canon = alias.variant if alias else _canonical(name)
     if canon in BIT_NAMES:
         depth, width = (int(v) for v in re.fullmatch(r"R(\d+)x(\d+)", canon).groups())
         base: dict[str, Any] = dict(layers=BIT_DEPTHS[depth], width_factor=width)
@@ -66,6 +179,7 @@ def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
         raise ValueError(f"{canon}: unknown option(s) {bad}; valid options: {sorted(valid - {'arch'})}")
     # the fields that make a variant what it is: a model with other values is not recorded under its name
     changed = {k: v for k, v in overrides.items() if k in IDENTITY_FIELDS and k in base and base[k] != v}
+    base.update(alias.defaults() if alias else {})
     base.update(overrides)
     if cls is ViTConfig and "name" not in overrides:
         base["name"] = canon if not changed else f"{canon}, modified ({', '.join(f'{k}={v}' for k, v in changed.items())})"
@@ -106,7 +220,9 @@ def create_model(
     in_chans: int | None = None,
     **overrides: Any,
 ) -> nn.Module:
-    """A freshly initialised model by name: `create_model("ViT-B/16", num_classes=10, image_size=384)`.
+    """A freshly initialised model by name: `create_model("ViT-B/16", num_classes=10, image_size=384)`, or by timm's or
+    Hugging Face's name (`create_model("vit_base_patch16_384")`, `create_model("google/vit-base-patch16-224")`): the
+    same architecture at the published model's size and classes, which the arguments given here still override.
 
     `overrides` set any architecture option (width, depth, pool="gap", posemb="sincos2d", ...).
     """
