@@ -45,15 +45,14 @@ def _fmt_int(n: int) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vitkit.models import describe, list_models
+    from vitkit.models.catalog import table
 
-    names = list_models()
+    rows = table()
     if args.filter:
-        names = [n for n in names if args.filter.lower() in n.lower()]
-        if not names:
+        rows = [r for r in rows if args.filter.lower() in r["name"].lower()]
+        if not rows:
             print(f"no model name contains {args.filter!r}; run `vitkit models` for the list", file=sys.stderr)
             return 2
-    rows = [describe(n) for n in names]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
