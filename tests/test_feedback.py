@@ -188,3 +188,14 @@ def test_ctrl_c_inside_a_checkpoint_write_keeps_the_one_before(tmp_path, monkeyp
     import torch
 
     assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
+
+
+def test_finetuning_on_a_folder_named_otherwise_keeps_the_head_and_warns(tmp_path, capsys):
+    from vitkit.train.finetune import finetune
+
+    src = vitkit.save_model(_tiny(num_classes=3), tmp_path / "m", class_names=["cat", "dog", "eel"])
+    _folder(tmp_path / "other", ["ant", "bee", "cat"])
+    finetune(str(src), f"folder:{tmp_path / 'other'}", out=tmp_path / "ft",
+             overrides=["train.steps=2", "train.batch_size=4", "train.progress=false"])
+    err = capsys.readouterr().err
+    assert "warning:" in err and "['cat', 'dog', 'eel']" in err and "['ant', 'bee', 'cat']" in err

@@ -15,6 +15,7 @@ def test_python_api_snippet_runs():
     assert scope["probs"].shape == (2, 37) and abs(float(scope["probs"].sum()) - 2) < 1e-3
     assert scope["out"]["attn"][0].shape == (2, 12, 577, 577)
     assert scope["fast"].precision in ("fp32", "bf16")
+    assert scope["timm_named"].config.name == "ViT-S/16" and scope["timm_named"].head.out_features == 10
 
 
 def test_engine_snippet_runs(tmp_path, monkeypatch):
@@ -27,3 +28,20 @@ def test_engine_snippet_runs(tmp_path, monkeypatch):
     assert scope["logits"].shape == (256, 10) and scope["feats"].shape == (4, 128)
     assert scope["engine"].engine in ("torch", "onnxruntime", "openvino") and "auto" in scope["engine"].describe()
     assert scope["served"].class_names == [f"class {i}" for i in range(10)] and scope["onnx"]["max_abs_diff"] < 1e-4
+
+
+RUN_BY_TESTS = {"### Inference engines: PyTorch, ONNX Runtime, OpenVINO": "test_engine_snippet_runs",
+                "## Python API": "test_python_api_snippet_runs",
+                "## Weights users already have": "tests/test_card.py::test_readme_weights_snippet_runs"}
+
+
+def test_every_python_snippet_is_run_by_a_test():
+    """A new ```python block under another heading fails here until a test runs it."""
+    heading, seen = None, []
+    for line in README.read_text().splitlines():
+        if line.startswith("#"):
+            heading = line.strip()
+        elif line.strip() == "```python":
+            seen.append(heading)
+    assert seen and all(h in RUN_BY_TESTS for h in seen), [h for h in seen if h not in RUN_BY_TESTS]
+    assert len(seen) == len(set(seen))  # one block per heading: each test runs the first block under its heading

@@ -33,6 +33,8 @@ def test_finetune_new_head_and_higher_resolution(pretrained, tmp_path):
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert cfg["optim"]["name"] == "sgd" and cfg["optim"]["weight_decay"] == 0 and cfg["optim"]["momentum"] == 0.9
     assert cfg["model"]["init"] == str(pretrained)
+    # the architecture recorded is the checkpoint's (a modified Ti/16 here), not the recipe's placeholder ViT-B/16
+    assert cfg["model"]["name"] == vitkit.load_model(pretrained).config.name and cfg["model"]["name"].startswith("ViT-Ti/16, modified")
 
 
 def test_finetune_recipe_follows_the_paper():

@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "ViT-Ti/16"  # any `vitkit models` name; the fields below override the variant
+    name: str = "ViT-Ti/16"  # any `vitkit models` name; the fields below override the variant (with init: what the file holds)
     init: str | None = None  # start from a checkpoint (anything load_model reads)
     patch_size: int | None = None
     width: int | None = None
@@ -249,6 +249,8 @@ def validate(cfg: Config) -> Config:
     from vitkit.models.registry import model_config
 
     check_source(cfg.data.name, "data.name")
+    if cfg.model.init:  # the architecture is the checkpoint's; model.name only records what it is
+        return cfg
     try:
         model_config(cfg.model.name)
     except (KeyError, ValueError) as err:

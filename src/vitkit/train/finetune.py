@@ -38,10 +38,11 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
              out: str | Path | None = None, lr_sweep: list[float] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune `src` on `data` with the paper's recipe (`overrides` as --set; `overwrite`: an existing run directory
     at `out` is replaced); with `lr_sweep`, one run per LR and the best on validation kept as the run directory."""
-    _, card = load(src)  # to read its resolution and preprocessing, and to fail early on a bad file
+    source, card = load(src)  # to read its resolution, preprocessing and architecture, and to fail early on a bad file
     size = resolution or card.preprocess.image_size[0]
     normalize = card.preprocess.normalize
     cfg = _recipe(str(src), data, size, normalize, overrides or [])
+    cfg.model.name = source.config.name or type(source).__name__  # what the file holds, not the recipe's placeholder
     if not lr_sweep:
         return train(cfg, out=out, overwrite=overwrite)
     run = RunDir.new(out, "finetune", replace=overwrite).path

@@ -35,10 +35,12 @@ def build_model(cfg: Config, ds: Dataset) -> nn.Module:
     and position embeddings resampled to the data's resolution."""
     m = cfg.model
     if m.init:
-        from vitkit.convert.load import load_model
+        from vitkit.convert.load import load
+        from vitkit.evaluate.run import warn_class_names
 
-        model = load_model(m.init, num_classes=ds.num_classes, image_size=cfg.data.image_size, drop_pre_logits=True,
+        model, card = load(m.init, num_classes=ds.num_classes, image_size=cfg.data.image_size, drop_pre_logits=True,
                            **{k: v for k, v in m.overrides().items() if k in ("dropout", "attn_dropout", "drop_path")})
+        warn_class_names(m.init, card.class_names, ds.classes)  # a head kept (as many classes) but named otherwise
     else:
         # a self-supervised encoder has no classifier: finetune/fewshot put their own on its features
         k = ds.num_classes if cfg.objective == "classification" else 0
