@@ -23,6 +23,7 @@ Engines:
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import json
@@ -239,9 +240,18 @@ class OpenVinoEngine(Engine):
             out[i] = np.array(request.get_tensor(port).data, dtype=np.float32)  # a copy: the request is reused
 
         queue.set_callback(done)
-        for i, part in enumerate(parts):
-            queue.start_async({"images": np.ascontiguousarray(part)}, i, share_inputs=True)
-        queue.wait_all()
+        # No garbage collection while OpenVINO's threads run `done`: a cycle holding another engine, collected in one
+        # of them, would destroy that engine's queue from its own thread (std::terminate, "Resource deadlock avoided",
+        # seen once in the test suite).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for i, part in enumerate(parts):
+                queue.start_async({"images": np.ascontiguousarray(part)}, i, share_inputs=True)
+            queue.wait_all()
+        finally:
+            if collecting:
+                gc.enable()
         return torch.from_numpy(np.concatenate(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
