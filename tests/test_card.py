@@ -82,3 +82,22 @@ def test_readme_weights_snippet_runs(tmp_path, monkeypatch):
 
     theirs = timm.create_model("vit_tiny_patch16_224", embed_dim=32, depth=1, num_heads=2, mlp_ratio=2, img_size=32, num_classes=2)
     theirs.load_state_dict(load_file(tmp_path / "out.safetensors"))  # strict: timm reads what the snippet wrote
+
+
+def test_a_checkpoint_holding_more_than_its_config_says_is_refused(tmp_path):
+    """Metadata saying depth 1 over weights of 2 blocks: loading used to drop a block silently (issue 22.5)."""
+    import json as _json
+
+    from safetensors.torch import load_file, save_file
+
+    two = _tiny(depth=2)
+    vitkit.save_model(two, tmp_path / "m")
+    cfg = _json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["model"]["depth"] = 1
+    (tmp_path / "m" / "config.json").write_text(_json.dumps(cfg))
+    sd = load_file(tmp_path / "m" / "model.safetensors")
+    save_file(sd, str(tmp_path / "m" / "model.safetensors"), metadata={"vitkit": _json.dumps(cfg)})
+    with pytest.raises(vitkit.CheckpointError, match=r"holds \d+ tensor\(s\) the model it describes has no place for, e.g. \['blocks.1"):
+        vitkit.load(tmp_path / "m")
+    model, card = vitkit.load(tmp_path / "m", strict=False)
+    assert model.config.depth == 1 and all(k.startswith("blocks.1.") for k in card.report.unexpected)

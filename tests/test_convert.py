@@ -219,7 +219,9 @@ def test_npz_hybrid_layers_width_old_gn_shapes_and_unknown_arrays(tmp_path):
     old["zzz_unknown"] = np.ones(2, np.float32)
     old["block1/unit1/extra/kernel"] = np.ones(2, np.float32)  # an unknown array inside the first unit: the rest still read
     np.savez(tmp_path / "old.npz", **old)
-    back, card = vitkit.load(tmp_path / "old.npz")
+    with pytest.raises(vitkit.CheckpointError, match=r"holds 3 tensor\(s\) the model it describes has no place for"):
+        vitkit.load(tmp_path / "old.npz")  # exact by default (issue 22): unknown arrays are an error
+    back, card = vitkit.load(tmp_path / "old.npz", strict=False)
     back.eval()
     assert back.config.resnet.layers == (1, 2) and back.config.resnet.width_factor == 2
     assert set(card.report.unexpected) == {"zzz_unknown", "Transformer/encoderblock_0/extra/kernel", "block1/unit1/extra/kernel"}

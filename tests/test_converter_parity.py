@@ -217,7 +217,9 @@ def test_hf_unknown_tensors_are_reported_not_dropped(tmp_path):
     sd["vit.encoder.layer.0.attention.extra.weight"] = torch.ones(2)
     sd["vit.something_else"] = torch.ones(2)
     save_file(sd, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
-    model, card = vitkit.load(tmp_path / "hf")
+    with pytest.raises(vitkit.CheckpointError, match="has no place for"):
+        vitkit.load(tmp_path / "hf")  # exact by default (issue 22)
+    model, card = vitkit.load(tmp_path / "hf", strict=False)
     assert set(card.report.unexpected) == {"encoder.layer.0.attention.extra.weight", "something_else"}
     # labels keyed by int (as some hand-written configs have) read as well as by str
     from vitkit.convert.hf import class_names_from_hf

@@ -38,9 +38,10 @@ class LoadReport:
                 "unexpected": self.unexpected, "resampled": self.resampled, "notes": self.notes}
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, report: LoadReport) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, report: LoadReport, strict: bool = True) -> None:
     """Copy a vitkit-named state dict into `model`, checking every shape; a mismatch names the tensor,
-    both shapes and what to do. Keys the model lacks are reported as unexpected."""
+    both shapes and what to do. Exact: a tensor the model lacks is an error (its config describes less than the
+    file holds, e.g. fewer blocks), unless `strict=False`, which reports it as unexpected and leaves it out."""
     own = model.state_dict()
     for key, value in state.items():
         if key not in own:
@@ -51,6 +52,13 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, rep
                 f"{source}: tensor {key!r} has shape {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the "
                 f"model; pass num_classes/image_size to load_model (or --model with the right variant) so the two agree"
             )
+    if strict and report.unexpected:
+        n = len(report.unexpected)
+        raise CheckpointError(
+            f"{source}: the checkpoint holds {n} tensor(s) the model it describes has no place for, e.g. {report.unexpected[:5]}; "
+            f"its config may describe less than it holds (fewer blocks, no head), or the file has extra parts: load it with "
+            f"strict=False (`vitkit convert SRC --out DST --ignore-unexpected`) to leave them out, and check the result"
+        )
     missing = [k for k in own if k not in state]
     if missing:
         raise CheckpointError(

@@ -100,6 +100,7 @@ def load(
     drop_pre_logits: bool = False,
     resample_mode: str = "bilinear",
     device: str | torch.device | None = None,
+    strict: bool = True,
     **overrides: Any,
 ) -> Loaded:
     """`(model, card)`: a model with the weights of any checkpoint vitkit reads (the architecture comes from
@@ -110,7 +111,8 @@ def load(
     `drop_pre_logits` removes a pre-logits layer (as for fine-tuning); `model` names the variant when
     the file cannot say (timm state dicts do not record the number of heads); `overrides` set any
     other architecture option (dropout, drop_path, heads, ...); `device` ("auto", "cpu", "cuda:1", ...) places
-    it (default: the CPU, where the file is read).
+    it (default: the CPU, where the file is read). Loading is exact: a tensor the model has no place for is an
+    error; `strict=False` leaves such tensors out and lists them in the report (`card.report.unexpected`).
     """
     source = str(path)
     if model is not None:
@@ -121,7 +123,7 @@ def load(
     if isinstance(cfg, ViTConfig) and cfg.posemb == "sincos2d":
         sd = {k: v for k, v in sd.items() if k != "pos_embed"}
     net = build_model(cfg)
-    load_into(net, sd, source, report)
+    load_into(net, sd, source, report, strict)
     if isinstance(net, VisionTransformer) and drop_pre_logits and cfg.representation_size:
         net.drop_pre_logits()
         report.notes.append(f"pre-logits layer dropped; new zero-initialised {cfg.width} x {cfg.num_classes} head")
