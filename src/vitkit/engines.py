@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from vitkit import runtime
+from vitkit.train import memory
 from vitkit.convert.card import ModelCard
 from vitkit.data.preprocess import Preprocess
 from vitkit.export import EXTRAS
@@ -603,7 +604,13 @@ def load_engine(src: str | Path, engine: str = "auto", precision: str = "auto", 
         if dev.type != "cpu":
             raise ValueError(f"--engine {engine} runs on the CPU here; pass --device cpu, or --engine torch on {dev}")
     model, card = load(src, image_size=resolution)
+    batch = max(1, min(batch_size, images or batch_size))
+    # refused before anything runs when it cannot fit (the CPU engines' graphs hold every head's T x T weights)
+    memory.check_inference(model.config, batch, dev, str(src), explicit_attention=engine in ("onnxruntime", "openvino"))
     model.to(dev)
     if engine == "auto":
+        if not memory.fits_inference(model.config, batch, dev, explicit_attention=True):
+            return _chosen(serve(model, "torch", precision, compile, card),
+                           {"why": "torch: the CPU engines' explicit attention would not fit in memory", "cached": False})
         return choose(model, precision, batch_size, images, compile, card)
     return serve(model, engine, precision, compile, card)

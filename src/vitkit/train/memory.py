@@ -139,3 +139,70 @@ if __name__ == "__main__":
         main()
     except ValueError as err:  # an unknown model name or a size its patch does not divide: say which, no traceback
         raise SystemExit(f"vitkit.train.memory: error: {err}") from None
+
+
+# --- inference: a guard against a job that cannot fit ------------------------------------------------------------
+
+
+def inference_bytes(cfg: Any, batch: int, explicit_attention: bool = False, dtype_bytes: int = 4) -> int:
+    """An upper estimate of the memory a forward pass without autograd holds at its peak for `batch` images: the
+    input images, the largest per-block working set (q, k, v and the attention output beside the residual stream, or
+    the MLP's hidden layer), the T x T weights of every head when attention is explicit (ONNX Runtime, OpenVINO),
+    and for a convolutional stem its first stage's feature maps. No allocation; the config alone."""
+    h, w = (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else cfg.image_size
+    per_image = 2 * cfg.in_chans * h * w * 4  # the float32 input and a resized / normalised copy
+    vit = hasattr(cfg, "width")  # a ViT or a hybrid; else a BiT ResNet
+    stem = cfg.resnet if vit else cfg  # what has the ResNet's width factor; None for a plain ViT
+    if vit:
+        gh, gw = cfg.grid
+        tokens = gh * gw + cfg.num_prefix_tokens
+        block = tokens * max(5 * cfg.width, cfg.mlp_dim + 2 * cfg.width)
+        if explicit_attention:
+            block += 2 * cfg.heads * tokens * tokens  # the scores and their softmax
+        per_image += block * dtype_bytes + tokens * cfg.width * 4  # + the position embeddings' share
+    if stem is not None:  # the first stage's input, output and residual: 256 x width factor channels at 1/4 size
+        per_image += 3 * 256 * stem.width_factor * (h // 4) * (w // 4) * dtype_bytes
+    return int(batch * per_image)
+
+
+def available_bytes(device: Any) -> int | None:
+    """Memory free for a job on `device` now: a GPU's free memory, the CPU's MemAvailable (Linux) or free physical
+    pages; None when the system does not say."""
+    import os
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_inference(cfg: Any, batch: int, device: Any, explicit_attention: bool = False, dtype_bytes: int = 4,
+                   share: float = 0.9) -> bool:
+    """Whether `inference_bytes` stays within `share` of what `device` has available (True when it does not say)."""
+    have = available_bytes(device)
+    return have is None or inference_bytes(cfg, batch, explicit_attention, dtype_bytes) <= share * have
+
+
+def check_inference(cfg: Any, batch: int, device: Any, source: str, explicit_attention: bool = False,
+                    dtype_bytes: int = 4, share: float = 0.9) -> None:
+    """Refuse, before anything runs, a forward pass estimated to need more than `share` of the memory available:
+    one line with the estimate, what is available and the largest batch size that fits (or a lower resolution)."""
+    if fits_inference(cfg, batch, device, explicit_attention, dtype_bytes, share):
+        return
+    have, need = available_bytes(device), inference_bytes(cfg, batch, explicit_attention, dtype_bytes)
+    one = inference_bytes(cfg, 1, explicit_attention, dtype_bytes)
+    fits = int(share * have // one) if one else 0
+    size = cfg.image_size if isinstance(cfg.image_size, int) else "x".join(map(str, cfg.image_size))
+    hint = (f"use --batch-size {fits} or less" if fits >= 1 else
+            "even one image does not fit: use a lower --resolution, or a machine with more memory")
+    raise MemoryError(f"{source} at {size} px: about {need / GIB:.1f} GiB estimated for a batch of {batch} "
+                      f"({one / GIB:.2f} GiB an image), {have / GIB:.1f} GiB available on {device}; {hint}")
