@@ -395,3 +395,14 @@ def test_precision_auto_per_cpu_kind(monkeypatch, kind, ov_bf16, want):
     if not ov_bf16:
         with pytest.raises(ValueError, match="no native bf16 for OpenVINO"):
             engines.engine_precision("openvino", "bf16")
+
+
+def test_collection_stays_off_until_the_last_engine_is_done():
+    import gc
+
+    assert gc.isenabled()
+    with engines._no_collection():
+        with engines._no_collection():  # a second caller (another thread's engine)
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner one finishing does not turn it back on under the outer
+    assert gc.isenabled()

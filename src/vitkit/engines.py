@@ -23,12 +23,15 @@ Engines:
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import importlib.util
 import json
 import statistics
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +184,28 @@ class OnnxRuntimeEngine(Engine):
         return torch.from_numpy(self._sess.run(["pre_logits"], {"images": _numpy(x)})[0])
 
 
+_GC_LOCK = threading.Lock()
+_GC_HOLDERS = [0, False]  # engines running callbacks now; whether collection was on before the first
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """Garbage collection off while any engine's OpenVINO callbacks run (it is process-wide: counted, so that one
+    thread finishing does not turn it back on under another's callbacks)."""
+    with _GC_LOCK:
+        if _GC_HOLDERS[0] == 0:
+            _GC_HOLDERS[1] = gc.isenabled()
+            gc.disable()
+        _GC_HOLDERS[0] += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_HOLDERS[0] -= 1
+            if _GC_HOLDERS[0] == 0 and _GC_HOLDERS[1]:
+                gc.enable()
+
+
 class OpenVinoEngine(Engine):
     def __init__(self, path: Path, precision: str = "fp32"):
         ov = _need("openvino")
@@ -244,15 +269,10 @@ class OpenVinoEngine(Engine):
         # No garbage collection while OpenVINO's threads run `done`: a cycle holding another engine, collected in one
         # of them, would destroy that engine's queue from its own thread (std::terminate, "Resource deadlock avoided",
         # seen once in the test suite).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_collection():
             for i, part in enumerate(parts):
                 queue.start_async({"images": np.ascontiguousarray(part)}, i, share_inputs=True)
             queue.wait_all()
-        finally:
-            if collecting:
-                gc.enable()
         return torch.from_numpy(np.concatenate(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

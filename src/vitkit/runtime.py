@@ -289,6 +289,12 @@ def configure_threads_env(environ: dict[str, str] | None = None) -> dict[str, st
     return set_now
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (its RANK variable, readable before the process group exists), or a lone process:
+    the one that prints what a job's ranks would all say."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cache_dir() -> Path:
     """vitkit's per-user cache: $VITKIT_CACHE_DIR, else $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit. Holds what is
     measured once per machine (kernels.json, engines.json) and the engines' exports of checkpoints (exports/)."""

@@ -6,7 +6,7 @@ engines). Evaluation resizes the whole image to the model's size (no crop, as th
 [0, 1] and normalises ("google": (x - 0.5) / 0.5; "imagenet": ImageNet's mean / std).
 
 The image size and channels are the model's, always: `Preprocess.of(model)` takes them from the model's
-config at the moment of asking, so a model resized after loading (`set_image_size`, convert --image-size,
+config at the moment of asking, so a model resized after loading (`set_image_size`, convert --resolution,
 export --resolution, finetune --resolution) writes and serves its new size; only the normalisation is recorded
 separately (it cannot be read off the weights).
 """

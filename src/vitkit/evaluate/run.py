@@ -26,7 +26,9 @@ def data_config_for(prep: Preprocess, data: str, data_dir: str | None = None, re
 def warn_class_names(src: str | Path, model_names: list[str] | None, data_names: list[str]) -> None:
     """One line on stderr when a checkpoint's class names differ from the dataset's (a class-per-folder tree with
     other names, or in another order): the head's outputs are matched to the data's classes by index."""
-    if not model_names or list(model_names) == list(data_names):
+    from vitkit.runtime import is_main_process
+
+    if not model_names or list(model_names) == list(data_names) or not is_main_process():
         return
     if sorted(model_names) == sorted(data_names):
         why = "the same names in another order"

@@ -12,6 +12,7 @@ from vitkit.config import Config, apply_overrides
 from vitkit.convert.load import load
 from vitkit.recipes.finetune import DERIVED, finetune as finetune_recipe
 from vitkit.rundir import RunDir
+from vitkit.runtime import is_main_process
 from vitkit.train.loop import train
 from vitkit.atomic import write_json
 
@@ -26,7 +27,7 @@ def _recipe(src: str, data: str, size: int, normalize: str, overrides: list[str]
     cfg = apply_overrides(finetune_recipe(src, data, size, normalize, steps=cfg.train.steps), overrides)
     given = {o.split("=", 1)[0].strip() for o in overrides}
     derived = [k for k in DERIVED if k not in given]
-    if derived:
+    if derived and is_main_process():
         values = {"optim.warmup_steps": cfg.optim.warmup_steps, "train.eval_every": cfg.train.eval_every,
                   "train.ckpt_every": cfg.train.ckpt_every, "train.log_every": cfg.train.log_every}
         print(f"finetune: {cfg.train.steps} steps (recipe: {default}); derived from them: "
@@ -42,7 +43,7 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
     size = resolution or card.preprocess.image_size[0]
     normalize = card.preprocess.normalize
     cfg = _recipe(str(src), data, size, normalize, overrides or [])
-    cfg.model.name = source.config.name or type(source).__name__  # what the file holds, not the recipe's placeholder
+    cfg.model.name = getattr(source.config, "name", None) or type(source).__name__  # what the file holds, not the recipe's placeholder
     if not lr_sweep:
         return train(cfg, out=out, overwrite=overwrite)
     run = RunDir.new(out, "finetune", replace=overwrite).path
