@@ -110,6 +110,13 @@ def test_train_and_finetune_take_force_and_json(tmp_path, capsys):
     (mine / "notes.txt").write_text("the user's")
     assert main(["train", "--out", str(mine), *tiny, "--force"]) == 2
     assert "not a vitkit run directory" in capsys.readouterr().err and (mine / "notes.txt").exists()
+    (mine / "config.json").write_text('{"architectures": ["ViTModel"]}')  # a Hugging Face model folder is no run either
+    assert main(["train", "--out", str(mine), *tiny, "--force"]) == 2
+    assert "not a vitkit run directory" in capsys.readouterr().err and (mine / "notes.txt").exists()
+    # --force never removes what the run reads: fine-tuning a run into itself is refused, the run kept
+    sets_ = ["--set", "train.steps=2", "--set", "train.batch_size=16", "--set", "train.progress=false"]
+    assert main(["finetune", str(run), "--data", "digits", "--out", str(run), *sets_, "--force"]) == 2
+    assert "which this run reads" in capsys.readouterr().err and (run / "checkpoint").is_dir()
     ft = tmp_path / "ft"
     sets = ["--set", "train.steps=2", "--set", "train.batch_size=16", "--set", "train.progress=false"]
     assert main(["finetune", str(run), "--data", "digits", "--out", str(ft), *sets, "--json"]) == 0

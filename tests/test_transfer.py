@@ -109,3 +109,11 @@ def test_a_shorter_finetune_derives_its_schedule(pretrained, tmp_path, capsys):
     assert {4, 8, 12, 16} <= {line["step"] for line in lines if line["split"] == "val"}
     lrs = [line["lr"] for line in lines if line["split"] == "train"]
     assert lrs[0] < lrs[1] == max(lrs) and lrs[-1] < lrs[1] / 10  # warm-up over two steps, then the cosine decays
+
+
+def test_finetune_a_bit_resnet(tmp_path):
+    """A BiT checkpoint has no ViT name; its run records the class (it crashed with an AttributeError)."""
+    model = vitkit.create_model("R50x1", layers=(1, 1, 1, 1), num_classes=10, image_size=32, in_chans=1)
+    src = vitkit.save_model(model, tmp_path / "bit")
+    finetune(str(src), "digits", out=tmp_path / "ft", overrides=["train.steps=2", "train.batch_size=8", "train.progress=false"])
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["model"]["name"] == "BiTResNet"

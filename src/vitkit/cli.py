@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from vitkit.config import ARGUMENTS, argument_parser
 
 
 # --- options and output shared by several verbs ---------------------------------------------------------
@@ -28,6 +34,17 @@ def _precision_device(p: argparse.ArgumentParser, engine: bool = False) -> None:
                             "model, measured once per machine and cached; jobs under 2048 images take torch unless an export "
                             "is cached), torch (vitkit's own path), onnxruntime, openvino (pip install 'vitkit[onnx]' / "
                             "'vitkit[openvino]'); SRC may also be an export of `vitkit export`")
+
+
+def _directory(text: str) -> str:
+    """An argparse `type=` for an output directory: a path that is an existing file is refused."""
+    try:
+        is_file = Path(text).exists() and not Path(text).is_dir()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise argparse.ArgumentTypeError(f"{text}: {err.strerror}") from None
+    if is_file:
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory: choose another path")
+    return text
 
 
 def _say_engine(res: dict) -> None:
@@ -111,14 +128,34 @@ def _info_parser(sub: Any) -> None:
 
 
 def _parse_size(text: str | None) -> int | tuple[int, int] | None:
+    """convert's --resolution (or --image-size): R or HxW pixels, each >= 1. Parsed here, not by argparse, so that a bad
+    one is the verb's error (exit status 2 from main, as earlier releases)."""
     if text is None:
         return None
     parts = text.lower().replace(",", "x").split("x")
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"--image-size {text!r}: give one integer (224) or HxW (224x320)") from None
+        sizes = []
+    if len(sizes) not in (1, 2) or not all(ARGUMENTS["resolution"][1].contains(v) for v in sizes):
+        raise ValueError(f"--resolution/--image-size {text!r}: give one integer >= 1 (224) or HxW (224x320)")
     return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def _number_list(text: str | None, option: str, name: str, example: str) -> list | None:
+    """A comma-separated option (--shots, --lr-sweep), each value in the range of the verb argument `name` (ARGUMENTS).
+    Parsed by the verb, not argparse, so that a bad one is the verb's error (exit status 2 from main, as earlier
+    releases)."""
+    if text is None:
+        return None
+    kind, rng = ARGUMENTS[name]
+    try:
+        values = [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(rng.contains(v) for v in values):
+        raise ValueError(f"{option} {text!r}: give comma-separated values, each {rng.describe(kind)}, e.g. {example}")
+    return values
 
 
 def _out(args: argparse.Namespace, what: str) -> str:
@@ -161,7 +198,8 @@ def _convert_parser(sub: Any) -> None:
     p.add_argument("--from", default="auto", choices=["auto", "vitkit", "timm", "hf", "npz"], help="input format (default: detect)")
     p.add_argument("--to", default="vitkit", choices=["vitkit", "timm", "hf", "npz"], help="output format (default: vitkit)")
     p.add_argument("--model", metavar="NAME", help="variant name when the file cannot tell (timm files do not record heads)")
-    p.add_argument("--num-classes", type=int, metavar="K", help="replace the head with a zero-initialised one of K classes")
+    p.add_argument("--num-classes", type=argument_parser("num_classes"), metavar="K",
+                   help="replace the head with a zero-initialised one of K classes (0: no head)")
     p.add_argument("--resolution", metavar="R", help="resample position embeddings for R (or HxW) pixels")
     p.add_argument("--image-size", dest="resolution", help=argparse.SUPPRESS)  # the earlier spelling
     p.add_argument("--drop-pre-logits", action="store_true", help="remove the pre-logits layer (as for fine-tuning)")
@@ -209,7 +247,7 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--recipe", choices=list(RECIPES), help="recipe (default: quickstart)")
     p.add_argument("--config", metavar="FILE", help="a config JSON (e.g. a run's config.json) instead of a recipe")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=3e-3 (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
+    p.add_argument("--out", type=_directory, metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing run directory at --out")
     p.add_argument("--json", action="store_true", help="the final metrics as JSON on stdout (the log goes to stderr)")
@@ -247,8 +285,9 @@ def _eval_parser(sub: Any) -> None:
     p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
-    p.add_argument("--resolution", type=int, metavar="R", help="evaluate at R px (position embeddings resampled)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R",
+                   help="evaluate at R px (position embeddings resampled)")
+    p.add_argument("--batch-size", type=argument_parser("batch_size"), default=256)
     _precision_device(p, engine=True)
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
@@ -258,23 +297,11 @@ def _eval_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{option} {text!r}: give comma-separated integers, e.g. 1,5,10,25") from None
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
     from vitkit.train.finetune import finetune
 
-    sweep = None
-    if args.lr_sweep:
-        try:
-            sweep = [float(t) for t in args.lr_sweep.split(",")]
-        except ValueError:
-            raise ValueError(f"--lr-sweep {args.lr_sweep!r}: give comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03") from None
     sets = _sets(args) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    sweep = _number_list(args.lr_sweep, "--lr-sweep", "lr", "0.001,0.003,0.01,0.03")
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # the log, apart from the JSON
         res = finetune(args.src, args.data, args.resolution, sets, args.out, sweep, overwrite=args.force)
     if args.json:
@@ -289,11 +316,12 @@ def _finetune_parser(sub: Any) -> None:
                                    "by accumulation, steps per dataset as the paper's table 4. Same run directory as train.")
     p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
     p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
-    p.add_argument("--resolution", type=int, metavar="R", help="fine-tuning resolution (default: the model's)")
-    p.add_argument("--lr-sweep", metavar="LRS", help="comma-separated learning rates; the best on the validation split is kept")
+    p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R", help="fine-tuning resolution (default: the model's)")
+    p.add_argument("--lr-sweep", metavar="LRS",
+                   help="comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03; the best on the validation split is kept")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/finetune-TIME)")
+    p.add_argument("--out", type=_directory, metavar="DIR", help="run directory (default: runs/finetune-TIME)")
     p.add_argument("--force", action="store_true", help="replace an existing run directory at --out")
     p.add_argument("--device", metavar="DEV", help="train.device: auto (default: the GPU when there is one), cpu, cuda, cuda:N, mps")
     p.add_argument("--json", action="store_true", help="the final metrics as JSON on stdout (the log goes to stderr)")
@@ -303,8 +331,9 @@ def _finetune_parser(sub: Any) -> None:
 def cmd_fewshot(args: argparse.Namespace) -> int:
     from vitkit.evaluate.run import fewshot_model
 
-    res = fewshot_model(args.src, args.data, _int_list(args.shots, "--shots"), args.seeds, args.l2, args.data_dir,
-                        args.batch_size, args.precision, args.resolution, device=args.device, engine=args.engine)
+    shots = _number_list(args.shots, "--shots", "shots", "1,5,10,25")
+    res = fewshot_model(args.src, args.data, shots, args.seeds, args.l2, args.data_dir, args.batch_size, args.precision,
+                        args.resolution, device=args.device, engine=args.engine)
     _say_engine(res)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -324,11 +353,11 @@ def _fewshot_parser(sub: Any) -> None:
     p.add_argument("src", help="run directory or checkpoint")
     p.add_argument("--data", required=True, help="dataset")
     p.add_argument("--shots", default="1,5,10,25", help="comma-separated shots per class (default 1,5,10,25)")
-    p.add_argument("--seeds", type=int, default=3, help="subsets drawn per shot count (default 3)")
-    p.add_argument("--l2", type=float, help="ridge regularisation (default 1024, as big_vision)")
+    p.add_argument("--seeds", type=argument_parser("seeds"), default=3, help="subsets drawn per shot count (default 3)")
+    p.add_argument("--l2", type=argument_parser("l2"), help="ridge regularisation, > 0 (default 1024, as big_vision)")
     p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--resolution", type=int, metavar="R")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R")
+    p.add_argument("--batch-size", type=argument_parser("batch_size"), default=256)
     _precision_device(p, engine=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fewshot)
@@ -357,7 +386,7 @@ def _predict_parser(sub: Any) -> None:
                        description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained.")
     p.add_argument("src", help="run directory or checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=argument_parser("top_k"), default=5)
     _precision_device(p, engine=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -389,9 +418,10 @@ def _analyze_parser(sub: Any) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to analyse (else --data)")
     p.add_argument("--data", help="dataset whose test images to analyse")
     p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (refused if not empty, unless --force)")
-    p.add_argument("--num-images", type=int, default=128, help="images averaged for attention distance (default 128, as the paper)")
-    p.add_argument("--head", type=int, default=0, help="head (0-based) for the per-layer class-token attention figure")
+    p.add_argument("--out", type=_directory, required=True, metavar="DIR", help="output directory (refused if not empty, unless --force)")
+    p.add_argument("--num-images", type=argument_parser("num_images"), default=128,
+                   help="images averaged for attention distance (default 128, as the paper)")
+    p.add_argument("--head", type=argument_parser("head"), default=0, help="head (0-based) for the per-layer class-token attention figure")
     _precision_device(p)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true")
@@ -426,8 +456,9 @@ def _export_parser(sub: Any) -> None:
     p.add_argument("old_out", nargs="?", metavar="OUT", help=argparse.SUPPRESS)  # before --out: `export SRC OUT`
     p.add_argument("--out", metavar="PATH", help="*.onnx, or a directory for openvino (refused if it exists, unless --force)")
     p.add_argument("--to", default="onnx", choices=["onnx", "openvino"], help="format (default: onnx)")
-    p.add_argument("--resolution", type=int, metavar="R", help="export at R px (position embeddings resampled)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R", help="export at R px (position embeddings resampled)")
+    p.add_argument("--opset", type=argument_parser("opset"), default=18,
+                   help="ONNX opset (default 18); one the installed torch exporter and onnx package write, else refused")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
@@ -454,6 +485,62 @@ def _version() -> str:
     return __version__
 
 
+# What a user can cause, as one line: vitkit's own errors (ValueError and its DatasetError / CheckpointError, the
+# file errors, VitkitError), a missing extra (ImportError), an estimate of memory beyond the device's (MemoryError);
+# any other exception is a bug.
+EXPECTED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError, MemoryError)
+# What the system says when writing or reading fails for reasons outside vitkit: the line and what to do.
+OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, or write somewhere else",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write somewhere else",
+    errno.EROFS: "a read-only file system: write somewhere else",
+    errno.EACCES: "not allowed to write or read there: choose another path, or change its permissions",
+    errno.EPERM: "not allowed to write or read there: choose another path, or change its permissions",
+    errno.EISDIR: "a directory where a file was expected: name a file",
+    errno.ENOTDIR: "a file where a directory was expected: choose another path",
+    errno.ENAMETOOLONG: "the name is too long for this file system: choose a shorter path",
+    errno.EIO: "an input/output error from the device: check the disk or file system",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or use fewer data workers",
+}
+
+
+def error_line(err: BaseException) -> str | None:
+    """The one line `main` prints for an error a user can cause (an input, a setting, the machine: a full disk, a
+    read-only folder, a GPU out of memory); None for a bug."""
+    from vitkit.errors import VitkitError
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):  # outside the training steps (evaluation, verbs)
+        first = str(err).splitlines()[0] if str(err) else "out of memory"
+        return f"{first}; try a smaller --batch-size (or train.eval_batch_size), or --device cpu"
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:  # from the system (vitkit's own: below)
+        where = f"{err.filename}: " if err.filename is not None else ""
+        hint = OS_HINTS.get(err.errno)
+        return f"{where}{err.strerror}" + (f" ({hint})" if hint else "")
+    code = _system_errno(err)
+    if code is not None:  # the system's answer inside a library's error (safetensors: "I/O error: ... (os error 28)")
+        return f"{os.strerror(code)} ({OS_HINTS[code]}): {str(err).strip().splitlines()[0]}"
+    if isinstance(err, (VitkitError, *EXPECTED)):
+        return " ".join(str(err).split()) or type(err).__name__
+    return None
+
+
+def _system_errno(err: BaseException) -> int | None:
+    """The errno of OS_HINTS that `err` carries: an OSError it was raised from, or "os error N" / "[Errno N]" in its
+    message (Rust and C++ libraries wrap the system's error in their own type: a full disk is no bug)."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in OS_HINTS:
+            return e.errno
+        m = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(e))
+        if m and int(m.group(1) or m.group(2)) in OS_HINTS:
+            return int(m.group(1) or m.group(2))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from vitkit.runtime import configure_threads_env
 
@@ -474,18 +561,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C: one line (training says which checkpoint it kept and how to resume)
         print(f"vitkit {args.verb}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError, ImportError, MemoryError) as err:
-        # ImportError: a missing extra; MemoryError: a GPU out of memory, with the estimate and a smaller micro-batch
-        print(f"vitkit {args.verb}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line for what a user can cause
+        line = error_line(err)
+        if line is None:  # a bug: the traceback, and how to report it
+            traceback.print_exc()
+            print(f"vitkit {args.verb}: internal error ({type(err).__name__}) in vitkit {_version()}: this is a bug, not "
+                  f"something you did; please report it with the command line and the traceback above", file=sys.stderr)
+            return 1
+        print(f"vitkit {args.verb}: error: {line}", file=sys.stderr)
         return 2
-    except Exception as err:
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(err, torch.OutOfMemoryError):  # outside the training steps (evaluation, verbs)
-            first = str(err).splitlines()[0] if str(err) else "out of memory"
-            print(f"vitkit {args.verb}: error: {first}; try a smaller --batch-size (or train.eval_batch_size), "
-                  f"or --device cpu", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -73,6 +73,31 @@ def metadata(model: nn.Module, card: ModelCard | None = None) -> dict[str, Any]:
             "num_classes": getattr(model.config, "num_classes", 0)}
 
 
+# LayerNormalization, which every ViT block holds, is an ONNX operator from opset 17 on: the exporter cannot go lower
+# (it would keep its own opset 18 and say nothing)
+MIN_OPSET = 17
+
+
+def opsets() -> range:
+    """The opsets the installed exporter writes: from MIN_OPSET to the highest both torch's exporter and the onnx package
+    know (torch.onnx's ONNX_MAX_OPSET; onnx.defs.onnx_opset_version())."""
+    onnx = need("onnx", "ONNX export")
+    from torch.onnx import _constants
+
+    top = min(getattr(_constants, "ONNX_MAX_OPSET", 18), onnx.defs.onnx_opset_version())
+    return range(MIN_OPSET, top + 1)
+
+
+def check_opset(opset: int) -> None:
+    """ValueError naming --opset unless the installed exporter writes `opset` (`opsets`), before anything is written."""
+    ok = opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ok:
+        import onnx
+
+        raise ValueError(f"--opset {opset!r}: the installed exporter writes ONNX opsets {ok[0]} to {ok[-1]} (torch "
+                         f"{torch.__version__}, onnx {onnx.__version__}); the default is 18")
+
+
 def write_onnx(model: nn.Module, out: Path, meta: dict[str, Any], opset: int = 18) -> None:
     """The ONNX graph of `model` (eval mode) at `out` (a path the caller owns: no atomicity here)."""
     onnx = need("onnx", "ONNX export")
@@ -84,6 +109,10 @@ def write_onnx(model: nn.Module, out: Path, meta: dict[str, Any], opset: int = 1
                                     input_names=["images"], output_names=["logits", "pre_logits"],
                                     dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter's version conversion failed, and it kept its own opset
+        raise ValueError(f"--opset {opset}: the exporter could not express this model in opset {opset} (it wrote {written}); "
+                         f"choose --opset {written}")
     proto.metadata_props.add(key="vitkit", value=json.dumps(meta))
     onnx.save(proto, str(out))
 
@@ -131,6 +160,7 @@ def export_model(src: str | Path, out: str | Path, to: str = "onnx", resolution:
     refuse_existing(out, overwrite)
     need("onnx", "export")
     need("onnxscript", "export")
+    check_opset(opset)
     if to == "openvino":
         need("openvino", "OpenVINO export")
     name = "onnxruntime" if to == "onnx" else "openvino"

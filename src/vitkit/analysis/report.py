@@ -19,6 +19,7 @@ from vitkit.analysis.embeddings import embedding_filters, posemb_similarity
 from vitkit.analysis.plots import (plot_attention_distance, plot_class_attention, plot_filters, plot_posemb_similarity,
                                    plot_rollout)
 from vitkit.atomic import refuse_existing, write_json, write_text
+from vitkit.config import check_argument
 from vitkit.convert.load import load
 from vitkit.data.preprocess import Preprocess
 from vitkit.models.fast import cast_copy
@@ -62,8 +63,12 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
             device: str = "auto") -> dict:
     """Write filters.png, posemb_similarity.png, attention_distance.png (+ .json), rollout.png,
     class_attention.png and report.html into `out`; return the numbers. The files are made in a temporary
-    folder beside `out` and moved in at the end: a failure leaves `out` as it was. Heads are numbered from 0."""
+    folder inside `out` and moved in at the end: a failure leaves `out` as it was (or absent, as it was). Heads are numbered from 0."""
+    check_argument("num_images", num_images)
+    check_argument("head", head)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: a file, not a directory; name a directory for the figures and report")
     if out.exists() and any(out.iterdir()) and not overwrite:
         refuse_existing(out, overwrite)
     model, card = load(src)
@@ -73,13 +78,17 @@ def analyze(src: str, out: str | Path, data: str | None = None, images: list[str
     cfg = model.config
     if not 0 <= head < cfg.heads:
         raise ValueError(f"--head {head}: the model has {cfg.heads} heads per layer, numbered 0 to {cfg.heads - 1}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".analyze.", dir=out))  # inside `out`: the renames never cross file systems
     try:
         result = _analyze(model, card, work, src, data, images, num_images, head, data_dir, precision, device)
-        out.mkdir(exist_ok=True)
         for item in work.iterdir():
             os.replace(item, out / item.name)
+    except BaseException:
+        if made:  # nothing of the user's is in a folder this call made
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -58,17 +58,25 @@ def read_torch(path: Path) -> dict[str, torch.Tensor]:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}, not an object; is the file damaged?")
+    return data
 
 
 def resolve_run_dir(p: Path) -> Path:
-    """A training run directory stands for its checkpoint (RUN/checkpoint)."""
+    """A training run directory stands for its last complete checkpoint (RunDir.last_checkpoint: RUN/checkpoint, or
+    the RUN/.checkpoint.old a kill between two renames left, read where it is)."""
     from vitkit.rundir import RunDir
 
-    if p.is_dir() and (p / RunDir.CHECKPOINT).is_dir() and not (p / WEIGHTS).exists():
-        return p / RunDir.CHECKPOINT
+    if p.is_dir() and not (p / WEIGHTS).exists():
+        last = RunDir(p).last_checkpoint()
+        if last is not None:
+            return last
+        if (p / RunDir.CHECKPOINT).is_dir():
+            return p / RunDir.CHECKPOINT
     return p
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vitkit.config import check_number
 from vitkit.convert.common import CheckpointError
 from vitkit.data.preprocess import Preprocess
 from vitkit.models.vit import ViTConfig
@@ -63,23 +64,53 @@ def _legacy(key: str) -> str:
     return key
 
 
+# config.json's architecture keys -> (ViTConfig field, transformers' default)
+HF_CONFIG = {
+    "image_size": ("image_size", 224), "patch_size": ("patch_size", 16), "num_channels": ("in_chans", 3),
+    "hidden_size": ("width", 768), "num_hidden_layers": ("depth", 12), "num_attention_heads": ("heads", 12),
+    "intermediate_size": ("mlp_dim", 3072), "layer_norm_eps": ("ln_eps", 1e-12), "qkv_bias": ("qkv_bias", True),
+    "hidden_dropout_prob": ("dropout", 0.0), "attention_probs_dropout_prob": ("attn_dropout", 0.0),
+}
+
+
+def _hf_value(hf: dict, key: str, field: str, default: Any, source: str) -> Any:
+    """config.json's `key` (or transformers' default), of the type and in the range of ViTConfig's `field`, else
+    CheckpointError naming the file and the key."""
+    from vitkit.models.vit import FLAGS, NUMBERS, check_image_size
+
+    value = hf.get(key, default)
+    try:
+        if field == "image_size":
+            check_image_size(value)
+        elif field in NUMBERS:
+            check_number(key, value, *NUMBERS[field])
+        elif field in FLAGS and not isinstance(value, bool):
+            raise ValueError(f"{key}={value!r}: must be true or false")
+    except ValueError as err:
+        raise CheckpointError(f"{source}: config.json {err}") from None
+    return value
+
+
 def config_from_hf(hf: dict, source: str, **overrides) -> ViTConfig:
-    """Honour the HF config: sizes, layer_norm_eps, qkv_bias, channels, dropouts, labels."""
+    """Honour the HF config: sizes, layer_norm_eps, qkv_bias, channels, dropouts, labels; a value of the wrong type or
+    out of range is a CheckpointError naming the file and the key."""
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{source}: config.json holds a JSON {type(hf).__name__}, not the object of a transformers config")
     if hf.get("model_type", "vit") != "vit":
         raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not a plain ViT ('vit'); vitkit reads ViT checkpoints only")
     act = hf.get("hidden_act", "gelu")
     if act != "gelu":
         raise CheckpointError(f"{source}: hidden_act {act!r} is not supported; vitkit's MLP uses exact GELU ('gelu')")
     labels = hf.get("id2label") or {}
-    cfg = dict(
-        image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16), in_chans=hf.get("num_channels", 3),
-        width=hf.get("hidden_size", 768), depth=hf.get("num_hidden_layers", 12), heads=hf.get("num_attention_heads", 12),
-        mlp_dim=hf.get("intermediate_size", 3072), ln_eps=hf.get("layer_norm_eps", 1e-12), qkv_bias=hf.get("qkv_bias", True),
-        dropout=hf.get("hidden_dropout_prob", 0.0), attn_dropout=hf.get("attention_probs_dropout_prob", 0.0),
-        num_classes=len(labels), pool="token", class_token=True,
-    )
+    if not isinstance(labels, dict):
+        raise CheckpointError(f"{source}: config.json id2label={labels!r}: must be an object of class index -> name")
+    cfg = {field: _hf_value(hf, key, field, default, source) for key, (field, default) in HF_CONFIG.items()}
+    cfg.update(num_classes=len(labels), pool="token", class_token=True)
     cfg.update(overrides)
-    return ViTConfig(**cfg)
+    try:
+        return ViTConfig(**cfg)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: config.json describes no ViT vitkit builds ({err})") from None
 
 
 def class_names_from_hf(hf: dict) -> list[str] | None:
@@ -255,7 +286,7 @@ PREFIXES = ("vit.", "embeddings.", "encoder.layer.", "layers.")
 
 def detect_dir(config: dict) -> bool:
     """A directory whose config.json is transformers' (it names a model_type)."""
-    return "model_type" in config
+    return isinstance(config, dict) and "model_type" in config
 
 
 def detect_tensors(keys: list[str], meta: dict[str, str], path: Path) -> bool:
@@ -268,7 +299,10 @@ def detect_tensors(keys: list[str], meta: dict[str, str], path: Path) -> bool:
     if path.suffix != ".safetensors" or any(k.startswith("patch_embed.") for k in keys):
         return False
     beside = path.parent / CONFIG
-    return beside.exists() and "model_type" in read_json(beside)
+    if not beside.exists():
+        return False
+    config = read_json(beside)
+    return isinstance(config, dict) and "model_type" in config
 
 
 def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
@@ -282,6 +316,8 @@ def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
     if not cfg_path.exists():
         raise CheckpointError(f"{p}: a Hugging Face checkpoint needs its {CONFIG} beside the weights")
     hf_cfg = read_json(cfg_path)
+    if not isinstance(hf_cfg, dict):
+        raise CheckpointError(f"{cfg_path}: holds a JSON {type(hf_cfg).__name__}, not the object of a transformers config")
     legacy = {_legacy(k) for k in tensors}
     if "pooler.dense.weight" in legacy:
         overrides.setdefault("representation_size", hf_cfg.get("pooler_output_size") or hf_cfg.get("hidden_size", 768))

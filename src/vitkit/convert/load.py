@@ -82,12 +82,17 @@ def read_checkpoint(path: str | Path, fmt: str = "auto", **overrides: Any) -> tu
         raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS} or 'auto'")
     elif not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
-    if fmt == "npz":
-        return google_npz.read(p, **overrides)
-    tensors, meta = read_tensors(p)
-    if fmt == "vitkit" or "vitkit" in meta:  # vitkit's record (also inside the timm files vitkit writes)
-        return vitkit_format.read(p, tensors, meta, timm_names=fmt != "vitkit", **overrides)
-    return ADAPTERS[fmt].read(p, tensors, meta, **overrides)
+    try:
+        if fmt == "npz":
+            return google_npz.read(p, **overrides)
+        tensors, meta = read_tensors(p)
+        if fmt == "vitkit" or "vitkit" in meta:  # vitkit's record (also inside the timm files vitkit writes)
+            return vitkit_format.read(p, tensors, meta, timm_names=fmt != "vitkit", **overrides)
+        return ADAPTERS[fmt].read(p, tensors, meta, **overrides)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:  # a record that describes no model: JSON, keys, values
+        raise CheckpointError(f"{p}: its record describes no model vitkit can build ({err}); is the file damaged?") from None
 
 
 def load(
@@ -138,7 +143,11 @@ def load(
             report.resampled.append(f"pos_embed {old[1]} -> {tuple(net.pos_embed.shape)} ({resample_mode}, class token kept)")
     elif image_size is not None:
         net.config.image_size = image_size  # convolutional: any size works
-    card = ModelCard(Preprocess.of(net, read_preprocess(path, fmt)), class_names, source, report)  # the size after any resize
+    try:
+        prep = Preprocess.of(net, read_preprocess(path, fmt))  # the size after any resize
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{source}: its recorded preprocessing is not one vitkit knows ({err}); is the file damaged?") from None
+    card = ModelCard(prep, class_names, source, report)
     if device is not None:
         from vitkit.runtime import resolve_device
 

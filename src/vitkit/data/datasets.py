@@ -11,6 +11,7 @@ import gzip
 import os
 import pickle
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from vitkit.config import DataConfig
+from vitkit.errors import VitkitError
 
 if TYPE_CHECKING:  # PIL is imported where images are read
     from PIL import Image
@@ -33,7 +35,7 @@ IN_MEMORY_MAX_FILES = 20_000
 SPLIT_SEED = 0  # the validation split does not move with the training seed
 
 
-class DatasetError(ValueError):
+class DatasetError(VitkitError, ValueError):
     """A dataset that is missing, empty or unreadable; the message names the file and what to do."""
 
 
@@ -326,31 +328,63 @@ def load_image(path: Path, channels: int, size: int | None = None) -> torch.Tens
     convention, not in the file, and a guess would feed the model a different picture. A dark float image whose
     values all lie in [0, 1] is therefore read as [0, 1]. Transparent pixels become white (as a browser or viewer
     shows them on a white page), not the colour PIL's convert("RGB") keeps under a zero alpha. Palette, 1-bit,
-    CMYK, YCbCr, LAB and HSV go through PIL's conversion; multi-frame files (GIF, TIFF) give their first frame."""
+    CMYK, YCbCr, LAB and HSV go through PIL's conversion; multi-frame files (GIF, TIFF) give their first frame.
+    An image of more than PIL.Image.MAX_IMAGE_PIXELS pixels (89,478,485 by default: where PIL suspects a
+    decompression bomb, a small file that decodes to gigabytes) is refused, by its size, before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = _eight_bit(_upright(im), path)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent pixels become white
-                im = Image.alpha_composite(bg, im.convert("RGBA"))
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL warns above the limit, refuses at twice it
+            with Image.open(path) as im:
+                im.load()
+                im = _eight_bit(_upright(im), path)
+                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent pixels become white
+                    im = Image.alpha_composite(bg, im.convert("RGBA"))
+                im = im.convert("L" if channels == 1 else "RGB")
+                if size is not None:
+                    im = im.resize((size, size), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
     except DatasetError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DatasetError(f"{path}: refused as a possible decompression bomb ({str(err).rstrip('.')}); downscale the image "
+                           f"(vitkit resizes it to the model's size anyway) or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: cannot read this image ({err}); replace or remove the file") from err
     t = torch.from_numpy(arr.copy())
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
 
+def _folder_root(name: str, option: str = "data.name") -> Path:
+    root = Path(name[len(FOLDER):])
+    try:
+        root = root.expanduser()
+        why = None if root.is_dir() else "no such directory"
+    except RuntimeError as err:  # ~user of no such user
+        why = str(err)
+    except OSError as err:  # e.g. a name too long for the file system
+        why = err.strerror
+    if why:
+        raise DatasetError(f"{option} 'folder:{root}': {why}")
+    return root
+
+
+def check_classes(name: str, option: str = "data.name") -> None:
+    """A classifier needs two classes at least: a class-per-folder tree of one class (or its train/ folder) is refused
+    before training, naming the folder (it would train to 100% on nothing). Built-in datasets have ten or more."""
+    if not name.startswith(FOLDER):
+        return
+    root = _folder_root(name, option)
+    tree = root / "train" if (root / "train").is_dir() else root
+    dirs = _class_dirs(tree)
+    if len(dirs) < 2:
+        raise DatasetError(f"{tree}: one class folder ({dirs[0].name!r}); a classifier needs two classes at least: add a "
+                           f"folder of images per class (self-supervised pre-training, objective=mpp, takes one)")
+
+
 def _folder(cfg: DataConfig, root: Path) -> tuple[Split, Split | None, Split, list[str], str, list[str]]:
-    if not root.is_dir():
-        raise DatasetError(f"data.name 'folder:{root}': no such directory")
     notes = []
     if (root / "train").is_dir():
         train_files, classes = _scan_folder(root / "train")
@@ -424,7 +458,7 @@ def _read_cifar(name: str) -> Reader:
 
 
 def _read_folder(cfg: DataConfig) -> tuple:
-    train, val, test, classes, where, notes = _folder(cfg, Path(cfg.name[len(FOLDER):]).expanduser())
+    train, val, test, classes, where, notes = _folder(cfg, _folder_root(cfg.name))
     return train, val, test, classes, 3, f"image folder {where}", notes
 
 

@@ -5,13 +5,16 @@ global batch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import default_collate
 
 from vitkit.config import DataConfig
-from vitkit.data.datasets import ArrayData, FileData, Split, load_image
+from vitkit.data.datasets import ArrayData, DatasetError, FileData, Split, load_image
 from vitkit.data.transforms import BatchAugment, eval_batch, eval_transform, match_channels, mix_batch, resize_batch, train_transform
 
 
@@ -104,6 +107,44 @@ class StepBatches(TorchDataset):
             torch.set_rng_state(state)
 
 
+@dataclass
+class _Failure:
+    """A worker's DatasetError, sent back as data: DataLoader would re-raise it with the worker's traceback as its
+    message, and the one line naming the file would be lost in it."""
+
+    message: str
+
+
+class _Carrying(TorchDataset):
+    """`dataset` whose items are a _Failure where reading raised DatasetError (in a DataLoader worker)."""
+
+    def __init__(self, dataset: TorchDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            return self.dataset[i]
+        except DatasetError as err:
+            return _Failure(str(err))
+
+
+def _collate(items: list) -> Any:
+    """default_collate, or the first _Failure of the batch."""
+    return next((x for x in items if isinstance(x, _Failure)), None) or default_collate(items)
+
+
+def _loader(dataset: TorchDataset, workers: int, **kwargs: Any) -> Iterator:
+    """DataLoader(dataset, ...) iterated; a DatasetError in a worker is raised here as itself: one line, naming the file."""
+    for item in DataLoader(_Carrying(dataset), num_workers=workers, collate_fn=_collate if kwargs.get("batch_size") else None,
+                           **kwargs):
+        if isinstance(item, _Failure):
+            raise DatasetError(item.message)
+        yield item
+
+
 def train_stream(batches: StepBatches, start: int, stop: int, workers: int = 0,
                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches for steps start..stop-1, prepared by `workers` processes ahead of the training step (data held
@@ -112,9 +153,8 @@ def train_stream(batches: StepBatches, start: int, stop: int, workers: int = 0,
         for step in range(start, stop):
             yield batches[step]
         return
-    loader = DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
-                        prefetch_factor=2, persistent_workers=False, pin_memory=pin_memory)
-    yield from loader
+    yield from _loader(batches, workers, batch_size=None, sampler=range(start, stop), prefetch_factor=2,
+                       persistent_workers=False, pin_memory=pin_memory)
 
 
 class _EvalFiles(TorchDataset):
@@ -142,6 +182,5 @@ def eval_stream(split: Split, cfg: DataConfig, channels: int, batch_size: int, w
     # this rank's batches by index: only its own images are read and decoded
     mine = [i for b, start in enumerate(range(0, len(split), batch_size)) if b % world == rank
             for i in range(start, min(start + batch_size, len(split)))]
-    loader = DataLoader(Subset(_EvalFiles(split, cfg, channels), mine), batch_size=batch_size, num_workers=workers,
-                        shuffle=False, pin_memory=pin_memory)
-    yield from loader
+    yield from _loader(Subset(_EvalFiles(split, cfg, channels), mine), workers, batch_size=batch_size, shuffle=False,
+                       pin_memory=pin_memory)

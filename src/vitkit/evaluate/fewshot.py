@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from vitkit.config import check_argument
+
 BIAS_FEATURE = 100.0
 DEFAULT_L2 = 2.0**10
 
@@ -90,9 +92,21 @@ def nested_subsets(labels: torch.Tensor, shots: Sequence[int], seed: int) -> dic
     return {n: torch.cat([p[:n] for p in per_class]) for n in shots}
 
 
+def check_fewshot(shots: Sequence[int], seeds: int, l2: float | None) -> None:
+    """The arguments of a few-shot evaluation, checked before any feature is computed: ValueError naming the one
+    out of range (shots: a non-empty list of integers >= 1; seeds >= 1; l2 > 0)."""
+    if isinstance(shots, (str, bytes)) or not isinstance(shots, Sequence) or not shots:
+        raise ValueError(f"shots={shots!r}: give a non-empty list of images per class, e.g. [1, 5, 10, 25]")
+    for n in shots:
+        check_argument("shots", n)
+    check_argument("seeds", seeds)
+    check_argument("l2", l2)
+
+
 def fewshot_eval(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  shots: Sequence[int] = (1, 5, 10, 25), seeds: int = 3, l2: float = DEFAULT_L2) -> dict:
     """{"shots": {n: {"mean", "std", "runs": [...]}}, ...} over `seeds` nested draws of the training features."""
+    check_fewshot(shots, seeds, l2)
     k = int(max(train_y.max(), test_y.max())) + 1
     runs: dict[int, list[float]] = {n: [] for n in shots}
     for seed in range(seeds):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from vitkit.config import check_argument
 from vitkit.data.datasets import load_image
 
 
@@ -32,12 +33,14 @@ def predict(src: str | Path, images: list[str | Path], top_k: int = 5, normalize
     (vitkit.engines: auto, torch, onnxruntime, openvino; `src` may be an export of `vitkit export`)."""
     from vitkit import engines
 
+    check_argument("top_k", top_k)
     n = len(check_images(images))
     return predict_with(engines.load_engine(src, engine, precision, device, batch_size=n, images=n), images, top_k, normalize)
 
 
 def predict_with(model, images: list[str | Path], top_k: int = 5, normalize: str | None = None) -> list[dict]:
     """`predict` with a loaded `vitkit.engines.Engine` (load once, predict many times)."""
+    check_argument("top_k", top_k)
     paths = check_images(images)
     k_model = model.num_classes
     if not k_model:

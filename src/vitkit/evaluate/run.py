@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 from vitkit import progress
-from vitkit.config import DataConfig
-from vitkit.data.datasets import load_dataset
+from vitkit.config import DataConfig, check_argument
+from vitkit.data.datasets import DatasetError, load_dataset
 from vitkit.data.loader import eval_stream
 from vitkit.data.preprocess import Preprocess
 from vitkit.evaluate.classify import evaluate
@@ -59,6 +59,8 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split {split!r}: choose train, val or test")
+    check_argument("batch_size", batch_size)
+    check_argument("resolution", resolution)
     ds = load_dataset(_dataset_config(data, data_dir))
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
     model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(part), compile=compile)
@@ -115,9 +117,14 @@ def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, 
     """Few-shot linear evaluation of a model's frozen pre-logits features: the training split's and the
     test split's features are computed once and reused for every shot count and seed."""
     from vitkit import engines
-    from vitkit.evaluate.fewshot import DEFAULT_L2, extract_features, fewshot_eval
+    from vitkit.evaluate.fewshot import DEFAULT_L2, check_fewshot, extract_features, fewshot_eval
 
+    check_fewshot(shots, seeds, l2)
+    check_argument("batch_size", batch_size)
+    check_argument("resolution", resolution)
     ds = load_dataset(_dataset_config(data, data_dir))
+    if ds.num_classes < 2:  # a probe that tells one class from nothing scores 100%
+        raise DatasetError(f"{data}: one class ({ds.classes[0]!r}); few-shot classification needs two classes at least")
     model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(ds.train) + len(ds.test))
     cfg = data_config_for(model.preprocess, data, data_dir, resolution)
     warn_class_names(src, model.class_names, ds.classes)

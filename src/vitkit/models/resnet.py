@@ -15,6 +15,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitkit.config import Range, check_number
+
+
+def check_fields(cfg: object, numbers: dict[str, tuple[type, Range]], flags: tuple[str, ...] = ()) -> None:
+    """A model config's numeric fields against their (type, Range) and its flags as booleans: ValueError naming the
+    field, so that a config read from a file is refused as one built in code."""
+    for name, (kind, rng) in numbers.items():
+        check_number(name, getattr(cfg, name), kind, rng)
+    for name in flags:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name}={getattr(cfg, name)!r}: must be true or false")
+
+
+def check_layers(cfg: object, least: int) -> None:
+    """`layers` (units per stage) as a tuple of integers >= 1, `least` stages at least (a list, as JSON has it, is
+    made a tuple)."""
+    layers = cfg.layers
+    if not isinstance(layers, (tuple, list)) or len(layers) < least or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers):
+        raise ValueError(f"layers={layers!r}: must be a list of units per stage, integers >= 1"
+                         + (f", {least} stage(s) at least" if least else ""))
+    cfg.layers = tuple(layers)
+
 
 def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
     """TF/Flax "SAME" padding: output = ceil(input / stride), the extra pixel going right/bottom."""
@@ -61,6 +84,12 @@ class ResNetConfig:
     width_factor: int = 1
     ws_eps: float = 1e-5  # official: (w - mean) / (std + 1e-5); timm's hybrids use 1e-8
     gn_eps: float = 1e-6  # Flax GroupNorm's default; timm's hybrids use 1e-5
+
+    NUMBERS = {"width_factor": (int, Range(ge=1)), "ws_eps": (float, Range(gt=0)), "gn_eps": (float, Range(gt=0))}
+
+    def __post_init__(self) -> None:
+        check_layers(self, 0)  # no stage: the root conv and max-pool alone
+        check_fields(self, self.NUMBERS)
 
     @property
     def stride(self) -> int:
@@ -141,6 +170,18 @@ class BiTConfig:
     ws_eps: float = 1e-8
     zero_head: bool = True
     arch: str = "bit"
+
+    NUMBERS = {"width_factor": (int, Range(ge=1)), "num_classes": (int, Range(ge=0, note="0: no head")),
+               "in_chans": (int, Range(ge=1)), "ws_eps": (float, Range(gt=0))}
+
+    def __post_init__(self) -> None:
+        from vitkit.models.vit import check_image_size
+
+        check_layers(self, 1)
+        check_fields(self, self.NUMBERS, ("zero_head",))
+        check_image_size(self.image_size)
+        if isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
 
 
 class PreActBottleneck(nn.Module):

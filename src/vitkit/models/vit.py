@@ -14,11 +14,33 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
+from vitkit.config import Range, check_number
 from vitkit.models.posemb import resample_posemb, sincos_2d
-from vitkit.models.resnet import ResNetConfig, ResNetStem
+from vitkit.models.resnet import ResNetConfig, ResNetStem, check_fields
 
 POOLS = ("token", "gap")
 POSEMBS = ("learned", "sincos2d", "none")
+
+
+# The numeric fields' types and ranges: a config read from a file (config.json, a Hugging Face config) is checked as
+# one built in code, each wrong value named
+NUMBERS = {
+    "patch_size": (int, Range(ge=1)), "in_chans": (int, Range(ge=1)), "num_classes": (int, Range(ge=0, note="0: no head")),
+    "width": (int, Range(ge=1)), "depth": (int, Range(ge=1)), "heads": (int, Range(ge=1)), "mlp_dim": (int, Range(ge=1)),
+    "ln_eps": (float, Range(gt=0)), "dropout": (float, Range()), "attn_dropout": (float, Range()),
+    "drop_path": (float, Range()), "head_bias_init": (float, Range()),  # the dropouts' range: __post_init__, as probabilities
+}
+FLAGS = ("fc_norm", "qkv_bias", "zero_head")
+
+
+def check_image_size(image_size: object) -> None:
+    """One integer >= 1 or a pair (H, W) of them, else ValueError naming image_size."""
+    sizes = image_size if isinstance(image_size, (tuple, list)) and len(image_size) == 2 else (image_size,)
+    try:
+        for v in sizes:
+            check_number("image_size", v, int, Range(ge=1))
+    except ValueError:
+        raise ValueError(f"image_size={image_size!r}: must be an integer >= 1, or a pair (H, W) of them") from None
 
 
 def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -55,11 +77,25 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.resnet, dict):
-            self.resnet = ResNetConfig(**{k: tuple(v) if k == "layers" else v for k, v in self.resnet.items()})
+            unknown = sorted(set(self.resnet) - {f.name for f in fields(ResNetConfig)})
+            if unknown:
+                raise ValueError(f"unknown resnet config keys {unknown}; valid keys: {[f.name for f in fields(ResNetConfig)]}")
+            self.resnet = ResNetConfig(**self.resnet)
+        if self.resnet is not None and not isinstance(self.resnet, ResNetConfig):
+            raise ValueError(f"resnet={self.resnet!r}: must be a ResNetConfig (its fields, for a hybrid) or None")
+        check_image_size(self.image_size)
         if isinstance(self.image_size, list):
             self.image_size = tuple(self.image_size)
+        check_fields(self, NUMBERS, FLAGS)
         if self.class_token is None:
             self.class_token = self.pool == "token"
+        if not isinstance(self.class_token, bool):
+            raise ValueError(f"class_token={self.class_token!r}: must be true, false or null (null: as pool says)")
+        if self.representation_size is not None:
+            check_number("representation_size", self.representation_size, int, Range(ge=0, note="0 or null: none"))
+        for name in ("name", "pool", "posemb"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be a string")
         if self.pool not in POOLS:
             raise ValueError(f"pool={self.pool!r} is not one of {POOLS}")
         if self.posemb not in POSEMBS:

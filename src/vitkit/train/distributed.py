@@ -5,6 +5,7 @@ world size 1 and every call here is a no-op. Parallelism stays out of the model:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,12 +51,26 @@ def setup(device: str = "auto") -> Env:
         dev = torch.device("cuda", local % torch.cuda.device_count())  # one visible GPU per task (SLURM): cuda:0
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        timeout = timedelta(seconds=int(os.environ.get("VITKIT_DIST_TIMEOUT", "300")))
+        timeout = dist_timeout()
         if dev.type == "cuda":
             dist.init_process_group(backend="nccl", timeout=timeout, device_id=dev)
         else:
             dist.init_process_group(backend="gloo", timeout=timeout)
     return Env(dist.get_rank(), dist.get_world_size(), local, dev)
+
+
+def dist_timeout() -> timedelta:
+    """VITKIT_DIST_TIMEOUT (seconds, default 300): how long a collective waits for the slowest rank, so that a rank
+    that hangs or is stopped (SIGSTOP) fails the job after that long instead of stalling it for ever."""
+    text = os.environ.get("VITKIT_DIST_TIMEOUT", "300")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"VITKIT_DIST_TIMEOUT={text!r}: give the seconds a process waits for the others, a positive "
+                         f"number (default 300)")
+    return timedelta(seconds=seconds)
 
 
 def device(env: Env) -> torch.device:

@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from vitkit import progress, runtime
 from vitkit.convert.card import ModelCard
 from vitkit.data.preprocess import Preprocess
+from vitkit.errors import VitkitError
 from vitkit.config import Config
 from vitkit.config import validate as validate_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
@@ -24,7 +25,7 @@ from vitkit.models.registry import create_model
 from vitkit.objectives import build_objective
 from vitkit.train import distributed
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
-from vitkit.rundir import RunDir
+from vitkit.rundir import RunDir, RunLock
 from vitkit.train.metrics import MetricsLogger, plot_curves
 from vitkit.train.optim import build_optimizer, build_schedule
 from vitkit.train.precision import autocast, configure_matmul, grad_scaler, resolve
@@ -157,6 +158,7 @@ class Run:
     wall_before: float = 0.0  # training seconds and images of the segments before a resume (from the checkpoint)
     images_before: int = 0
     segment: tuple[float, int] = (0.0, 0)  # this segment's start time (perf_counter) and its images so far
+    lock: RunLock | None = None  # rank 0's hold on the run directory, until the run ends
 
     def card(self) -> ModelCard:
         """What the checkpoint records beside the weights: the preprocessing and, for a classifier, the class names."""
@@ -182,7 +184,32 @@ class Run:
         self.logger.log(step, "val", res)
         return res
 
+    def diverged(self, step: int, what: str) -> "Diverged":
+        """The one-line error of a run whose loss or weights stopped being finite at `step`."""
+        cfg = self.cfg
+        causes = [f"a learning rate too high (optim.lr={cfg.optim.lr:g})"]
+        if cfg.train.precision == "fp16":
+            causes.append("fp16 overflow (try train.precision=bf16 or fp32)")
+        causes.append("bad data (non-finite inputs)")
+        kept = (f"checkpoint/ keeps step {self.saved}, the last with finite weights" if self.saved is not None
+                else "no checkpoint was written")
+        return Diverged(f"training diverged at step {step}: {what}; likely {', '.join(causes[:-1])} or {causes[-1]}; {kept}; "
+                        f"start again with a lower optim.lr: `vitkit train --config {self.run_dir / RunDir.CONFIG} "
+                        f"--set optim.lr=... --out NEW_DIR`")
+
+    def weights_finite(self) -> bool:
+        """Every trained and averaged weight finite, on every rank (one device sync, one all-reduce)."""
+        tensors = [p.detach() for p in self.module.parameters()]
+        if self.ema is not None:
+            tensors += [p.detach() for p in self.ema.module.parameters()]
+        local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]  # FSDP: this rank's shards
+        bad = float(torch.stack([~torch.isfinite(t).all() for t in local]).any()) if local else 0.0
+        return distributed.reduce_metrics({"bad": bad}, self.env)["bad"] == 0
+
     def checkpoint(self, step: int) -> None:
+        """Never a checkpoint of non-finite weights: the last good one stays in place."""
+        if not self.weights_finite():
+            raise self.diverged(step, "the weights are no longer finite (NaN or infinity)")
         state = {"step": step, "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
                  "ema_n": int(self.ema.n_averaged) if self.ema is not None else 0, "world": self.env.world,
                  "parallel": self.cfg.train.parallel, "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -192,6 +219,17 @@ class Run:
                         self.card(), self.env)
         self.saved = step
 
+    def release(self) -> None:
+        """Whatever way the run ends: the TensorBoard writer closed, the run directory unlocked."""
+        self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
+class Diverged(VitkitError, RuntimeError):
+    """The loss or the weights stopped being finite; the message names the step, the likely causes and the
+    checkpoint kept."""
+
 
 def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
           overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -199,14 +237,18 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     return the final metrics (metrics.json). On resume, `overrides` may change only vitkit.rundir.RESUME_KEYS
     (e.g. a run from 2 FSDP processes continued in one)."""
     run = setup(cfg, out, resume, overrides, overwrite)
-    stop, wall, seen = run_steps(run)
-    return finish(run, stop, wall, seen)
+    try:
+        stop, wall, seen = run_steps(run)
+        return finish(run, stop, wall, seen)
+    finally:
+        run.release()
 
 
 def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
           overrides: list[str] | None = None, overwrite: bool = False) -> Run:
     """Everything a run needs, checked before anything is written: the config (validated), the device, then the
-    run directory (new, or the resumed one with its config), data, model, objective, optimizer, checkpoint state."""
+    run directory (new, or the resumed one with its config; held by rank 0 until the run ends, RunDir.lock), data,
+    model, objective, optimizer, checkpoint state."""
     if resume:
         rundir, cfg = RunDir.resume(resume, overrides)
         run_dir = rundir.path
@@ -217,10 +259,26 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     # "auto" -> what this hardware does natively, recorded in config.json; a resumed run's value is checked here
     cfg.train.precision = resolve(cfg.train.precision, dev, "train.precision")
     if not resume:
-        run_dir = RunDir.new(out, cfg.recipe, replace=overwrite).path if env.is_main else Path(out or "")
+        reads = (cfg.model.init, cfg.data.name, cfg.data.data_dir)  # what --force must not remove
+        run_dir = RunDir.new(out, cfg.recipe, replace=overwrite, keep=reads).path if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
-        if env.is_main:
+    lock = RunDir(run_dir).lock() if env.is_main else None  # one process at a time in a run directory, until the run ends
+    try:
+        if env.is_main and not resume:
             RunDir(run_dir).write_config(cfg)
+        elif env.is_main:  # repaired (a checkpoint left aside by a kill) and cleaned by rank 0 before any rank reads it
+            RunDir(run_dir).last_checkpoint(repair=True)
+            RunDir(run_dir).remove_stale()
+        distributed.barrier(env)
+        return _build(cfg, env, dev, run_dir, bool(resume), lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, resume: bool, lock: RunLock | None) -> Run:
+    """setup's second half, once the run directory is this run's: data, model, objective, optimizer, checkpoint state."""
     threads = cfg.train.threads or runtime.default_threads()
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
@@ -253,7 +311,12 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     schedule = build_schedule(optimizer, cfg.optim, total)
     start = 0
     scaler = grad_scaler(cfg.train.precision, dev)
-    if resume:
+    fresh = resume and RunDir(run_dir).killed_before_first_checkpoint()
+    resumed = resume and not fresh
+    if fresh and env.is_main:
+        print(f"vitkit train: {run_dir} has no checkpoint yet (stopped before its first): starting it again from step 0 "
+              f"with its {RunDir.CONFIG}")
+    if resumed:
         exported, state = load_checkpoint(run_dir, module, optimizer)
         schedule.load_state_dict(state["schedule"])
         if ema is not None:
@@ -268,13 +331,14 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
 
     run = Run(cfg, env, dev, run_dir, ds, model, objective, module, batching, batches, total,
               cfg.train.eval_every or batches.steps_per_epoch, cfg.train.ckpt_every or batches.steps_per_epoch, ema, optimizer,
-              schedule, step_module, params, scaler, MetricsLogger(run_dir, enabled=env.is_main, resume_step=start), hardware, start,
-              saved=start if resume else None, wall_before=float(state.get("train_wall_s", 0.0)) if resume else 0.0,
-              images_before=int(state.get("train_images", 0)) if resume else 0)
+              schedule, step_module, params, scaler, MetricsLogger(run_dir, enabled=env.is_main, resume_step=start if resume else None),
+              hardware, start, saved=start if resumed else None,
+              wall_before=float(state.get("train_wall_s", 0.0)) if resumed else 0.0,
+              images_before=int(state.get("train_images", 0)) if resumed else 0, lock=lock)
     if env.is_main:
         print(f"vitkit train: {cfg.recipe} -> {run_dir}")
         print(f"  data: {describe_dataset(ds)}" + "".join(f"\n  note: {n}" for n in ds.notes))
-        print(f"  model: {model.config.name or cfg.model.name}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        print(f"  model: {getattr(model.config, 'name', None) or cfg.model.name}, {sum(p.numel() for p in model.parameters()):,} parameters, "
               f"{cfg.data.image_size} px, {model.config.in_chans} channel(s)")
         print(f"  {total} steps of {cfg.train.batch_size} images ({total / batches.steps_per_epoch:.1f} epochs), "
               f"{env.world} process(es) x {batching.accum} micro-batch(es) of {batching.micro}" + (f", resuming at step {start}" if start else ""))
@@ -319,6 +383,8 @@ def run_steps(r: Run) -> tuple[int, float, int]:
                 metrics["img_per_s"] = seen / (time.perf_counter() - t0)
                 metrics["epoch"] = done / r.batches.steps_per_epoch
                 r.logger.log(done, "train", metrics)
+                if not math.isfinite(metrics["loss"]):  # checked where the metrics are numbers anyway: no extra sync
+                    raise r.diverged(done, f"the training loss is {metrics['loss']}")
                 shown = metrics
             if done % r.eval_every == 0 and done != r.total and len(r.ds.val):
                 last_val = r.validate(done)
@@ -343,11 +409,12 @@ def run_steps(r: Run) -> tuple[int, float, int]:
     except torch.OutOfMemoryError as err:
         raise MemoryError(_oom_message(cfg, r.model, dev, r.batching, err)) from None
     except KeyboardInterrupt:
-        bar.close()
         kept = (f"the last checkpoint is at step {r.saved}: continue with `vitkit train --resume {r.run_dir}`" if r.saved is not None
-                else f"no checkpoint was written yet (the first comes at step {r.ckpt_every}): start again")
+                else f"no checkpoint was written yet (the first comes at step {r.ckpt_every}): `vitkit train --resume {r.run_dir}` "
+                     f"starts it again from step 0")
         raise Interrupted(f"interrupted during step {step + 1}; {kept}") from None
-    bar.close()
+    finally:
+        bar.close()
     return stop, time.perf_counter() - t0, seen
 
 
@@ -358,10 +425,14 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
     if stop < total:
         r.logger.close()
         if env.is_main:
+            RunDir(r.run_dir).remove_stale()
             print(f"stopped at step {stop} of {total} (train.stop_at_step); continue with `vitkit train --resume {r.run_dir}`")
         distributed.teardown(env)
         return {"recipe": cfg.recipe, "steps": stop, "stopped": True, "run_dir": str(r.run_dir)}
-    r.checkpoint(total)
+    if r.saved != total:  # a run resumed after its last step (killed while evaluating) has it already
+        r.checkpoint(total)
+    if env.is_main:
+        RunDir(r.run_dir).remove_stale()
     main_metric = r.objective.main_metric
     wall, seen = r.wall_before + wall, r.images_before + seen  # the whole run, across resumes
     results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / r.batches.steps_per_epoch,
@@ -375,7 +446,7 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
     r.logger.close()
     if env.is_main:
         RunDir(r.run_dir).write_metrics(results)
-        plot_curves(r.run_dir, f"{cfg.recipe}: {r.model.config.name or cfg.model.name} on {r.ds.name}")
+        plot_curves(r.run_dir, f"{cfg.recipe}: {getattr(r.model.config, 'name', None) or cfg.model.name} on {r.ds.name}")
         if "test" in results and main_metric == "top1":
             print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "
                   f"({results['test']['n']} images; {wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")

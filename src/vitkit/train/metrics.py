@@ -1,23 +1,32 @@
-"""Run-directory logging: metrics.jsonl (one line per log step), TensorBoard when installed, and the
+"""Run-directory logging: metrics.jsonl (one line per log step and split), TensorBoard when installed, and the
 loss / accuracy figure."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from vitkit.rundir import RunDir
+from vitkit.rundir import RunDir, finite, to_json
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int = 0):
+    """metrics.jsonl holds at most one line per (step, split), in strict JSON (a non-finite number is null): a
+    resumed run (`resume_step`, the step of its checkpoint; 0 for a run started again) first drops the lines a
+    killed process wrote after that step, and a line already there (the final validation of a run killed while
+    evaluating) is not written again."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None):
         self.path = run_dir / RunDir.METRICS_LOG
         self.enabled = enabled
         self.tb = None
+        self.logged: set[tuple[int, str]] = set()
         if not enabled:
             return
-        if resume_step and self.path.exists():  # drop lines a killed run wrote after its last checkpoint (those up to it were written before it)
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(k + "\n" for k in kept))
+        if resume_step is not None and self.path.exists():
+            kept = [row for row in _rows(self.path) if row.get("step", 0) <= resume_step]
+            from vitkit.atomic import write_text
+
+            write_text(self.path, "".join(to_json(row) + "\n" for row in kept))
+            self.logged = {(row.get("step", 0), row.get("split")) for row in kept}
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -26,14 +35,15 @@ class MetricsLogger:
             self.tb = None
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        if not self.enabled:
+        if not self.enabled or (step, split) in self.logged:
             return
+        self.logged.add((step, split))
         row = {"step": step, "split": split, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(to_json(row) + "\n")
         if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "split"):
+            for k, v in finite(row).items():
+                if k not in ("step", "split") and v is not None:
                     self.tb.add_scalar(f"{split}/{k}", v, step)
 
     def close(self) -> None:
@@ -41,9 +51,24 @@ class MetricsLogger:
             self.tb.close()
 
 
+def _rows(path: Path) -> list[dict]:
+    """The lines of a metrics.jsonl; a last line without its newline (a process killed while writing it) is left out."""
+    text = path.read_text()
+    lines = text.split("\n")[:-1]  # what follows the last newline is incomplete, or empty
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {i} is not JSON ({err}); remove or repair that line, then run again") from None
+    return rows
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / RunDir.METRICS_LOG
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return _rows(path) if path.exists() else []
 
 
 def plot_curves(run_dir: Path, title: str = "") -> Path | None:
@@ -54,7 +79,8 @@ def plot_curves(run_dir: Path, title: str = "") -> Path | None:
         fig = figure(figsize=(10, 3.8))
     except ImportError:
         return None
-    rows = read_metrics(run_dir)
+    # a number the log holds as null (it was not finite) is a gap in the curve
+    rows = [{k: float("nan") if v is None else v for k, v in r.items()} for r in read_metrics(run_dir)]
     train = [r for r in rows if r["split"] == "train" and "loss" in r]
     val = [r for r in rows if r["split"] == "val" and "top1" in r]
     a, b = fig.subplots(1, 2)
