@@ -83,7 +83,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _models_parser(sub: Any) -> None:
     p = sub.add_parser("models", help="list the model variants with parameters and GFLOPs",
                        description="Every named variant with its parameter count and forward GFLOPs at its default size "
-                                   "(224 px, 3 channels, 1000 classes), counted on the meta device without allocating weights.")
+                                   "(224 px, 3 channels, 1000 classes), counted once on the meta device, read back without torch.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (e.g. 'R50' or '/16')")
     p.set_defaults(func=cmd_models)
@@ -247,7 +247,7 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--recipe", choices=list(RECIPES), help="recipe (default: quickstart)")
     p.add_argument("--config", metavar="FILE", help="a config JSON (e.g. a run's config.json) instead of a recipe")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=3e-3 (repeatable)")
-    p.add_argument("--out", type=_directory, metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never overwritten")
+    p.add_argument("--out", type=_directory, metavar="DIR", help="run directory (default: runs/RECIPE-TIME); never reused unless --force")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing run directory at --out")
     p.add_argument("--json", action="store_true", help="the final metrics as JSON on stdout (the log goes to stderr)")
@@ -559,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt as err:  # Ctrl-C: one line (training says which checkpoint it kept and how to resume)
-        print(f"vitkit {args.verb}: {str(err) or 'interrupted'}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal: one line for the job
+            print(f"vitkit {args.verb}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line for what a user can cause
         line = error_line(err)

@@ -276,7 +276,7 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[tup
     for d in dirs:
         if names.index(d.name) not in present:
             raise DatasetError(f"{d}: class folder without images ({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder")
-    return [(Path(path), label) for path, label in found], names
+    return sorted((Path(path), label) for path, label in found), names  # by path, as before (splits are drawn from it)
 
 
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}  # PIL's 16-bit integer modes; "I" (32-bit) is read as one when it fits
@@ -409,14 +409,16 @@ def _folder(cfg: DataConfig, root: Path) -> tuple[Split, Split | None, Split, li
     total = sum(len(s) for s in splits if s is not None)
     in_memory = cfg.in_memory if cfg.in_memory is not None else total <= IN_MEMORY_MAX_FILES
     if in_memory:
-        from tqdm import tqdm
+        from vitkit import progress
+        from vitkit.runtime import is_main_process
 
         loaded = []
         for s in splits:
             if s is None:
                 loaded.append(None)
                 continue
-            imgs = [load_image(p, channels, cfg.image_size) for p, _ in tqdm(s.files, desc="reading images", leave=False, disable=total < 2000)]
+            files = progress.bar(s.files, desc="reading images", enabled=total >= 2000 and is_main_process())
+            imgs = [load_image(p, channels, cfg.image_size) for p, _ in files]
             loaded.append(ArrayData(torch.stack(imgs), s.labels))
         splits = loaded
     return splits[0], splits[1], splits[2], classes, str(root), notes
