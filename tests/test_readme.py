@@ -45,3 +45,25 @@ def test_every_python_snippet_is_run_by_a_test():
             seen.append(heading)
     assert seen and all(h in RUN_BY_TESTS for h in seen), [h for h in seen if h not in RUN_BY_TESTS]
     assert len(seen) == len(set(seen))  # one block per heading: each test runs the first block under its heading
+
+
+def test_every_guarantee_names_tests_that_exist():
+    """The "What vitkit guarantees" table cites tests by file and name: each must exist (a rename breaks the promise's
+    backing silently otherwise)."""
+    import re
+
+    text = README.read_text()
+    section = text[text.index("## What vitkit guarantees"):text.index("## How vitkit is tested")]
+    tests = Path(__file__).parent
+    cited, last = [], None
+    for ref in re.findall(r"`(test_\w+\.py(?:::\w+)?|::\w+)`", section):
+        file, _, name = ref.partition("::")
+        if file.endswith(".py"):
+            last = file
+        else:
+            file, name = last, ref.lstrip(":")
+        assert (tests / file).is_file(), file
+        if name:
+            assert re.search(rf"^def {name}\(", (tests / file).read_text(), re.M), f"{file}::{name}"
+        cited.append((file, name))
+    assert len(cited) >= 15
