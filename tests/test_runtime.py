@@ -180,3 +180,20 @@ def test_a_real_cpu_without_native_bf16_names_itself_in_the_warning(monkeypatch)
     with pytest.warns(RuntimeWarning, match=r"bf16 is emulated on this CPU \(Intel Xeon: no AVX512_BF16 or AMX\): .*precision 'auto' picks fp32"):
         assert precision.resolve("bf16", "cpu") == "bf16"
     assert precision.resolve("auto", "cpu") == "fp32"
+
+
+def test_fp16_on_the_cpu_says_what_it_costs(monkeypatch):
+    """precision fp16 on a CPU is computed in fp16 (not silently fp32): a one-time warning with the measured cost."""
+    from vitkit.train import precision
+
+    monkeypatch.setattr(precision, "_WARNED", set())
+    monkeypatch.setattr(precision, "emulation_slowdown", lambda dtype=None: 5.7)
+    with pytest.warns(RuntimeWarning, match=r"fp16 on the CPU: computed in fp16, not natively here .*5\.7x"):
+        assert precision.resolve("fp16", "cpu") == "fp16"
+    monkeypatch.setattr(precision, "_WARNED", set())
+    monkeypatch.setattr(precision, "emulation_slowdown", lambda dtype=None: 1.0)  # native fp16 products: no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert precision.resolve("fp16", "cpu") == "fp16"

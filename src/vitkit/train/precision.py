@@ -48,14 +48,16 @@ def resolve(precision: str = "auto", device: str | torch.device | None = None, o
         return "fp32"  # MPS and others: fp32 until measured
     if precision == "bf16" and dev.type == "cpu" and not runtime.cpu_info().native_bf16:
         _warn_emulated()
+    if precision == "fp16" and dev.type == "cpu":
+        _warn_fp16_cpu()
     return precision
 
 
-@functools.lru_cache(maxsize=1)
-def emulation_slowdown() -> float:
-    """How much slower a bf16 matrix product is than fp32 on this CPU (a 256^3 product, best of 3)."""
-    def best(dtype: torch.dtype) -> float:
-        a, b = torch.randn(256, 256, dtype=dtype), torch.randn(256, 256, dtype=dtype)
+@functools.lru_cache(maxsize=2)
+def emulation_slowdown(dtype: torch.dtype = torch.bfloat16) -> float:
+    """How much slower a `dtype` (bf16, fp16) matrix product is than fp32 on this CPU (a 256^3 product, best of 3)."""
+    def best(dt: torch.dtype) -> float:
+        a, b = torch.randn(256, 256, dtype=dt), torch.randn(256, 256, dtype=dt)
         times = []
         for _ in range(3):
             t = time.perf_counter()
@@ -63,7 +65,7 @@ def emulation_slowdown() -> float:
             times.append(time.perf_counter() - t)
         return min(times)
 
-    return best(torch.bfloat16) / max(best(torch.float32), 1e-9)
+    return best(dtype) / max(best(torch.float32), 1e-9)
 
 
 _WARNED: set[str] = set()
@@ -77,6 +79,18 @@ def _warn_emulated() -> None:
     what = f"treated as emulated (VITKIT_CPU={cpu.forced})" if cpu.forced else f"emulated on this CPU ({cpu.model}: no AVX512_BF16 or AMX)"
     warnings.warn(f"bf16 is {what}: a bf16 matrix product takes {emulation_slowdown():.1f}x the time of an fp32 one here; "
                   f"precision 'auto' picks fp32", RuntimeWarning, stacklevel=3)
+
+
+def _warn_fp16_cpu() -> None:
+    """fp16 on a CPU is computed (not silently fp32) but rarely natively: say what it costs, where it costs (measured)."""
+    if "fp16" in _WARNED:
+        return
+    _WARNED.add("fp16")
+    if emulation_slowdown(torch.float16) < 1.5:  # a CPU with native fp16 products (AMX-FP16, AVX512-FP16)
+        return
+    warnings.warn(f"fp16 on the CPU: computed in fp16, not natively here (a matrix product takes "
+                  f"{emulation_slowdown(torch.float16):.1f}x the time of an fp32 one here); use bf16 where the CPU has it "
+                  f"(`vitkit info`), else fp32", RuntimeWarning, stacklevel=3)
 
 
 def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
