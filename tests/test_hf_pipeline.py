@@ -118,7 +118,7 @@ def test_processor_prepares_as_vitkit_and_normalisation_reads_back(normalize, tm
     ({"do_normalize": False}, "do_normalize is false"),
     ({"do_rescale": False}, "not scaled by 1/255"),
     ({"image_mean": ["a", "b", "c"]}, "unreadable settings"),
-    ([1, 2], "holds a list"),
+    ([1, 2], "holds a JSON list"),
     ("{not json", "not valid JSON"),
 ])
 def test_unknown_preprocessing_is_a_note_and_google(content, why, tmp_path):
