@@ -269,8 +269,6 @@ def read_normalize(p: Path) -> tuple[str | None, str | None]:
         return None, None
     try:
         proc = read_json(path)
-        if not isinstance(proc, dict):
-            raise CheckpointError(f"{path}: holds a {type(proc).__name__}, not the settings of an image processor")
         return normalize_from_hf(proc, str(path))
     except CheckpointError as err:
         return None, f"{err}; normalisation kept as 'google'"
@@ -316,8 +314,6 @@ def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
     if not cfg_path.exists():
         raise CheckpointError(f"{p}: a Hugging Face checkpoint needs its {CONFIG} beside the weights")
     hf_cfg = read_json(cfg_path)
-    if not isinstance(hf_cfg, dict):
-        raise CheckpointError(f"{cfg_path}: holds a JSON {type(hf_cfg).__name__}, not the object of a transformers config")
     legacy = {_legacy(k) for k in tensors}
     if "pooler.dense.weight" in legacy:
         overrides.setdefault("representation_size", hf_cfg.get("pooler_output_size") or hf_cfg.get("hidden_size", 768))
