@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-NEEDED_IN_CI = ("timm", "transformers", "sklearn", "onnx", "onnxscript", "onnxruntime", "openvino", "ruff")
+NEEDED_IN_CI = ("timm", "transformers", "sklearn", "onnx", "onnxscript", "onnxruntime", "openvino", "ruff", "hypothesis")
 
 
 def pytest_sessionstart(session):
@@ -33,3 +33,13 @@ def pytest_sessionstart(session):
         if missing:
             pytest.exit(f"CI: test dependencies missing: {', '.join(missing)}; install them with pip install -e '.[test]'",
                         returncode=1)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Cyclic garbage (engines holding ONNX Runtime / OpenVINO sessions and their thread pools among it) collected after
+    every test, on the main thread: left to the collector, it is freed in whichever thread allocates next (a tqdm
+    monitor, DCP's writer, an OpenVINO callback), and the native pools do not survive being torn down from a thread of
+    their own (two aborts seen in full runs: "Resource deadlock avoided" and a segmentation fault)."""
+    import gc
+
+    gc.collect()
