@@ -6,6 +6,7 @@ the `vitkit` command sets OpenMP's thread variables first (vitkit.runtime.config
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -20,13 +21,17 @@ _PUBLIC = {
 __all__ = [*_PUBLIC, "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
+def lazy_names(module: str, table: dict[str, str], namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's `__getattr__` and `__dir__` (PEP 562) importing each name of `table` (name -> module) on first use."""
+
+    def getattr_(name: str) -> Any:
+        if name in table:
+            value = getattr(importlib.import_module(table[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return getattr_, lambda: sorted(set(namespace) | set(table))
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_names("vitkit", _PUBLIC, globals())

@@ -5,8 +5,7 @@ can be read without importing torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vitkit import lazy_names
 
 _PUBLIC = {
     **dict.fromkeys(["build_model", "config_from_dict", "config_to_dict", "count_params", "create_model", "describe",
@@ -17,13 +16,4 @@ _PUBLIC = {
 __all__ = list(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vitkit.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_names("vitkit.models", _PUBLIC, globals())
