@@ -134,3 +134,17 @@ def test_help_imports_no_torch():
             "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_convert_ignore_unexpected_is_the_flag_the_error_names(tmp_path, capsys):
+    import numpy as np
+
+    model = vitkit.create_model("ViT-Ti/16", num_classes=3, image_size=16, patch_size=8, width=32, depth=1, heads=2, mlp_dim=64)
+    src = vitkit.save_model(model, tmp_path / "m.npz", format="npz")
+    arrays = dict(np.load(src, allow_pickle=False))
+    arrays["zzz_unknown"] = np.ones(2, np.float32)
+    np.savez(tmp_path / "x.npz", **arrays)
+    assert main(["convert", str(tmp_path / "x.npz"), "--out", str(tmp_path / "a")]) == 2
+    assert "--ignore-unexpected" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "x.npz"), "--out", str(tmp_path / "a"), "--ignore-unexpected"]) == 0
+    assert "zzz_unknown" in capsys.readouterr().out

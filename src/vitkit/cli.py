@@ -175,7 +175,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     dst = _out(args, "a directory for vitkit / hf, *.safetensors for timm, *.npz for npz")
     with progress.Stages("convert", [f"reading {args.src}", f"writing {dst} ({args.to})"]) as bar:
         model, card = load(args.src, num_classes=args.num_classes, image_size=_parse_size(args.resolution),
-                           format=getattr(args, "from"), model=args.model, drop_pre_logits=args.drop_pre_logits)
+                           format=getattr(args, "from"), model=args.model, drop_pre_logits=args.drop_pre_logits,
+                           strict=not args.ignore_unexpected)
         bar.next()
         out = save_model(model, dst, format=args.to, overwrite=args.force, card=card)
         bar.next()
@@ -203,6 +204,8 @@ def _convert_parser(sub: Any) -> None:
     p.add_argument("--resolution", metavar="R", help="resample position embeddings for R (or HxW) pixels")
     p.add_argument("--image-size", dest="resolution", help=argparse.SUPPRESS)  # the earlier spelling
     p.add_argument("--drop-pre-logits", action="store_true", help="remove the pre-logits layer (as for fine-tuning)")
+    p.add_argument("--ignore-unexpected", action="store_true",
+                   help="leave out tensors the model has no place for (listed in the report) instead of refusing the file")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_convert)
