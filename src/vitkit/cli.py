@@ -61,9 +61,36 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def _pretrained_rows(args: argparse.Namespace) -> int:
+    from vitkit import hub
+
+    defaults = {hub.default_for(v) for v in {p.variant for p in hub.published()}}
+    rows = [{"name": p.name, "source": p.source, "model": p.variant, "image_size": p.image_size, "data": p.data,
+             "labels": p.labels, "paper_top1": p.top1, "paper_ref": p.cite or None, "default": p.name in defaults}
+            for p in hub.published()]
+    if args.filter:
+        rows = [r for r in rows if args.filter.lower() in f"{r['name']} {r['model']} {r['data']}".lower()]
+        if not rows:
+            print(f"no published name, model or data contains {args.filter!r}; run `vitkit models --pretrained` for the list",
+                  file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'source':<7} {'model':<13} {'size':>4} {'top-1':>6}  {'pre-training -> fine-tuning':<38} name")
+    for r in rows:
+        top1 = f"{r['paper_top1']:.2f}" if r["paper_top1"] else ""
+        print(f"{r['source']:<7} {r['model']:<13} {r['image_size']:>4} {top1:>6}{'*' if r['default'] else ' '} {r['data']:<38} {r['name']}")
+    print(f"top-1: ImageNet, as the {hub.PAPER_T5} reports it. *: what create_model(MODEL, pretrained=True) loads.\n"
+          "Any verb takes these names as SRC, and any hf-hub:ORG/NAME[@REV] or google:PATH (a file in gs://vit_models).")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vitkit.models.catalog import table
 
+    if args.pretrained:
+        return _pretrained_rows(args)
     rows = table()
     if args.filter:
         rows = [r for r in rows if args.filter.lower() in r["name"].lower()]
@@ -86,6 +113,9 @@ def _models_parser(sub: Any) -> None:
                                    "(224 px, 3 channels, 1000 classes), counted once on the meta device, read back without torch.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (e.g. 'R50' or '/16')")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the published weights vitkit knows by name (Google's, Hugging Face's, timm's): source, resolution, "
+                        "pre-training data and the paper's ImageNet top-1 where it gives one")
     p.set_defaults(func=cmd_models)
 
 

@@ -46,6 +46,21 @@ def bar(iterable: Iterable[Any] | None = None, total: int | None = None, desc: s
                 disable=_disable_flag() if enabled else True, **kw)
 
 
+def tqdm_class():
+    """A tqdm class that follows the switches above, for libraries that draw their own bars (huggingface_hub's
+    downloads take it as `tqdm_class`)."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def __init__(self, *args: Any, **kw: Any):
+            flag = _disable_flag()  # ours decides; on a terminal only, unless the library turned its own bars off
+            kw["disable"] = flag if flag is not None else (kw.get("disable") or None)
+            kw.setdefault("file", sys.stderr)
+            super().__init__(*args, **kw)
+
+    return Bar
+
+
 class Stages:
     """A bar over the named stages of one job (export: read, graph, check): `with Stages("export", names) as s:`
     ... `s.next()` after each; the bar shows the stage under way."""

@@ -19,12 +19,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vitkit import hub
 from vitkit.convert import google_npz, hf, timm, vitkit_format
 from vitkit.atomic import refuse_existing
 from vitkit.convert.card import Loaded, ModelCard
 from vitkit.convert.common import CheckpointError, LoadReport, load_into
 from vitkit.convert.files import (CONFIG, TORCH_SUFFIXES, WEIGHTS, read_json, read_tensors, read_torch, resolve_run_dir,
                                   safetensors_header)
+from vitkit.data import labels
 from vitkit.data.preprocess import Preprocess
 from vitkit.models.registry import build_model, config_to_dict, model_config
 from vitkit.models.vit import ViTConfig, VisionTransformer
@@ -120,10 +122,20 @@ def load(
     error; `strict=False` leaves such tensors out and lists them in the report (`card.report.unexpected`).
     """
     source = str(path)
+    fetched = None
+    if hub.is_name(path):  # a published name: its files in the cache, downloaded if need be (vitkit/hub.py)
+        fetched = hub.fetch(source)
+        path = fetched.path
     if model is not None:
         overrides.setdefault("heads", model_config(model).heads)
     fmt = detect_format(path) if format == "auto" else format
+    if fetched is not None and fetched.name.variant and fmt == "timm" and "heads" not in overrides:
+        overrides["heads"] = model_config(fetched.name.variant).heads  # timm's files do not record them; the name does
     cfg, sd, notes, class_names = read_checkpoint(path, fmt, **overrides)
+    if fetched is not None:
+        notes = fetched.notes + notes
+        if class_names is None and fetched.name.labels:
+            class_names = labels.names(fetched.name.labels, cfg.num_classes)
     report = LoadReport(source=source, format=fmt, notes=notes)
     if isinstance(cfg, ViTConfig) and cfg.posemb == "sincos2d":
         sd = {k: v for k, v in sd.items() if k != "pos_embed"}
@@ -169,6 +181,9 @@ def read_preprocess(path: str | Path, fmt: str = "auto") -> dict | None:
     try:
         if fmt == "hf":
             normalize = hf.read_normalize(p)[0]
+            return {"normalize": normalize} if normalize else None
+        if fmt == "timm" and p.is_dir():
+            normalize = timm.read_normalize(p)
             return {"normalize": normalize} if normalize else None
         if p.is_dir() and (p / CONFIG).exists():
             return read_json(p / CONFIG).get("preprocess")

@@ -146,10 +146,51 @@ def detect_tensors(keys: list[str], meta: dict[str, str], path: Path) -> bool:
 
 
 def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
-         **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str], None]:
-    """The architecture inferred from the tensors' shapes (heads from `overrides` or the width's usual count)."""
+         **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str], list[str] | None]:
+    """The architecture inferred from the tensors' shapes (heads from `overrides`, else from the architecture a
+    timm directory's config.json names, else the width's usual count); class names from its `label_names`."""
+    names = None
+    if p.is_dir():
+        hub_cfg = hub_config(p)
+        pool = {"avg": "gap", "token": "token"}.get(hub_cfg.get("global_pool") or hub_cfg.get("model_args", {}).get("global_pool"))
+        if pool and not any(k.startswith("fc_norm.") for k in tensors):
+            overrides.setdefault("pool", pool)
+        arch = hub_cfg.get("architecture")
+        if isinstance(arch, str) and "heads" not in overrides:
+            from vitkit.models.registry import model_config, resolve_alias
+
+            try:
+                alias = resolve_alias(arch)
+            except ValueError:
+                alias = None
+            if alias is not None:
+                overrides["heads"] = model_config(alias.variant).heads
+        labels = hub_cfg.get("label_names") or hub_cfg.get("pretrained_cfg", {}).get("label_names")
+        names = [str(n) for n in labels] if isinstance(labels, list) else None
     cfg = infer_config(tensors, str(p), **overrides)
-    return cfg, to_vitkit(tensors, cfg), [], None
+    if names is not None and len(names) != cfg.num_classes:
+        names = None
+    return cfg, to_vitkit(tensors, cfg), [], names
+
+
+def hub_config(p: Path) -> dict:
+    """A timm directory's config.json (what timm's push_to_hub writes: architecture, num_classes, pretrained_cfg)."""
+    from vitkit.convert.files import CONFIG, read_json
+
+    return read_json(p / CONFIG) if (p / CONFIG).is_file() else {}
+
+
+def read_normalize(p: Path) -> str | None:
+    """vitkit's name of the mean / std a timm directory's pretrained_cfg records, None if other or none."""
+    from vitkit.convert.hf import normalize_from_hf
+
+    pre = hub_config(p).get("pretrained_cfg", {}) if p.is_dir() else {}
+    if "mean" not in pre or "std" not in pre:
+        return None
+    try:
+        return normalize_from_hf({"image_mean": pre["mean"], "image_std": pre["std"]}, str(p))[0]
+    except (TypeError, ValueError):
+        return None
 
 
 def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:

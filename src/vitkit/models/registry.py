@@ -218,6 +218,7 @@ def create_model(
     num_classes: int | None = None,
     image_size: int | tuple[int, int] | None = None,
     in_chans: int | None = None,
+    pretrained: bool | str = False,
     **overrides: Any,
 ) -> nn.Module:
     """A freshly initialised model by name: `create_model("ViT-B/16", num_classes=10, image_size=384)`, or by timm's or
@@ -225,7 +226,22 @@ def create_model(
     same architecture at the published model's size and classes, which the arguments given here still override.
 
     `overrides` set any architecture option (width, depth, pool="gap", posemb="sincos2d", ...).
+
+    `pretrained=True` loads published weights instead, as timm's `create_model` does: those the name stands for (timm's
+    "MODEL.TAG" or MODEL with timm's default tag, Hugging Face's "ORG/NAME", "hf-hub:...", "google:..."), or for one of
+    vitkit's names the checkpoint `vitkit.hub.default_for` picks (the paper's ImageNet-21k -> ImageNet-1k file where
+    there is one: `vitkit models --pretrained` marks them); a string names the weights to load. `num_classes` other
+    than the file's gives a new zero-initialised head, `image_size` resamples the position embeddings.
     """
+    if pretrained:
+        from vitkit import hub
+        from vitkit.convert.load import load
+
+        if in_chans is not None:
+            raise ValueError(f"create_model({name!r}, pretrained=...): published weights take the channels they were trained "
+                             f"on; in_chans= is for models trained from scratch")
+        src = pretrained if isinstance(pretrained, str) else name if hub.is_name(name) else hub.default_for(_canonical(name))
+        return load(src, num_classes, image_size, **overrides).model
     for key, val in (("num_classes", num_classes), ("image_size", image_size), ("in_chans", in_chans)):
         if val is not None:
             overrides[key] = val
