@@ -10,7 +10,7 @@ The kinds of name:
   Hugging Face's names of Google's ViTs ("google/vit-base-patch16-224") are Hub repositories of that name.
 - `google:PATH`: Google's released .npz files, https://storage.googleapis.com/vit_models/PATH.npz, e.g.
   `google:imagenet21k/ViT-B_16`, `google:imagenet21k+imagenet2012/ViT-B_16`, `google:augreg/<the file's stem>`
-  (AugReg's index.csv names them all), `google:sam/ViT-B_16`. Downloaded into vitkit's cache (VITKIT_CACHE,
+  (AugReg's index.csv names them all), `google:sam/ViT-B_16`. Downloaded into vitkit's cache (VITKIT_CACHE_DIR,
   default ~/.cache/vitkit), resumably, checked against a pinned sha256 where `PUBLISHED` has one and against the
   MD5 Google Storage reports for the object (x-goog-hash) always.
 A local path that exists always wins over a name. Offline (HF_HUB_OFFLINE=1 or VITKIT_OFFLINE=1): cached names load
@@ -314,11 +314,11 @@ def offline() -> bool:
 
 
 def cache_dir() -> Path:
-    """vitkit's download cache (Google's files, class-name lists): VITKIT_CACHE, else $XDG_CACHE_HOME/vitkit, else
-    ~/.cache/vitkit."""
-    if os.environ.get("VITKIT_CACHE"):
-        return Path(os.environ["VITKIT_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vitkit"
+    """Where Google's files and the class-name lists are kept: "downloads" in vitkit's cache (runtime.cache_dir():
+    VITKIT_CACHE_DIR, else $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit)."""
+    from vitkit.runtime import cache_dir as vitkit_cache
+
+    return vitkit_cache() / "downloads"
 
 
 def hf_cache_dir() -> Path:

@@ -297,7 +297,8 @@ def is_main_process() -> bool:
 
 def cache_dir() -> Path:
     """vitkit's per-user cache: $VITKIT_CACHE_DIR, else $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit. Holds what is
-    measured once per machine (kernels.json, engines.json) and the engines' exports of checkpoints (exports/)."""
+    measured once per machine (kernels.json, engines.json), the engines' exports of checkpoints (exports/) and the
+    published files vitkit.hub downloads (downloads/)."""
     root = os.environ.get("VITKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitkit"
     return Path(root)
 
