@@ -198,13 +198,16 @@ def test_hf_hub_name_downloads_then_loads_from_the_cache_with_the_server_stopped
         fetched = {r.path.rsplit("/", 1)[1] for r in gets(hubsrv)}
         assert fetched == {"config.json", "model.safetensors", "preprocessor_config.json"}  # no pytorch_model.bin
         commit = hubsrv.commit("acme/vit-tiny")
+        seen = len(hubsrv.requests)
+        with monkeypatch.context() as offline:  # offline: the cache, and no request even with the server up
+            offline.setenv("HF_HUB_OFFLINE", "1")
+            assert same_logits(vitkit.load("hf-hub:acme/vit-tiny").model, model) < 1e-5
+            with pytest.raises(hub.DownloadError) as err:
+                vitkit.load("hf-hub:acme/other")
+        assert len(hubsrv.requests) == seen
     snapshot = tmp_path / "hf-cache" / "models--acme--vit-tiny" / "snapshots" / commit  # huggingface_hub's own layout
     assert (snapshot / "model.safetensors").is_file()
     assert same_logits(vitkit.load("hf-hub:acme/vit-tiny").model, model) < 1e-5  # server stopped: the cache
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert same_logits(vitkit.load("hf-hub:acme/vit-tiny").model, model) < 1e-5
-    with pytest.raises(hub.DownloadError) as err:
-        vitkit.load("hf-hub:acme/other")
     msg = str(err.value)
     assert "hf-hub:acme/other" in msg and str(tmp_path / "hf-cache") in msg and "hf download acme/other" in msg
 
@@ -367,3 +370,24 @@ def test_models_pretrained_lists_the_published_names_with_the_papers_top1(capsys
     out = capsys.readouterr().out
     assert "google:imagenet21k/R50+ViT-B_16" in out and "ViT-L/16 " not in out
     assert main(["models", "--pretrained", "--filter", "no-such-model"]) == 2
+
+
+def test_readme_published_snippet_runs(tmp_path, monkeypatch):
+    """The README's "Published weights by name" snippet, on stand-ins served under the names it uses."""
+    import re
+    from pathlib import Path
+
+    model = tiny()
+    _, timm_files = timm_repo(tmp_path)
+    repos = {"timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k": timm_files, "google/vit-base-patch16-224": hf_repo(model, tmp_path)}
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Published weights by name"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with FileServer({B16_PATH: npz_bytes(model, tmp_path)}) as gcs, HubServer(repos) as hubsrv:
+        monkeypatch.setenv("VITKIT_GOOGLE_ENDPOINT", gcs.url)
+        monkeypatch.setenv("HF_ENDPOINT", hubsrv.url)
+        scope: dict = {}
+        exec(compile(code, "README.md (Published weights by name)", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["card"].class_names[281] == "tabby" and same_logits(scope["model"], model) < 1e-5
+    assert scope["timm_model"].config.name == "ViT-Ti/16" and same_logits(scope["hf_model"], model) < 1e-5
+    assert scope["for_pets"].head.out_features == 37

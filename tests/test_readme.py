@@ -32,7 +32,8 @@ def test_engine_snippet_runs(tmp_path, monkeypatch):
 
 RUN_BY_TESTS = {"### Inference engines: PyTorch, ONNX Runtime, OpenVINO": "test_engine_snippet_runs",
                 "## Python API": "test_python_api_snippet_runs",
-                "## Weights users already have": "tests/test_card.py::test_readme_weights_snippet_runs"}
+                "## Weights users already have": "tests/test_card.py::test_readme_weights_snippet_runs",
+                "## Published weights by name": "tests/test_hub.py::test_readme_published_snippet_runs"}
 
 
 def test_every_python_snippet_is_run_by_a_test():

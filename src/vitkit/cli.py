@@ -21,6 +21,10 @@ from vitkit.config import ARGUMENTS, argument_parser
 
 # --- options and output shared by several verbs ---------------------------------------------------------
 
+NAMES = ("or a published name, downloaded once into the cache: hf-hub:ORG/NAME[@REV], timm's MODEL.TAG, Google's google:PATH "
+         "(`vitkit models --pretrained` lists them)")
+
+
 def _precision_device(p: argparse.ArgumentParser, engine: bool = False) -> None:
     """--precision and --device (and --engine) of the verbs that run a model."""
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -223,7 +227,7 @@ def _convert_parser(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint between vitkit, timm, Hugging Face and Google .npz",
                        description="Read any checkpoint vitkit knows (format detected unless --from says) and write it in "
                                    "another format. Writes are atomic; an existing output is refused unless --force.")
-    p.add_argument("src", help="checkpoint: vitkit dir/.safetensors, timm .safetensors/.pth, Hugging Face dir, Google .npz")
+    p.add_argument("src", help=f"checkpoint: vitkit dir/.safetensors, timm .safetensors/.pth, Hugging Face dir, Google .npz; {NAMES}")
     p.add_argument("old_out", nargs="?", metavar="DST", help=argparse.SUPPRESS)  # before --out: `convert SRC DST`
     p.add_argument("--out", metavar="PATH", help="output path (a directory for vitkit/hf, *.safetensors for timm, *.npz for npz)")
     p.add_argument("--from", default="auto", choices=["auto", "vitkit", "timm", "hf", "npz"], help="input format (default: detect)")
@@ -314,7 +318,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _eval_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split",
                        description="Evaluate any checkpoint load_model reads on a dataset split (resize, no crop).")
-    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
     p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
@@ -347,7 +351,7 @@ def _finetune_parser(sub: Any) -> None:
                        description="New zero-initialised head (pre-logits dropped), position embeddings resampled to "
                                    "--resolution, SGD momentum 0.9, no weight decay, clip 1, warm-up + cosine, batch 512 "
                                    "by accumulation, steps per dataset as the paper's table 4. Same run directory as train.")
-    p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
+    p.add_argument("src", help=f"run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz); {NAMES}")
     p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
     p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R", help="fine-tuning resolution (default: the model's)")
     p.add_argument("--lr-sweep", metavar="LRS",
@@ -383,7 +387,7 @@ def _fewshot_parser(sub: Any) -> None:
     p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (paper section 4.1)",
                        description="Closed-form ridge regression to {-1,1}^K on n images per class of the training split, "
                                    "accuracy on the test split; mean and spread over nested subsets per seed.")
-    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
     p.add_argument("--data", required=True, help="dataset")
     p.add_argument("--shots", default="1,5,10,25", help="comma-separated shots per class (default 1,5,10,25)")
     p.add_argument("--seeds", type=argument_parser("seeds"), default=3, help="subsets drawn per shot count (default 3)")
@@ -417,7 +421,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files",
                        description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained.")
-    p.add_argument("src", help="run directory or checkpoint")
+    p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=argument_parser("top_k"), default=5)
     _precision_device(p, engine=True)
@@ -447,7 +451,7 @@ def _analyze_parser(sub: Any) -> None:
                        description="Embedding filters (28 principal components), position-embedding similarity, mean attention "
                                    "distance per head and layer, attention rollout maps and per-layer class-token attention, "
                                    "as PNGs, JSON and one self-contained report.html.")
-    p.add_argument("src", help="run directory or checkpoint (ViT or hybrid)")
+    p.add_argument("src", help=f"run directory or checkpoint (ViT or hybrid); {NAMES}")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to analyse (else --data)")
     p.add_argument("--data", help="dataset whose test images to analyse")
     p.add_argument("--data-dir", metavar="DIR")
@@ -485,7 +489,7 @@ def _export_parser(sub: Any) -> None:
                                    "*.onnx file, needs pip install 'vitkit[onnx]'; --to openvino: a directory with "
                                    "openvino_model.xml/.bin (fp32 weights), needs pip install 'vitkit[openvino]'. `vitkit "
                                    "predict` / `eval` / `fewshot` serve either (--engine).")
-    p.add_argument("src", help="run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz)")
+    p.add_argument("src", help=f"run directory or checkpoint (vitkit, timm, Hugging Face, Google .npz); {NAMES}")
     p.add_argument("old_out", nargs="?", metavar="OUT", help=argparse.SUPPRESS)  # before --out: `export SRC OUT`
     p.add_argument("--out", metavar="PATH", help="*.onnx, or a directory for openvino (refused if it exists, unless --force)")
     p.add_argument("--to", default="onnx", choices=["onnx", "openvino"], help="format (default: onnx)")

@@ -111,7 +111,9 @@ def load(
     **overrides: Any,
 ) -> Loaded:
     """`(model, card)`: a model with the weights of any checkpoint vitkit reads (the architecture comes from
-    the file) and its `ModelCard` (class names, preprocessing, source, the loading report).
+    the file) and its `ModelCard` (class names, preprocessing, source, the loading report). `path` may also be a
+    published name (vitkit/hub.py: "hf-hub:ORG/NAME[@REV]", timm's "MODEL.TAG", "google/vit-base-patch16-224",
+    "google:imagenet21k/ViT-B_16"), downloaded once into the cache; a local path that exists wins over a name.
 
     `num_classes` different from the checkpoint's replaces the head with a zero-initialised one (and drops the
     class names); `image_size` resamples the position embeddings over the new grid (class token untouched);
@@ -134,6 +136,7 @@ def load(
     cfg, sd, notes, class_names = read_checkpoint(path, fmt, **overrides)
     if fetched is not None:
         notes = fetched.notes + notes
+        cfg = _named(cfg, fetched.name.variant)
         if class_names is None and fetched.name.labels:
             class_names = labels.names(fetched.name.labels, cfg.num_classes)
     report = LoadReport(source=source, format=fmt, notes=notes)
@@ -165,6 +168,19 @@ def load(
 
         net.to(resolve_device(str(device), option="device"))
     return Loaded(net, card)
+
+
+def _named(cfg: Any, variant: str | None) -> Any:
+    """`cfg` under the variant's name when its architecture is that variant's (timm's files do not record a name)."""
+    import dataclasses
+
+    from vitkit.models.registry import IDENTITY_FIELDS
+
+    if not isinstance(cfg, ViTConfig) or cfg.name or not variant:
+        return cfg
+    ref = model_config(variant)
+    same = isinstance(ref, ViTConfig) and all(getattr(ref, f) == getattr(cfg, f) for f in IDENTITY_FIELDS)
+    return dataclasses.replace(cfg, name=variant) if same else cfg
 
 
 def load_model(path: str | Path, num_classes: int | None = None, image_size: int | tuple[int, int] | None = None,
