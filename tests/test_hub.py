@@ -391,3 +391,20 @@ def test_readme_published_snippet_runs(tmp_path, monkeypatch):
     assert scope["card"].class_names[281] == "tabby" and same_logits(scope["model"], model) < 1e-5
     assert scope["timm_model"].config.name == "ViT-Ti/16" and same_logits(scope["hf_model"], model) < 1e-5
     assert scope["for_pets"].head.out_features == 37
+
+
+def test_every_download_draws_a_progress_bar(tmp_path, monkeypatch, capfd):
+    model = tiny(num_classes=3)
+    monkeypatch.setenv("VITKIT_PROGRESS", "1")  # bars even into the test's captured stderr
+    with FileServer({B16_PATH: npz_bytes(model, tmp_path)}) as gcs, HubServer({"acme/vit": hf_repo(model, tmp_path)}) as hubsrv:
+        monkeypatch.setenv("VITKIT_GOOGLE_ENDPOINT", gcs.url)
+        monkeypatch.setenv("HF_ENDPOINT", hubsrv.url)
+        vitkit.load(B16)
+        vitkit.load("hf-hub:acme/vit")
+    err = capfd.readouterr().err
+    assert "ViT-B_16.npz" in err and "model.safetensors" in err and "100%" in err
+    monkeypatch.setenv("VITKIT_PROGRESS", "0")
+    with HubServer({"acme/vit2": hf_repo(model, tmp_path, "quiet")}) as hubsrv:
+        monkeypatch.setenv("HF_ENDPOINT", hubsrv.url)
+        vitkit.load("hf-hub:acme/vit2")
+    assert "model.safetensors" not in capfd.readouterr().err
