@@ -408,3 +408,22 @@ def test_every_download_draws_a_progress_bar(tmp_path, monkeypatch, capfd):
         monkeypatch.setenv("HF_ENDPOINT", hubsrv.url)
         vitkit.load("hf-hub:acme/vit2")
     assert "model.safetensors" not in capfd.readouterr().err
+
+
+def test_finetune_and_train_start_from_a_published_name(tmp_path, monkeypatch):
+    """`vitkit finetune NAME` and `--set model.init=NAME`: the config check accepts a name, the run starts from its
+    weights and records the name."""
+    from vitkit.config import apply_overrides, validate
+    from vitkit.recipes import get_recipe
+    from vitkit.train.finetune import finetune
+
+    model = tiny(num_classes=1000, image_size=16, patch_size=4, width=32, heads=2, mlp_dim=64)
+    with FileServer({B16_PATH: npz_bytes(model, tmp_path)}) as gcs:
+        monkeypatch.setenv("VITKIT_GOOGLE_ENDPOINT", gcs.url)
+        res = finetune(B16, "digits", resolution=8, out=tmp_path / "ft",
+                       overrides=["train.steps=2", "train.batch_size=16", "train.progress=false"])
+    assert 0 <= res["test"]["top1"] <= 1
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["model"]["init"] == B16
+    validate(apply_overrides(get_recipe("quickstart"), [f"model.init={B16}"]))  # cached now; a name passes the check
+    with pytest.raises(ValueError, match="no such file or directory; .* or a published name"):
+        validate(apply_overrides(get_recipe("quickstart"), ["model.init=/no/such/run"]))

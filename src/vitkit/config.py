@@ -453,13 +453,16 @@ def validate(cfg: Config) -> Config:
     if cfg.objective == "classification":
         check_classes(cfg.data.name, "data.name")
     if m.init:  # the architecture is the checkpoint's (overriding it: apply_overrides); model.name only records it
+        from vitkit import hub
+
         try:
-            why = None if Path(m.init).exists() else "no such file or directory"
+            why = None if Path(m.init).exists() or hub.is_name(m.init) else "no such file or directory"
         except OSError as err:  # e.g. a name too long for the file system
             why = err.strerror
         if why:
             raise ValueError(f"model.init={m.init!r}: {why}; give a checkpoint (a run directory, a vitkit / Hugging Face "
-                             f"directory, a .safetensors, .pth or .npz file)")
+                             f"directory, a .safetensors, .pth or .npz file) or a published name (hf-hub:ORG/NAME, timm's "
+                             f"MODEL.TAG, google:PATH)")
         return cfg
     try:
         model_config(m.name)
