@@ -252,7 +252,7 @@ def _sets(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vitkit.config import apply_overrides, load_config
-    from vitkit.recipes import get_recipe
+    from vitkit.recipes import build
     from vitkit.train.loop import train
 
     if args.resume:
@@ -263,8 +263,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             res = train(None, resume=args.resume, overrides=_sets(args))
     else:
-        cfg = load_config(args.config) if args.config else get_recipe(args.recipe or "quickstart")
-        apply_overrides(cfg, _sets(args))
+        cfg = apply_overrides(load_config(args.config), _sets(args)) if args.config else build(args.recipe or "quickstart", _sets(args))
         if args.print_config:
             print(cfg.to_json())
             return 0
