@@ -471,3 +471,19 @@ def test_a_modified_variant_is_not_recorded_under_the_variants_name():
     assert vitkit.create_model("ViT-Ti/16", width=192, depth=12).config.name == "ViT-Ti/16"  # the variant's own values
     name = vitkit.create_model("ViT-Ti/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=16).config.name
     assert name == "ViT-Ti/16, modified (width=32, depth=2, heads=2, mlp_dim=64)"
+
+
+def test_hybrid_resnet_convolutions_start_as_the_official_code_s():
+    """Flax's default kernel init (lecun_normal): std sqrt(1 / fan_in), truncated at 2 std of the untruncated normal
+    (sqrt(1 / fan_in) / 0.8796); PyTorch's default uniform would give std 0.577 x that."""
+    import math
+
+    torch.manual_seed(0)
+    stem = vitkit.create_model("R50+ViT-B/16", num_classes=10).patch_embed.backbone
+    convs = {"conv_root": stem.conv_root, "stage 3 conv2": stem.stages[2][0].conv2, "stage 1 proj": stem.stages[0][0].conv_proj}
+    for where, conv in convs.items():
+        w = conv.weight.detach()
+        fan_in = w[0].numel()
+        want = math.sqrt(1 / fan_in)
+        assert abs(w.std().item() / want - 1) < 0.03, where
+        assert w.abs().max().item() <= 2 * want / 0.8796 + 1e-6, where

@@ -49,6 +49,14 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
     return x
 
 
+@torch.no_grad()
+def truncated_lecun_(w: torch.Tensor) -> torch.Tensor:
+    """Flax's default kernel initialiser (lecun_normal: variance 1 / fan_in, a normal truncated at 2 std and rescaled
+    so that the variance holds); fan_in is everything but the output axis (PyTorch's dimension 0)."""
+    std = math.sqrt(1.0 / w[0].numel()) / 0.87962566103423978  # the std of a unit normal truncated at +-2
+    return nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+
+
 class StdConv2d(nn.Conv2d):
     """Conv with weight standardisation: (w - mean) / (std + eps) over each filter's (I, H, W).
 
@@ -148,6 +156,8 @@ class ResNetStem(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.out_channels = cfg.out_channels
         for m in self.modules():
+            if isinstance(m, StdConv2d):  # the official code's convolutions: Flax's default init, not PyTorch's uniform
+                truncated_lecun_(m.weight)
             if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.gn3.weight)  # each unit starts as the identity (official scale_init)
 

@@ -16,7 +16,7 @@ from torchvision.ops import StochasticDepth
 
 from vitkit.config import Range, check_number
 from vitkit.models.posemb import resample_posemb, sincos_2d
-from vitkit.models.resnet import ResNetConfig, ResNetStem, check_fields
+from vitkit.models.resnet import ResNetConfig, ResNetStem, check_fields, truncated_lecun_
 
 POOLS = ("token", "gap")
 POSEMBS = ("learned", "sincos2d", "none")
@@ -274,11 +274,7 @@ class VisionTransformer(nn.Module):
         N(0, 0.02), class token zero, head zero (or LeCun-normal when zero_head=False)."""
         cfg = self.config
 
-        def truncated_lecun(w: torch.Tensor) -> None:
-            std = math.sqrt(1.0 / w[0].numel()) / 0.87962566103423978  # variance-preserving after truncation at 2 std
-            nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
-
-        truncated_lecun(self.patch_embed.proj.weight)
+        truncated_lecun_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
         if self.pos_embed is not None:
             nn.init.normal_(self.pos_embed, std=0.02)
@@ -296,7 +292,7 @@ class VisionTransformer(nn.Module):
                 nn.init.xavier_uniform_(fc.weight)
                 nn.init.normal_(fc.bias, std=1e-6)
         if cfg.representation_size:
-            truncated_lecun(self.pre_logits[0].weight)
+            truncated_lecun_(self.pre_logits[0].weight)
             nn.init.zeros_(self.pre_logits[0].bias)
         if isinstance(self.head, nn.Linear):
             self.reset_head(zero=cfg.zero_head)
