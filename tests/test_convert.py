@@ -206,6 +206,27 @@ def test_npz_big_vision_naming_prefixes_and_scan(prefix, scanned, tmp_path):
     assert ("position embedding had no class-token row (big_vision): a zero row added" in notes) == (prefix != "opt/target/")
 
 
+def test_npz_written_by_todays_official_code_flax_linen_names(tmp_path):
+    """Today's vit_jax (flax.linen) numbers modules per class (LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1,
+    MlpBlock_0: what flax's convert_pre_linen turns the released names into) under the released top level (no prefix,
+    Transformer/posembed_input with the class token's row). Read exactly; an unknown block layout is one clear error."""
+    model = jitter(vitkit.create_model("ViT-S/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=4))
+    linen = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"}
+    arrays = {}
+    for k, v in npz_from_vitkit(model.state_dict(), model.config).items():
+        parts = k.split("/")
+        arrays["/".join(linen.get(part, part) for part in parts)] = v
+    assert "Transformer/encoderblock_0/LayerNorm_1/scale" in arrays and "Transformer/posembed_input/pos_embedding" in arrays
+    np.savez(tmp_path / "linen.npz", **arrays)
+    back, card = vitkit.load(tmp_path / "linen.npz")
+    assert max_diff(back.eval(), model, torch.randn(2, 3, 32, 32)) <= 1e-6 and "flax.linen naming" in card.report.notes
+    odd = {k.replace("MlpBlock_0", "FeedForward_0"): v for k, v in arrays.items()}
+    np.savez(tmp_path / "odd.npz", **odd)
+    with pytest.raises(CheckpointError, match=r"odd.npz: its encoder blocks hold \['FeedForward_0', 'LayerNorm_0', 'LayerNorm_1', "
+                                              r"'MultiHeadDotProductAttention_0'\] .* without \['MlpBlock_0'\]"):
+        vitkit.load(tmp_path / "odd.npz")
+
+
 def test_npz_hybrid_layers_width_old_gn_shapes_and_unknown_arrays(tmp_path):
     """A hybrid of another depth and width factor round-trips through .npz; GroupNorm scales stored (1, 1, 1, C), as
     old checkpoints have them, read the same; arrays vitkit has no place for are reported, and the rest still loads."""

@@ -89,9 +89,25 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
     if any(k.startswith("MAPHead_0/") for k in w):
         raise CheckpointError(f"{source}: a MAP-head (attention pooling) checkpoint; vitkit supports class-token and GAP heads only")
     scanned = "Transformer/encoderblock/LayerNorm_0/scale" in w
-    big_vision = scanned or "pos_embedding" in w or p.startswith("params/")
-    block_map = BIG_VISION_BLOCK if big_vision else VIT_JAX_BLOCK
-    mha = "MultiHeadDotProductAttention_0" if big_vision else "MultiHeadDotProductAttention_1"
+    # Block children: the released files' names (flax.nn's global numbering: LayerNorm_0, MultiHeadDotProductAttention_1,
+    # LayerNorm_2, MlpBlock_3), or flax.linen's per-class numbering (..._0, LayerNorm_1, MlpBlock_0) that big_vision and
+    # today's vit_jax write (vit_jax renames old files on loading: flax's convert_pre_linen), whatever the top level is.
+    first = "Transformer/encoderblock/" if scanned else "Transformer/encoderblock_0/"
+    children = sorted({k[len(first):].split("/")[0] for k in w if k.startswith(first)})
+    if "MultiHeadDotProductAttention_0" in children:
+        linen = True
+    elif "MultiHeadDotProductAttention_1" in children or not children:
+        linen = False
+    else:
+        raise CheckpointError(f"{source}: its encoder blocks hold {children} under {first!r}: neither the released files' "
+                              f"names (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3) nor flax.linen's "
+                              f"(LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0)")
+    block_map = BIG_VISION_BLOCK if linen else VIT_JAX_BLOCK
+    mha = "MultiHeadDotProductAttention_0" if linen else "MultiHeadDotProductAttention_1"
+    missing = sorted({k.split("/")[0] for k in block_map} - set(children)) if children else []
+    if missing:
+        raise CheckpointError(f"{source}: its encoder blocks hold {children} under {first!r}, without {missing}: not a "
+                              f"layout vitkit knows (the released files', flax.linen's or big_vision's)")
     used: set[str] = set()  # every array read; the rest is reported as unexpected
 
     def take(key: str) -> np.ndarray:
@@ -105,7 +121,7 @@ def to_vitkit(w: dict[str, np.ndarray], source: str, **overrides) -> tuple[ViTCo
     else:
         depth = len({m.group(1) for k in w if (m := re.match(r"^Transformer/encoderblock_(\d+)/", k))})
         block = lambda i, name: take(f"Transformer/encoderblock_{i}/{name}")  # noqa: E731
-    notes.append("big_vision naming" if big_vision else "vit_jax naming")
+    notes.append(("big_vision naming" if "pos_embedding" in w or scanned else "flax.linen naming") if linen else "vit_jax naming")
     has_qkv_bias = f"Transformer/encoderblock{'' if scanned else '_0'}/{mha}/query/bias" in w
 
     out: dict[str, torch.Tensor] = {}
