@@ -186,7 +186,8 @@ def big_vision_variant(arrays, prefix="params/", scanned=True):
 
 @pytest.mark.parametrize("prefix,scanned", [("params/", True), ("params/", False), ("opt/target/", False), ("", True), ("", False)])
 def test_npz_big_vision_naming_prefixes_and_scan(prefix, scanned, tmp_path):
-    model = jitter(vitkit.create_model("ViT-S/16", width=32, depth=3, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=4))
+    model = jitter(vitkit.create_model("ViT-S/16", width=32, depth=3, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=4,
+                                       gelu="tanh"))  # a Google file's weights: the official code's GELU
     with torch.no_grad():
         model.pos_embed[:, 0] = 0  # big_vision adds no position embedding to the class token
     arrays = npz_from_vitkit(model.state_dict(), model.config)
@@ -210,7 +211,8 @@ def test_npz_written_by_todays_official_code_flax_linen_names(tmp_path):
     """Today's vit_jax (flax.linen) numbers modules per class (LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1,
     MlpBlock_0: what flax's convert_pre_linen turns the released names into) under the released top level (no prefix,
     Transformer/posembed_input with the class token's row). Read exactly; an unknown block layout is one clear error."""
-    model = jitter(vitkit.create_model("ViT-S/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=4))
+    model = jitter(vitkit.create_model("ViT-S/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=32, patch_size=8, num_classes=4,
+                                       gelu="tanh"))
     linen = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"}
     arrays = {}
     for k, v in npz_from_vitkit(model.state_dict(), model.config).items():
@@ -461,7 +463,7 @@ def test_npz_layout_is_the_official_one_and_what_it_cannot_hold(tmp_path):
 
 def test_npz_grayscale_headless_and_without_position_embedding(tmp_path):
     model = jitter(vitkit.create_model("ViT-Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8,
-                                       num_classes=0, in_chans=1))
+                                       num_classes=0, in_chans=1, gelu="tanh"))
     arrays = npz_from_vitkit(model.state_dict(), model.config)
     np.savez(tmp_path / "g.npz", **arrays)
     back = vitkit.load_model(tmp_path / "g.npz")

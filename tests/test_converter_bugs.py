@@ -51,8 +51,8 @@ def layer_norm(x, scale, bias, eps=1e-6):
 
 
 def gelu(x):
-    erf = np.vectorize(math.erf)
-    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    """The official code's: Flax's nn.gelu, by default the tanh approximation (not the erf form of timm and PyTorch)."""
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def numpy_vit_logits(w, images, patch):

@@ -256,7 +256,7 @@ def test_hf_config_refusals_are_named():
 
     with pytest.raises(CheckpointError, match=r"cfg.json: model_type 'deit' is not a plain ViT \('vit'\)"):
         config_from_hf({"model_type": "deit"}, "cfg.json")
-    with pytest.raises(CheckpointError, match=r"cfg.json: hidden_act 'relu' is not supported; vitkit's MLP uses exact GELU"):
+    with pytest.raises(CheckpointError, match=r"cfg.json: hidden_act 'relu' is not supported; vitkit's MLP computes GELU"):
         config_from_hf({"hidden_act": "relu"}, "cfg.json")
 
 

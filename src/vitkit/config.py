@@ -161,6 +161,7 @@ class ModelConfig:
     drop_path: float | None = ranged(None, ge=0, lt=1)
     head_bias_init: float | None = None
     zero_head: bool | None = None
+    gelu: Literal["exact", "tanh"] | None = None  # the MLP's GELU: exact (erf) or the official code's tanh approximation
 
     def overrides(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

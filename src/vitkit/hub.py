@@ -11,8 +11,10 @@ The kinds of name:
 - `google:PATH`: Google's released .npz files, https://storage.googleapis.com/vit_models/PATH.npz, e.g.
   `google:imagenet21k/ViT-B_16`, `google:imagenet21k+imagenet2012/ViT-B_16`, `google:augreg/<the file's stem>`
   (AugReg's index.csv names them all), `google:sam/ViT-B_16`. Downloaded into vitkit's cache (VITKIT_CACHE_DIR,
-  default ~/.cache/vitkit), resumably, checked against a pinned sha256 where `PUBLISHED` has one and against the
-  MD5 Google Storage reports for the object (x-goog-hash) always.
+  default ~/.cache/vitkit), resumably (a partial file is resumed only while the server's ETag is the one it began
+  with), checked against the size and the MD5 Google Storage reports for the object (x-goog-hash), and against a
+  `Published.sha256` where one is pinned: none is yet (they were listed on machines without internet); the sha256 of
+  each download is recorded beside it (FILE.json).
 A local path that exists always wins over a name. Offline (HF_HUB_OFFLINE=1 or VITKIT_OFFLINE=1): cached names load
 with no network call; others fail in one line naming the name, the cache directory and how to get the file.
 """
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import sys
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,6 +37,8 @@ from vitkit.errors import VitkitError
 GOOGLE_ENDPOINT = "https://storage.googleapis.com"  # VITKIT_GOOGLE_ENDPOINT overrides it (a mirror; the tests' server)
 GOOGLE_BUCKET = "vit_models"
 SCHEMES = ("hf-hub:", "google:")
+# what a name never ends in: a checkpoint's or an export's file suffix (a missing file is a path, not a timm tag)
+FILE_SUFFIXES = ("pth", "pt", "bin", "ckpt", "safetensors", "npz", "json", "onnx", "xml")
 
 
 class DownloadError(VitkitError, OSError):
@@ -68,9 +74,10 @@ _I21K, _FT = "ImageNet-21k", "ImageNet-21k -> ImageNet-1k"
 
 def _google_releases() -> list[Published]:
     """The paper's own files (vit_jax's README), the SAM ones, and the AugReg files timm's tags stand for."""
-    out = [Published(f"google:imagenet21k/{v.replace('/', '_')}", v, 224, _I21K, "imagenet21k")
+    # the raw ImageNet-21k files: Google zeroed their heads (vision_transformer issues 10, 32): no class names
+    out = [Published(f"google:imagenet21k/{v.replace('/', '_')}", v, 224, _I21K, None)
            for v in ("ViT-B/16", "ViT-B/32", "ViT-L/16", "ViT-L/32", "ViT-H/14")]
-    out.append(Published("google:imagenet21k/R50+ViT-B_16", "R50+ViT-B/16", 224, _I21K, "imagenet21k"))
+    out.append(Published("google:imagenet21k/R50+ViT-B_16", "R50+ViT-B/16", 224, _I21K, None))
     for v in ("ViT-B/16", "ViT-B/32", "ViT-L/16", "ViT-L/32"):
         out.append(Published(f"google:imagenet21k+imagenet2012/{v.replace('/', '_')}", v, 384, _FT, "imagenet1k", PAPER_TOP1[v], PAPER_T5))
     for v in ("ViT-B/16", "ViT-L/16"):
@@ -164,12 +171,13 @@ def published() -> list[Published]:
     return out
 
 
-def default_for(variant: str) -> str:
-    """The published name `create_model(variant, pretrained=True)` loads: the paper's ImageNet-21k -> ImageNet-1k file
-    (the one with the paper's top-1) where there is one, else Google's first file of an ImageNet-1k head, else any of
-    Google's, else timm's default tag."""
+def default_for(variant: str, image_size: int | None = None) -> str:
+    """The published name `create_model(variant, pretrained=True)` loads: of the files at `image_size` if there are any,
+    the paper's ImageNet-21k -> ImageNet-1k file (the one with the paper's top-1) where there is one, else Google's first
+    file of an ImageNet-1k head, else any of Google's, else timm's default tag."""
     pubs = [p for p in published() if p.variant == variant]
-    ranked = sorted(pubs, key=lambda p: (p.source != "google" or p.top1 is None, p.source != "google" or p.labels != "imagenet1k",
+    ranked = sorted(pubs, key=lambda p: (image_size is not None and p.image_size != image_size,
+                                         p.source != "google" or p.top1 is None, p.source != "google" or p.labels != "imagenet1k",
                                          p.source != "google", "-i1k-" in p.name, p.source != "timm"))
     if not ranked:
         raise ValueError(f"{variant}: vitkit knows no published weights for it; `vitkit models --pretrained` lists those it knows")
@@ -184,10 +192,12 @@ def _timm_data(tag: str) -> str:
 
 
 def _timm_labels(tag: str) -> str | None:
-    """The label set of a timm tag's head: fine-tuned on ImageNet-1k, or AugReg's kept ImageNet-21k head."""
-    if tag.endswith("in1k"):
-        return "imagenet1k"
-    return "imagenet21k" if tag.startswith("augreg") and tag.endswith("in21k") else None
+    """The label set of a timm tag's head, from its classes (registry.TIMM_TAGS; a tag timm has beyond that table:
+    fine-tuned on ImageNet-1k if it ends so)."""
+    from vitkit.models.registry import TIMM_TAGS
+
+    classes = TIMM_TAGS.get(tag, 1000 if tag.endswith("in1k") else 0)
+    return {1000: "imagenet1k", 21843: "imagenet21k"}.get(classes) if tag != "untrained" else None
 
 
 # --- parsing a source ----------------------------------------------------------------------------------------------
@@ -211,14 +221,16 @@ def is_name(src: str | os.PathLike) -> bool:
     text = str(src)
     if text.startswith(SCHEMES):
         return True
-    if not isinstance(src, str) or Path(text).exists():
-        return False
+    if not isinstance(src, str) or Path(text).exists() or text.rpartition(".")[2].lower() in FILE_SUFFIXES:
+        return False  # a path, or one that was meant to be (a missing "run/model.pth" is no timm tag "pth")
     from vitkit.models.registry import resolve_alias
 
     try:
-        return resolve_alias(text) is not None
-    except ValueError:  # timm's name with a tag vitkit does not know: timm may (parse says)
+        if resolve_alias(text) is not None:
+            return True
+    except ValueError:  # timm's name with a tag vitkit's table lacks: timm may know it (parse says)
         return True
+    return "/" not in text.removeprefix("timm/") and _timm_cfg(text) is not None  # a timm model beyond vitkit's table
 
 
 def parse(text: str) -> Name:
@@ -235,12 +247,14 @@ def parse(text: str) -> Name:
             raise ValueError(f"{text!r}: a Google name is google:PATH, the file's path in gs://{GOOGLE_BUCKET} without .npz "
                              f"(e.g. google:imagenet21k/ViT-B_16); `vitkit models --pretrained` lists them")
         return Name(text, "google", path=path, labels=_google_labels(path), variant=_google_variant(path))
-    from vitkit.models.registry import HF_NAMES
+    from vitkit.models.registry import resolve_alias
 
-    key = text.strip().lower()
-    if key in HF_NAMES:
-        variant, _, classes, _ = HF_NAMES[key]
-        return Name(text, "hf", repo=key, labels="imagenet1k" if classes == 1000 else None, variant=variant)
+    try:
+        alias = resolve_alias(text)
+    except ValueError:
+        alias = None  # a timm tag vitkit's table lacks: _timm_name asks timm, or says which tags there are
+    if alias is not None and alias.library == "hf":
+        return Name(text, "hf", repo=alias.name, labels="imagenet1k" if alias.num_classes == 1000 else None, variant=alias.variant)
     return _timm_name(text.strip())
 
 
@@ -259,8 +273,7 @@ def _google_labels(path: str) -> str | None:
     if folder == "augreg":
         info = parse_augreg(stem)
         return info["labels"] if info else None
-    return {"imagenet21k": "imagenet21k", "imagenet21k+imagenet2012": "imagenet1k", "sam": "imagenet1k",
-            "gsam": "imagenet1k"}.get(folder)
+    return {"imagenet21k+imagenet2012": "imagenet1k", "sam": "imagenet1k", "gsam": "imagenet1k"}.get(folder)  # imagenet21k/: zeroed
 
 
 def _google_variant(path: str) -> str | None:
@@ -268,8 +281,24 @@ def _google_variant(path: str) -> str | None:
     if folder == "augreg":
         info = parse_augreg(stem)
         return info["variant"] if info else None
-    m = re.fullmatch(r"((?:R\d*\+)?ViT-[A-Za-z]+_\d+)(?:-\d+)?", stem)
-    return m.group(1).replace("_", "/") if m else None
+    from vitkit.models.registry import _canonical
+
+    try:
+        return _canonical(re.sub(r"-\d+$", "", stem))  # "ViT-B_16-224": the name, then the resolution
+    except ValueError:
+        return None
+
+
+def _timm_cfg(text: str) -> Any:
+    """timm's pretrained config of MODEL[.TAG] (None without timm, or for a name timm does not know)."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    try:
+        return timm.models.get_pretrained_cfg(text.removeprefix("timm/"))
+    except (RuntimeError, ValueError, KeyError):
+        return None
 
 
 def _timm_name(text: str) -> Name:
@@ -278,25 +307,23 @@ def _timm_name(text: str) -> Name:
     from vitkit.models.registry import TIMM_NAMES, resolve_alias
 
     base, _, tag = text.removeprefix("timm/").partition(".")
-    try:
+    variant = TIMM_NAMES[base][0] if base in TIMM_NAMES else None
+    cfg = _timm_cfg(text)
+    if cfg is None and tag and _timm_cfg(base) is not None:  # timm is there, knows the model, not this tag
         import timm
-    except ImportError:
-        timm = None
-    if timm is not None:
-        try:
-            cfg = timm.models.get_pretrained_cfg(text.removeprefix("timm/"))
-        except (RuntimeError, ValueError):
-            cfg = None
-        if cfg is not None and base in TIMM_NAMES:
-            tag = cfg.tag or tag
-            labels = _timm_labels(tag)
-            if cfg.hf_hub_id:
-                repo, _, rev = cfg.hf_hub_id.partition("@")
-                return Name(text, "hf", repo=repo, revision=rev or None, labels=labels, variant=TIMM_NAMES[base][0])
-            prefix = f"{GOOGLE_ENDPOINT}/{GOOGLE_BUCKET}/"
-            if cfg.url and cfg.url.startswith(prefix) and cfg.url.endswith(".npz"):
-                return Name(text, "google", path=cfg.url.removeprefix(prefix).removesuffix(".npz"), labels=labels,
-                            variant=TIMM_NAMES[base][0])
+
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{base}.*")]
+        raise ValueError(f"{text!r}: timm has no pretrained tag {tag!r} for {base}; its tags: {', '.join(tags) or 'none'}")
+    if cfg is not None:
+        labels = _timm_labels(cfg.tag or tag)
+        if cfg.hf_hub_id:
+            repo, _, rev = cfg.hf_hub_id.partition("@")
+            return Name(text, "hf", repo=repo, revision=rev or None, labels=labels, variant=variant)
+        prefix = f"{GOOGLE_ENDPOINT}/{GOOGLE_BUCKET}/"
+        if cfg.url and cfg.url.startswith(prefix) and cfg.url.endswith(".npz"):
+            return Name(text, "google", path=cfg.url.removeprefix(prefix).removesuffix(".npz"), labels=labels, variant=variant)
+        raise ValueError(f"{text!r}: timm publishes these weights at {cfg.url or 'no URL'}, not on the Hugging Face Hub or Google "
+                         f"Storage; download them and load the file")
     alias = resolve_alias(text)  # a ValueError with the close tags for an unknown one
     if alias is None:
         raise ValueError(f"{text!r}: not a local path, nor a published name (hf-hub:ORG/NAME, timm's MODEL.TAG, "
@@ -369,45 +396,58 @@ def _pinned(text: str) -> str | None:
 
 def _hub_snapshot(name: Name) -> Path:
     """The repository's config.json, weights (model.safetensors, else pytorch_model.bin) and preprocessor_config.json
-    (if it has one), through huggingface_hub; the snapshot directory that holds them."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    (if it has one), through huggingface_hub; the snapshot directory that holds them. A file the cache knows the
+    repository lacks (huggingface_hub's .no_exist markers) is not asked for again: with the Hub unreachable, asking
+    would cost its retries (about 25 s a file)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     from vitkit.progress import tqdm_class
 
-    absent = _remote_entry_not_found()
-    kw = dict(revision=name.revision, cache_dir=hf_cache_dir(), endpoint=os.environ.get("HF_ENDPOINT") or None,
+    cache = hf_cache_dir()
+    kw = dict(revision=name.revision, cache_dir=cache, endpoint=os.environ.get("HF_ENDPOINT") or None,
               local_files_only=offline(), tqdm_class=tqdm_class())
+
+    def known_absent(filename: str) -> bool:
+        found = try_to_load_from_cache(name.repo, filename, cache_dir=cache, revision=name.revision)
+        return found is not None and not isinstance(found, str)  # huggingface_hub's _CACHED_NO_EXIST
+
+    def get(filename: str) -> Path | None:
+        """The file, or None if the repository has no such file (as the Hub or the cache says)."""
+        if known_absent(filename):
+            return None
+        try:
+            return Path(hf_hub_download(name.repo, filename, **kw))
+        except RemoteEntryNotFoundError:
+            return None
+
     try:
-        config = Path(hf_hub_download(name.repo, "config.json", **kw))
-        try:
-            hf_hub_download(name.repo, "model.safetensors", **kw)
-        except (absent, LocalEntryNotFoundError) as err:  # older repositories: a PyTorch file (read weights_only)
+        config = get("config.json")
+        if config is None:
+            raise DownloadError(f"{name.text} (Hugging Face repository {name.repo}): the repository has no config.json: not "
+                                f"a transformers or timm model repository")
+        weights = None
+        for filename in ("model.safetensors", "pytorch_model.bin"):  # older repositories: a PyTorch file (read weights_only)
             try:
-                hf_hub_download(name.repo, "pytorch_model.bin", **kw)
-            except absent:
-                if isinstance(err, LocalEntryNotFoundError):
-                    raise err from None
-                raise DownloadError(f"{name.text}: the repository has neither model.safetensors nor pytorch_model.bin, "
-                                    f"the files vitkit reads ViT weights from") from None
+                weights = get(filename)
             except LocalEntryNotFoundError:
-                raise err from None
+                if filename == "pytorch_model.bin":
+                    raise
+                continue  # not cached (offline or unreachable): the other file may be
+            if weights is not None:
+                break
+        if weights is None:
+            raise DownloadError(f"{name.text} (Hugging Face repository {name.repo}): the repository has neither "
+                                f"model.safetensors nor pytorch_model.bin, the files vitkit reads ViT weights from")
         try:
-            hf_hub_download(name.repo, "preprocessor_config.json", **kw)
-        except (absent, LocalEntryNotFoundError):
+            get("preprocessor_config.json")
+        except LocalEntryNotFoundError:
             pass  # optional: without it, the normalisation is Google's
     except DownloadError:
         raise
     except Exception as err:  # noqa: BLE001 - huggingface_hub's and httpx's errors, as one line that says what to do
         raise DownloadError(_hub_message(name, err)) from err
     return config.parent
-
-
-def _remote_entry_not_found() -> type[Exception]:
-    """huggingface_hub's error for a file the repository does not have (RemoteEntryNotFoundError since 1.0)."""
-    from huggingface_hub import errors
-
-    return getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
 
 
 def _hub_message(name: Name, err: BaseException) -> str:
@@ -422,13 +462,14 @@ def _hub_message(name: Name, err: BaseException) -> str:
     if isinstance(err, RepositoryNotFoundError):
         return (f"{shown}: no such repository (or a private one: log in with `hf auth login` or set HF_TOKEN); "
                 f"`vitkit models --pretrained` lists the names vitkit knows")
-    if isinstance(err, _remote_entry_not_found()):
-        return f"{shown}: the repository has no config.json: not a transformers or timm model repository"
     how = f"run it once online, or fetch it with `hf download {name.repo}" + (f" --revision {name.revision}`" if name.revision else "`")
     if isinstance(err, LocalEntryNotFoundError) and offline():
         return f"{shown}: not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE / VITKIT_OFFLINE forbid downloads: {how}"
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return f"{shown}: could not download it, and it is not in the Hugging Face cache ({where}): {first}; {how}"
+    return f"{shown}: could not download it, and it is not in the Hugging Face cache ({where}): {_first_line(err)}; {how}"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def download_url(url: str, rel: str, *, what: str, sha256: str | None = None) -> Path:
@@ -439,7 +480,9 @@ def download_url(url: str, rel: str, *, what: str, sha256: str | None = None) ->
     dest = cache_dir() / rel
     if dest.is_file():
         return dest
-    how = f"run it once online, or download {url} to {dest} yourself (e.g. curl -L -o '{dest}' '{url}')"
+    tmp = dest.with_name(dest.name + ".curl")
+    how = (f"run it once online, or download {url} to {dest} yourself (e.g. curl -fL -o '{tmp}' '{url}' && mv '{tmp}' "
+           f"'{dest}': a file at that path is taken as it is)")
     if offline():
         raise DownloadError(f"{what}: not in vitkit's cache ({dest}) and HF_HUB_OFFLINE / VITKIT_OFFLINE forbid downloads: {how}")
     from filelock import FileLock
@@ -447,7 +490,18 @@ def download_url(url: str, rel: str, *, what: str, sha256: str | None = None) ->
     dest.parent.mkdir(parents=True, exist_ok=True)
     locks = cache_dir() / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / (rel.replace("/", "--") + ".lock"))):  # two processes fetching one name: the second waits, then finds it cached
+    from filelock import Timeout
+
+    lock = FileLock(str(locks / (rel.replace("/", "--") + ".lock")))  # two processes fetching one name: one downloads
+    try:
+        lock.acquire(timeout=2)
+    except Timeout:
+        from vitkit.runtime import is_main_process
+
+        if is_main_process():
+            print(f"{what}: another process is downloading it; waiting for it (lock {lock.lock_file})", file=sys.stderr)
+        lock.acquire()
+    try:
         if dest.is_file():
             return dest
         try:
@@ -455,9 +509,12 @@ def download_url(url: str, rel: str, *, what: str, sha256: str | None = None) ->
         except DownloadError:
             raise
         except Exception as err:  # noqa: BLE001 - the network's and the server's errors, as one line
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise DownloadError(f"{what}: could not download {url} ({first}); what arrived is kept and the next try resumes; "
-                                f"or {how}") from err
+            part = dest.with_name(dest.name + ".incomplete")
+            kept = (f"the {part.stat().st_size:,} bytes that arrived are kept and the next try resumes; "
+                    if part.is_file() and part.stat().st_size else "")
+            raise DownloadError(f"{what}: could not download {url} ({_first_line(err)}); {kept}{how}") from err
+    finally:
+        lock.release()
 
 
 def _download(url: str, dest: Path, *, what: str, sha256: str | None) -> Path:
@@ -473,10 +530,16 @@ def _download(url: str, dest: Path, *, what: str, sha256: str | None) -> Path:
     size = int(head.headers["Content-Length"]) if "Content-Length" in head.headers else None
     md5 = _goog_md5(head.headers.get("x-goog-hash", ""))
     part = dest.with_name(dest.name + ".incomplete")
+    began = part.with_name(part.name + ".json")  # the server's ETag when the partial file began
+    etag = head.headers.get("ETag")
     resume = part.stat().st_size if part.exists() else 0
-    if size is not None and resume > size:  # not a beginning of this file: start again
+    if resume and (size is not None and resume > size or _began_with(began) != etag):  # another file now: start again
         part.unlink()
         resume = 0
+    if not resume:
+        from vitkit.atomic import write_json
+
+        write_json(began, {"url": url, "etag": etag})
     with open(part, "ab") as f:
         http_get(url, f, resume_size=resume, expected_size=size, displayed_filename=dest.name, tqdm_class=tqdm_class())
     got = _hashes(part)
@@ -489,6 +552,7 @@ def _download(url: str, dest: Path, *, what: str, sha256: str | None) -> Path:
         problems.append(f"MD5 {got['md5']}, not the {md5} the server reports")
     if problems:
         part.unlink()
+        began.unlink(missing_ok=True)
         raise DownloadError(f"{what}: the download from {url} is corrupt ({'; '.join(problems)}); it was deleted, nothing "
                             f"was cached: try again, and if it persists the file on the server changed")
     record = {"url": url, "size": got["size"], "sha256": got["sha256"], "md5": got["md5"], "pinned_sha256": sha256,
@@ -497,7 +561,16 @@ def _download(url: str, dest: Path, *, what: str, sha256: str | None) -> Path:
 
     write_json(dest.with_name(dest.name + ".json"), record)
     os.replace(part, dest)
+    began.unlink(missing_ok=True)
     return dest
+
+
+def _began_with(record: Path) -> str | None:
+    """The ETag a partial download began with (None if unrecorded or unreadable)."""
+    try:
+        return json.loads(record.read_text()).get("etag")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _goog_md5(header: str) -> str | None:

@@ -48,13 +48,15 @@ def bar(iterable: Iterable[Any] | None = None, total: int | None = None, desc: s
 
 def tqdm_class():
     """A tqdm class that follows the switches above, for libraries that draw their own bars (huggingface_hub's
-    downloads take it as `tqdm_class`)."""
+    downloads take it as `tqdm_class`); none on ranks other than 0."""
     from tqdm import tqdm
+
+    from vitkit.runtime import is_main_process
 
     class Bar(tqdm):
         def __init__(self, *args: Any, **kw: Any):
-            flag = _disable_flag()  # ours decides; on a terminal only, unless the library turned its own bars off
-            kw["disable"] = flag if flag is not None else (kw.get("disable") or None)
+            flag = _disable_flag() if is_main_process() else True  # ours decides; on a terminal only, unless the library
+            kw["disable"] = flag if flag is not None else (kw.get("disable") or None)  # turned its own bars off
             kw.setdefault("file", sys.stderr)
             super().__init__(*args, **kw)
 

@@ -91,6 +91,10 @@ def _hf_value(hf: dict, key: str, field: str, default: Any, source: str) -> Any:
     return value
 
 
+# transformers' activations (ACT2FN) that are GELU -> vitkit's ViTConfig.gelu: erf, or the tanh approximation
+HF_GELUS = {"gelu": "exact", "gelu_python": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
+
+
 def config_from_hf(hf: dict, source: str, **overrides) -> ViTConfig:
     """Honour the HF config: sizes, layer_norm_eps, qkv_bias, channels, dropouts, labels; a value of the wrong type or
     out of range is a CheckpointError naming the file and the key."""
@@ -99,13 +103,14 @@ def config_from_hf(hf: dict, source: str, **overrides) -> ViTConfig:
     if hf.get("model_type", "vit") != "vit":
         raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not a plain ViT ('vit'); vitkit reads ViT checkpoints only")
     act = hf.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise CheckpointError(f"{source}: hidden_act {act!r} is not supported; vitkit's MLP uses exact GELU ('gelu')")
+    if act not in HF_GELUS:
+        raise CheckpointError(f"{source}: hidden_act {act!r} is not supported; vitkit's MLP computes GELU, exact ('gelu') or its "
+                              f"tanh approximation ({', '.join(repr(a) for a, g in HF_GELUS.items() if g == 'tanh')})")
     labels = hf.get("id2label") or {}
     if not isinstance(labels, dict):
         raise CheckpointError(f"{source}: config.json id2label={labels!r}: must be an object of class index -> name")
     cfg = {field: _hf_value(hf, key, field, default, source) for key, (field, default) in HF_CONFIG.items()}
-    cfg.update(num_classes=len(labels), pool="token", class_token=True)
+    cfg.update(num_classes=len(labels), pool="token", class_token=True, gelu=HF_GELUS[act])
     cfg.update(overrides)
     try:
         return ViTConfig(**cfg)
@@ -202,7 +207,8 @@ def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> dict:
         "architectures": ["ViTForImageClassification" if cfg.num_classes else "ViTModel"],
         "model_type": "vit",
         "hidden_size": cfg.width, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.heads,
-        "intermediate_size": cfg.mlp_dim, "hidden_act": "gelu", "layer_norm_eps": cfg.ln_eps,
+        "intermediate_size": cfg.mlp_dim, "hidden_act": "gelu_pytorch_tanh" if cfg.gelu == "tanh" else "gelu",
+        "layer_norm_eps": cfg.ln_eps,
         "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attn_dropout,
         "image_size": h, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
         "encoder_stride": cfg.patch_size, "initializer_range": 0.02,

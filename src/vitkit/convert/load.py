@@ -138,7 +138,10 @@ def load(
         notes = fetched.notes + notes
         cfg = _named(cfg, fetched.name.variant)
         if class_names is None and fetched.name.labels:
-            class_names = labels.names(fetched.name.labels, cfg.num_classes)
+            try:
+                class_names = labels.names(fetched.name.labels, cfg.num_classes)
+            except hub.DownloadError as err:  # the list is not cached and cannot be fetched: the weights load anyway
+                notes.append(f"class names left out: {err}")
     report = LoadReport(source=source, format=fmt, notes=notes)
     if isinstance(cfg, ViTConfig) and cfg.posemb == "sincos2d":
         sd = {k: v for k, v in sd.items() if k != "pos_embed"}
@@ -199,8 +202,7 @@ def read_preprocess(path: str | Path, fmt: str = "auto") -> dict | None:
             normalize = hf.read_normalize(p)[0]
             return {"normalize": normalize} if normalize else None
         if fmt == "timm" and p.is_dir():
-            normalize = timm.read_normalize(p)
-            return {"normalize": normalize} if normalize else None
+            return timm.read_preprocess(p)[0]
         if p.is_dir() and (p / CONFIG).exists():
             return read_json(p / CONFIG).get("preprocess")
         if p.suffix == ".safetensors":

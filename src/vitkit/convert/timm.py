@@ -126,6 +126,9 @@ def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, 
         out[_rename(k, VITKIT_TO_TIMM)] = v
     if cfg.representation_size:
         notes.append("timm's VisionTransformer has no pre-logits layer: pre_logits dropped")
+    if cfg.gelu == "tanh":
+        notes.append("timm's VisionTransformer computes the exact GELU, this model its tanh approximation (the official code's): "
+                     "timm's logits differ by about 1e-4 of their scale; vitkit reads the file back with the tanh form")
     if cfg.resnet is not None and not cfg.resnet.layers:  # R+ViT-Ti: timm's backbone is the stem itself
         out = {k.replace("patch_embed.backbone.stem.", "patch_embed.backbone."): v for k, v in out.items()}
     return out, notes
@@ -152,8 +155,8 @@ def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
     names = None
     if p.is_dir():
         hub_cfg = hub_config(p)
-        pool = {"avg": "gap", "token": "token"}.get(hub_cfg.get("global_pool") or hub_cfg.get("model_args", {}).get("global_pool"))
-        if pool and not any(k.startswith("fc_norm.") for k in tensors):
+        pool = {"avg": "gap", "token": "token"}.get(hub_cfg.get("global_pool") or (hub_cfg.get("model_args") or {}).get("global_pool"))
+        if pool:
             overrides.setdefault("pool", pool)
         arch = hub_cfg.get("architecture")
         if isinstance(arch, str) and "heads" not in overrides:
@@ -170,7 +173,8 @@ def read(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
     cfg = infer_config(tensors, str(p), **overrides)
     if names is not None and len(names) != cfg.num_classes:
         names = None
-    return cfg, to_vitkit(tensors, cfg), [], names
+    note = read_preprocess(p)[1] if p.is_dir() else None  # a mean / std vitkit cannot follow, said in the report
+    return cfg, to_vitkit(tensors, cfg), [note] if note else [], names
 
 
 def hub_config(p: Path) -> dict:
@@ -180,17 +184,29 @@ def hub_config(p: Path) -> dict:
     return read_json(p / CONFIG) if (p / CONFIG).is_file() else {}
 
 
-def read_normalize(p: Path) -> str | None:
-    """vitkit's name of the mean / std a timm directory's pretrained_cfg records, None if other or none."""
+def read_preprocess(p: Path) -> tuple[dict | None, str | None]:
+    """How a timm directory's pretrained_cfg prepares images for evaluation, as vitkit's Preprocess fields (mean / std as
+    a normalisation vitkit knows, crop_pct, interpolation), and a note for what vitkit cannot follow; (None, None)
+    without one."""
     from vitkit.convert.hf import normalize_from_hf
 
-    pre = hub_config(p).get("pretrained_cfg", {}) if p.is_dir() else {}
-    if "mean" not in pre or "std" not in pre:
-        return None
-    try:
-        return normalize_from_hf({"image_mean": pre["mean"], "image_std": pre["std"]}, str(p))[0]
-    except (TypeError, ValueError):
-        return None
+    pre = (hub_config(p).get("pretrained_cfg") or {}) if p.is_dir() else {}
+    if not isinstance(pre, dict) or not pre:
+        return None, None
+    out, note = {}, None
+    if "mean" in pre and "std" in pre:
+        try:
+            normalize, note = normalize_from_hf({"image_mean": pre["mean"], "image_std": pre["std"]}, str(p / "config.json"))
+        except (TypeError, ValueError):
+            normalize, note = None, f"{p / 'config.json'}: unreadable mean / std; normalisation kept as 'google'"
+        if normalize:
+            out["normalize"] = normalize
+    crop = pre.get("crop_pct")
+    if isinstance(crop, (int, float)) and 0 < crop <= 1 and pre.get("crop_mode", "center") == "center":
+        out["crop_pct"] = float(crop)
+    if pre.get("interpolation") in ("bilinear", "bicubic"):
+        out["interpolation"] = pre["interpolation"]
+    return out or None, note
 
 
 def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:

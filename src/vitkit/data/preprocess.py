@@ -13,10 +13,14 @@ separately (it cannot be read off the weights).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class Preprocess:
     image_size: tuple[int, int]  # (H, W)
     in_chans: int = 3
     normalize: str = "google"
+    crop_pct: float = 1.0  # 1: the whole image resized (vitkit, the official code, transformers); < 1: timm's centre crop
+    interpolation: str = "bilinear"  # of the resize (antialiased); timm's models record "bicubic"
 
     def __post_init__(self) -> None:
         from vitkit.data.transforms import NORMALIZATIONS
@@ -34,22 +40,31 @@ class Preprocess:
             raise ValueError(f"preprocess normalize={self.normalize!r} is not one of {NORMALIZATIONS}")
         if self.in_chans < 1 or min(self.image_size) < 1:
             raise ValueError(f"preprocess image_size={self.image_size}, in_chans={self.in_chans}: both must be positive")
+        if not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1):
+            raise ValueError(f"preprocess crop_pct={self.crop_pct!r}: a fraction in (0, 1] (1: no crop)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"preprocess interpolation={self.interpolation!r} is not one of {INTERPOLATIONS}")
 
     @classmethod
     def of(cls, model: Any, recorded: "Preprocess | dict | None" = None) -> "Preprocess":
         """The preprocessing of `model` now: its config's image size and channels, the normalisation recorded
         (`recorded`: a Preprocess, its dict, or None for "google")."""
-        norm = recorded.normalize if isinstance(recorded, Preprocess) else (recorded or {}).get("normalize") or "google"
-        return cls(model.config.image_size, model.config.in_chans, norm)
+        rec = recorded.to_dict() if isinstance(recorded, Preprocess) else (recorded or {})
+        return cls(model.config.image_size, model.config.in_chans, rec.get("normalize") or "google",
+                   float(rec.get("crop_pct", 1.0)), rec.get("interpolation") or "bilinear")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
         """From what `to_dict` wrote (an export's metadata); a missing normalisation is Google's."""
-        return cls(d["image_size"], int(d.get("in_chans", 3)), d.get("normalize") or "google")
+        return cls(d["image_size"], int(d.get("in_chans", 3)), d.get("normalize") or "google", float(d.get("crop_pct", 1.0)),
+                   d.get("interpolation") or "bilinear")
 
     def to_dict(self) -> dict[str, Any]:
         h, w = self.image_size
-        return {"image_size": h if h == w else [h, w], "normalize": self.normalize, "in_chans": self.in_chans}
+        out = {"image_size": h if h == w else [h, w], "normalize": self.normalize, "in_chans": self.in_chans}
+        if self.crop_pct != 1.0 or self.interpolation != "bilinear":  # timm's way; vitkit's own records stay as they were
+            out.update(crop_pct=self.crop_pct, interpolation=self.interpolation)
+        return out
 
     def replace(self, **changes: Any) -> "Preprocess":
         return dataclasses.replace(self, **changes)
@@ -66,10 +81,17 @@ class Preprocess:
         from vitkit.data.transforms import match_channels
 
         mean, std = self.mean_std()
+        mode = v2.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+        h, w = self.image_size
+        if self.crop_pct < 1:  # timm's eval: the shorter side to size / crop_pct, then the centre crop of the size
+            scale = math.floor(h / self.crop_pct) if h == w else (math.floor(h / self.crop_pct), math.floor(w / self.crop_pct))
+            resize = [v2.Resize(scale, interpolation=mode, antialias=True), v2.CenterCrop(self.image_size)]
+        else:
+            resize = [v2.Resize(self.image_size, interpolation=mode, antialias=True)]
         return v2.Compose([
             v2.ToImage(),
             v2.Lambda(lambda x: match_channels(x, self.in_chans)),
-            v2.Resize(self.image_size, antialias=True),
+            *resize,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean, std),
         ])

@@ -65,13 +65,14 @@ class FastBlock(Block):
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, m = self.attn, self.mlp
+        act = "gelu_tanh" if getattr(m, "approximate", "none") == "tanh" else "gelu"
         if not self.training:  # dropout and stochastic depth are identities: the adds fuse into the GEMMs
             y, weights = attention(a, self.norm1(x), need_weights)
             x = dense(y, a.proj, residual=x)
-            return dense(dense(self.norm2(x), m.fc1, act="gelu"), m.fc2, residual=x), weights
+            return dense(dense(self.norm2(x), m.fc1, act=act), m.fc2, residual=x), weights
         y, weights = attention(a, self.norm1(x), need_weights)
         x = x + self.drop_path(a.proj_drop(dense(y, a.proj)))
-        x = x + self.drop_path(m.drop(dense(m.drop(dense(self.norm2(x), m.fc1, act="gelu")), m.fc2)))
+        x = x + self.drop_path(m.drop(dense(m.drop(dense(self.norm2(x), m.fc1, act=act)), m.fc2)))
         return x, weights
 
 

@@ -255,10 +255,12 @@ def _packed(layer: nn.Linear, w: torch.Tensor) -> torch.Tensor:
 
 
 def dense(x: torch.Tensor, layer: nn.Linear, act: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """`residual + act(layer(x))`, each part optional; act is None or "gelu" (exact, erf).
-    Fused through oneDNN where it applies (module docstring), else plain PyTorch; same result within rounding."""
-    if act not in (None, "gelu"):
-        raise ValueError(f"dense(act={act!r}): only None and 'gelu' are supported")
+    """`residual + act(layer(x))`, each part optional; act is None, "gelu" (exact, erf) or "gelu_tanh" (its tanh
+    approximation). Fused through oneDNN where it applies (module docstring), else plain PyTorch; same result within
+    rounding."""
+    if act not in (None, "gelu", "gelu_tanh"):
+        raise ValueError(f"dense(act={act!r}): only None, 'gelu' and 'gelu_tanh' are supported")
+    approximate = "tanh" if act == "gelu_tanh" else "none"
     w, b = layer.weight, layer.bias
     grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
     fast = _usable(x, w, grad)
@@ -266,9 +268,9 @@ def dense(x: torch.Tensor, layer: nn.Linear, act: str | None = None, residual: t
         w = _packed(layer, w)
         if residual is not None and act is None and residual.dtype == x.dtype and residual.shape[:-1] == x.shape[:-1]:
             return _OP.binary(x, residual.contiguous(), w, b, "add")
-        y = _OP(x, w, b, "gelu", [], "none") if act == "gelu" else _mm(x, w, b)
+        y = _OP(x, w, b, "gelu", [], approximate) if act else _mm(x, w, b)
         return y if residual is None else residual + y
     y = _OneDNNLinear.apply(x, w, b) if fast and x.dtype == torch.float32 else F.linear(x, w, b)
-    if act == "gelu":
-        y = F.gelu(y)
+    if act:
+        y = F.gelu(y, approximate=approximate)
     return y if residual is None else residual + y

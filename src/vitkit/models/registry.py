@@ -240,8 +240,17 @@ def create_model(
         if in_chans is not None:
             raise ValueError(f"create_model({name!r}, pretrained=...): published weights take the channels they were trained "
                              f"on; in_chans= is for models trained from scratch")
-        src = pretrained if isinstance(pretrained, str) else name if hub.is_name(name) else hub.default_for(_canonical(name))
-        return load(src, num_classes, image_size, **overrides).model
+        size = image_size if isinstance(image_size, int) else None
+        src = pretrained if isinstance(pretrained, str) else name if hub.is_name(name) else hub.default_for(_canonical(name), size)
+        model = load(src, num_classes, image_size, **overrides).model
+        if isinstance(pretrained, str) and not hub.is_name(name):
+            want, got = model_config(name), model.config
+            if type(want) is not type(got) or any(getattr(want, f, None) != getattr(got, f, None)
+                                                  for f in ("patch_size", "width", "depth", "layers", "width_factor")):
+                raise ValueError(f"create_model({name!r}, pretrained={pretrained!r}): the weights are a "
+                                 f"{getattr(got, 'name', None) or type(model).__name__}, not a {_canonical(name)}; name the "
+                                 f"architecture they hold, or leave pretrained=True for {name}'s own")
+        return model
     for key, val in (("num_classes", num_classes), ("image_size", image_size), ("in_chans", in_chans)):
         if val is not None:
             overrides[key] = val

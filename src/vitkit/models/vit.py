@@ -20,6 +20,8 @@ from vitkit.models.resnet import ResNetConfig, ResNetStem, check_fields, truncat
 
 POOLS = ("token", "gap")
 POSEMBS = ("learned", "sincos2d", "none")
+# GELU: "exact" (erf: timm, transformers, PyTorch) or "tanh" (its tanh approximation: Flax's nn.gelu default, the official code)
+GELUS = ("exact", "tanh")
 
 
 # The numeric fields' types and ranges: a config read from a file (config.json, a Hugging Face config) is checked as
@@ -72,6 +74,7 @@ class ViTConfig:
     zero_head: bool = True  # official: head kernel and bias start at zero
     head_bias_init: float = 0.0
     resnet: ResNetConfig | None = None  # hybrid: a ResNet feature map replaces the raw patches
+    gelu: str = "exact"  # GELUS: "tanh" for the official code's weights (Google's .npz files)
     name: str | None = None
     arch: str = "vit"
 
@@ -93,13 +96,15 @@ class ViTConfig:
             raise ValueError(f"class_token={self.class_token!r}: must be true, false or null (null: as pool says)")
         if self.representation_size is not None:
             check_number("representation_size", self.representation_size, int, Range(ge=0, note="0 or null: none"))
-        for name in ("name", "pool", "posemb"):
+        for name in ("name", "pool", "posemb", "gelu"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be a string")
         if self.pool not in POOLS:
             raise ValueError(f"pool={self.pool!r} is not one of {POOLS}")
         if self.posemb not in POSEMBS:
             raise ValueError(f"posemb={self.posemb!r} is not one of {POSEMBS}")
+        if self.gelu not in GELUS:
+            raise ValueError(f"gelu={self.gelu!r} is not one of {GELUS}")
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool='token' needs class_token=True; use pool='gap' for a model without one")
         if self.width % self.heads:
@@ -194,16 +199,18 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Dense(mlp_dim) - GELU - Dense(D), dropout after each dense as in the official MlpBlock."""
+    """Dense(mlp_dim) - GELU - Dense(D), dropout after each dense as in the official MlpBlock; `gelu` "exact" (erf) or
+    "tanh" (the approximation the official code's nn.gelu computes)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float):
+    def __init__(self, dim: int, hidden: int, drop: float, gelu: str = "exact"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.approximate = "tanh" if gelu == "tanh" else "none"  # F.gelu's name for it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.drop(F.gelu(self.fc1(x)))  # (B, N, mlp_dim)
+        h = self.drop(F.gelu(self.fc1(x), approximate=self.approximate))  # (B, N, mlp_dim)
         return self.drop(self.fc2(h))
 
 
@@ -215,7 +222,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.attn = Attention(cfg.width, cfg.heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dropout)
+        self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dropout, cfg.gelu)
         # stochastic depth: a sample's whole residual branch dropped with probability p, the rest rescaled
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
