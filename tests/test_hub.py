@@ -420,7 +420,7 @@ def test_offline_predict_on_cached_repositories_gives_transformers_and_timms_top
     top = json.loads(res.stdout)[0]["top"]
     assert top[0]["index"] == probs.argmax().item()
     # PIL's bicubic (timm) and torchvision's antialiased tensor bicubic (vitkit) differ by a grey level here and there
-    assert max(abs(t["prob"] - probs[t["index"]].item()) for t in top) < 5e-3
+    assert max(abs(t["prob"] - probs[t["index"]].item()) for t in top) < 1e-3  # measured: 8.2e-5; without the crop: 5.9e-3
 
     res = run_cli("predict", "hf-hub:acme/not-cached", str(image), env=env)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not in the Hugging Face cache" in res.stderr
