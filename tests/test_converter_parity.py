@@ -308,3 +308,23 @@ def test_timm_files_vitkit_writes_read_back_without_from(tmp_path):
         assert torch.allclose(back(x), model.eval()(x), atol=1e-5)
     with pytest.raises(CheckpointError, match="pools by the class token whenever there is one"):
         vitkit.save_model(vitkit.create_model("ViT-Ti/16", pool="gap", class_token=True, **small), tmp_path / "g.npz", format="npz")
+
+
+def test_tanh_gelu_round_trips_through_transformers_and_the_fast_path(tmp_path):
+    """gelu="tanh" (the official code's) is transformers' gelu_pytorch_tanh: exported, transformers' own model computes
+    vitkit's logits; the fast path (oneDNN dense with fused GELU) computes the same function; the erf form differs."""
+    from vitkit.models.fast import InferenceModel
+
+    model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=16, patch_size=8,
+                                       num_classes=3, gelu="tanh"), scale=0.5).eval()
+    vitkit.save_model(model, tmp_path / "hf", format="hf")
+    ref = transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    assert ref.config.hidden_act == "gelu_pytorch_tanh"
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x).logits, model(x), atol=TOL, rtol=0)
+        exact = vitkit.create_model("ViT-B/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=16, patch_size=8, num_classes=3)
+        exact.load_state_dict(model.state_dict())
+        assert (exact.eval()(x) - model(x)).abs().max() > 1e-4  # the two GELUs are told apart at this scale
+        torch.testing.assert_close(InferenceModel(model, precision="fp32")(x), model(x), atol=1e-5, rtol=0)
+    assert vitkit.load_model(tmp_path / "hf").config.gelu == "tanh"

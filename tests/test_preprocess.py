@@ -66,3 +66,15 @@ def test_bad_preprocessing_is_named():
         Preprocess(8, 3, "inception")
     with pytest.raises(ValueError, match="must be positive"):
         Preprocess(0, 3)
+
+
+def test_timms_crop_and_interpolation_are_recorded_only_when_used():
+    from vitkit.data.preprocess import Preprocess
+
+    assert Preprocess(224).to_dict() == {"image_size": 224, "normalize": "google", "in_chans": 3}  # vitkit's records as before
+    timm_like = Preprocess(224, crop_pct=0.9, interpolation="bicubic")
+    assert timm_like.to_dict() == {"image_size": 224, "normalize": "google", "in_chans": 3, "crop_pct": 0.9, "interpolation": "bicubic"}
+    assert Preprocess.from_dict(timm_like.to_dict()) == timm_like
+    for bad in (dict(crop_pct=0), dict(crop_pct=1.5), dict(interpolation="lanczos")):
+        with pytest.raises(ValueError, match="preprocess (crop_pct|interpolation)"):
+            Preprocess(224, **bad)
