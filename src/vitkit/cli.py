@@ -297,7 +297,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                      resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile,
-                     device=args.device, engine=args.engine)
+                     device=args.device, engine=args.engine, real_labels=args.real_labels)
     _say_engine(res)
     print(f"device: {res['device']}", file=sys.stderr)
     if args.confusion:
@@ -306,6 +306,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2))
         return 0
     print(f"{args.src} on {args.data} ({args.split}, {res['n']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+    if "real_top1" in res:
+        print(f"ReaL top-1 {res['real_top1']:.4f} ({res['real_n']} images with a ReaL label, {res['real_skipped']} without)")
     print(f"{'class':<20} {'top-1':>7} {'images':>7}")
     for (name, acc), row in zip(res["per_class"].items(), res["confusion"]):
         print(f"{name:<20} {acc:>7.4f} {sum(row):>7}")
@@ -327,6 +329,8 @@ def _eval_parser(sub: Any) -> None:
     _precision_device(p, engine=True)
     p.add_argument("--normalize", choices=["google", "imagenet"], help="pixel normalisation (default: as trained, else google)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this PNG")
+    p.add_argument("--real-labels", metavar="FILE", help="ImageNet ReaL's real.json: also the ReaL accuracy of a folder of "
+                   "ImageNet validation images (ILSVRC2012_val_*.JPEG, matched by number; the paper reports it beside top-1)")
     p.add_argument("--compile", action="store_true", help="torch.compile with frozen weights: a one-off delay, then faster "
                    "batches (pays for small models in bf16; on AMD CPUs fp32 eager is faster: benchmarks/speed.py)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -43,25 +43,31 @@ def _short(names: list[str], n: int = 6) -> str:
     return "[" + ", ".join(map(repr, names[:n])) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"
 
 
-def _dataset_config(data: str, data_dir: str | None) -> DataConfig:
+def _dataset_config(data: str, data_dir: str | None, **kw) -> DataConfig:
     """What load_dataset needs (the splits); the image pipeline comes from the model, once it is loaded."""
-    return DataConfig(name=data, data_dir=data_dir, val_fraction=0.1, download=True)
+    return DataConfig(name=data, data_dir=data_dir, val_fraction=0.1, download=True, **kw)
 
 
 def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | None = None, batch_size: int = 256,
                resolution: int | None = None, precision: str = "auto", normalize: str | None = None,
-               compile: bool = False, device: str = "auto", engine: str = "auto") -> dict:
+               compile: bool = False, device: str = "auto", engine: str = "auto", real_labels: str | Path | None = None) -> dict:
     """Top-1 / top-5, loss, per-class accuracy and the confusion matrix; `precision` "auto" is what the
     hardware does natively (vitkit.train.precision.resolve), recorded in the result as "precision";
     `device` "auto" is the accelerator when there is one (vitkit.runtime.resolve_device); `engine` (vitkit.engines:
-    auto, torch, onnxruntime, openvino) what computes, recorded as "engine"."""
+    auto, torch, onnxruntime, openvino) what computes, recorded as "engine". `real_labels`: ImageNet ReaL's real.json,
+    for ReaL accuracy of a folder of ImageNet validation images ("real_top1": evaluate/real.py)."""
     from vitkit import engines
+    from vitkit.evaluate.real import RealLabelsError, read_real, real_accuracy
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split {split!r}: choose train, val or test")
     check_argument("batch_size", batch_size)
     check_argument("resolution", resolution)
-    ds = load_dataset(_dataset_config(data, data_dir))
+    real = read_real(real_labels) if real_labels else None  # a bad file is refused before anything is read
+    if real is not None and not data.startswith("folder:"):
+        raise RealLabelsError(f"--real-labels: ReaL labels ImageNet's validation images; evaluate a folder of them "
+                              f"(--data folder:PATH), not {data!r}")
+    ds = load_dataset(_dataset_config(data, data_dir, **({"in_memory": False} if real is not None else {})))  # their paths
     part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
     model = engines.load_engine(src, engine, precision, device, resolution, batch_size, images=len(part), compile=compile)
     cfg = data_config_for(model.preprocess, data, data_dir, resolution, normalize)
@@ -73,7 +79,9 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
     dev = model_device(model)
     stream = eval_stream(part, cfg, model.in_chans, batch_size, pin_memory=dev.type == "cuda")
     res = evaluate(model, progress.bar(stream, total=-(-len(part) // batch_size), desc=f"eval {data} ({split})", unit="batch"),
-                   num_classes=ds.num_classes)
+                   num_classes=ds.num_classes, keep_top1=real is not None)
+    if real is not None:
+        res.update(real_accuracy([p for p, _ in part.files], res.pop("top1_pred"), real, str(real_labels)))
     res["device"] = str(dev)
     res["classes"] = ds.classes
     res["precision"] = model.precision
