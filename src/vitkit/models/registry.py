@@ -274,6 +274,30 @@ def _forward_flops(model: nn.Module) -> int:
     return counter.get_total_flops()
 
 
+def train_flops(cfg: ViTConfig | BiTConfig, image_size: int | None = None) -> int:
+    """FLOPs of one training step's forward and backward pass for one image (the model in training mode, a loss that
+    sums its outputs), counted by torch's FlopCounterMode on the meta device (nothing is computed) at `image_size`
+    (default: the config's). A ViT's are affine in its depth: counted on one and two blocks and extrapolated."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if image_size is not None:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
+
+    def count(c: ViTConfig | BiTConfig) -> int:
+        h, w = (c.image_size, c.image_size) if isinstance(c.image_size, int) else c.image_size
+        counter = FlopCounterMode(display=False)
+        with torch.device("meta"):
+            model = build_model(c).train()
+            with counter:
+                model(torch.empty(1, c.in_chans, h, w)).sum().backward()
+        return counter.get_total_flops()
+
+    if isinstance(cfg, ViTConfig) and cfg.depth > 2:
+        one, two = count(dataclasses.replace(cfg, depth=1)), count(dataclasses.replace(cfg, depth=2))
+        return one + (cfg.depth - 1) * (two - one)
+    return count(cfg)
+
+
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
     """Parameters and forward FLOPs of one image at the variant's default size, without allocating
     weights (the model is built on the meta device). A ViT's FLOPs are affine in its depth: counted on one and two
