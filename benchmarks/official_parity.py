@@ -22,7 +22,8 @@ default that the official MlpBlock calls) and with vitkit forced to the exact GE
 to show what the GELU alone makes. Rows "@384" load the 224 file with `vitkit.load(path, image_size=384)` against the
 official model built at 384 whose position embedding is the official interpolation of the 224 one (restated below:
 `vit_jax/checkpoint.py` needs tensorflow). Reported per row: max |official - vitkit| over all logits, and that divided
-by max |official logit| (the "scale").
+by max |official logit| (the "scale"). A control row per resampled config loads with vitkit's bicubic resampling
+instead (resample_mode="bicubic"), to show that the @384 rows would see a resampling that is not the official one.
 
     python benchmarks/official_parity.py --vit-jax DIR     # DIR: a checkout of google-research/vision_transformer
 
@@ -195,10 +196,11 @@ def vitkit_logits(path: Path, images: np.ndarray, **kwargs: Any) -> tuple[np.nda
     return y.double().numpy(), info
 
 
-def compare(rows: list[dict], base: dict[str, Any], path: Path, ref: np.ndarray, images: np.ndarray, **kwargs: Any) -> None:
+def compare(rows: list[dict], base: dict[str, Any], path: Path, ref: np.ndarray, images: np.ndarray, gelus: tuple[str, ...] = ("tanh", "exact"),
+            **kwargs: Any) -> None:
     from vitkit import CheckpointError
 
-    for gelu in ("tanh", "exact"):
+    for gelu in gelus:
         row = {**base, "gelu_requested": "default (npz: tanh)" if gelu == "tanh" else "exact", "max_abs_official": float(np.abs(ref).max())}
         t = time.perf_counter()
         try:
@@ -211,7 +213,7 @@ def compare(rows: list[dict], base: dict[str, Any], path: Path, ref: np.ndarray,
                        error=None if diff is not None else f"shape {list(y.shape)} vs official {list(ref.shape)}", vitkit=info)
         row["vitkit_s"] = round(time.perf_counter() - t, 2)
         rows.append(row)
-        print(f"  {base['config']:<34} @{base['image_size']:<4} {base['naming']:<9} {row['gelu']:<6} "
+        print(f"  {base['config']:<34} @{base['image_size']:<4} {base['naming']:<9} {row['gelu']:<6} {base['resample_mode'] or '':<18}"
               + (f"rel {row['rel_diff']:.2e}" if row["error"] is None else f"ERROR {row['error']}"), flush=True)
 
 
@@ -288,13 +290,17 @@ def main() -> None:
                 ref = official_logits(models_vit, cfg, flat, images)
                 official_s = round(time.perf_counter() - t, 2)
                 for naming, path in files.items():
-                    base = {"config": case.name, **describe(cfg, size), "naming": naming, "official_s": official_s,
-                            "params": int(sum(v.size for v in linen.values()))}
+                    base = {"config": case.name, **describe(cfg, size), "naming": naming, "resample_mode": "bilinear" if size != 224 else None,
+                            "official_s": official_s, "params": int(sum(v.size for v in linen.values()))}
                     compare(rows, base, path, ref, images, **({"image_size": size} if size != 224 else {}))
+                if size != 224:  # a control: vitkit's bicubic resampling (transformers') must visibly miss the official bilinear zoom
+                    base = {**base, "naming": "linen", "resample_mode": "bicubic (control)"}
+                    compare(rows, base, files["linen"], ref, images, gelus=("tanh",), image_size=size, resample_mode="bicubic")
     total = round(time.perf_counter() - t0, 1)
 
-    tanh = [r["rel_diff"] for r in rows if r["gelu"] == "tanh" and r["rel_diff"] is not None]
-    exact = [r["rel_diff"] for r in rows if r["gelu"] == "exact" and r["rel_diff"] is not None]
+    checks = [r for r in rows if r["rel_diff"] is not None and "control" not in (r["resample_mode"] or "")]
+    tanh = [r["rel_diff"] for r in checks if r["gelu"] == "tanh"]
+    exact = [r["rel_diff"] for r in checks if r["gelu"] == "exact"]
     result = {
         "what": "vitkit.load of the official JAX code's parameters (.npz, two namings) vs the official models_vit.VisionTransformer logits",
         "command": "python benchmarks/official_parity.py --vit-jax DIR" + (f" --only {args.only}" if args.only else ""),
@@ -316,13 +322,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    print("\n| config | px | naming | GELU | max abs diff | max abs logit | rel diff |\n|---|---|---|---|---|---|---|")
+    print("\n| config | px | naming | GELU | resample | max abs diff | max abs logit | rel diff |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         d = "error: " + r["error"] if r["error"] else f"{r['max_abs_diff']:.2e}"
         rel = "" if r["error"] else f"{r['rel_diff']:.2e}"
-        print(f"| {r['config']} | {r['image_size']} | {r['naming']} | {r['gelu']} | {d} | {r['max_abs_official']:.3g} | {rel} |")
-    print(f"\nworst rel diff: tanh {result['summary']['worst_rel_diff_tanh']}, exact {result['summary']['worst_rel_diff_exact']}; "
-          f"{result['summary']['failed_rows']} failed rows; {total} s. Wrote {args.out}")
+        cells = [r["config"], r["image_size"], r["naming"], r["gelu"], r["resample_mode"] or "", d, f"{r['max_abs_official']:.3g}", rel]
+        print("| " + " | ".join(map(str, cells)) + " |")
+    summ = result["summary"]
+    print(f"\nworst rel diff (resample controls left out): tanh {summ['worst_rel_diff_tanh']:.2e}, exact {summ['worst_rel_diff_exact']:.2e}; "
+          f"{summ['failed_rows']} failed rows; {total} s. Wrote {args.out}")
 
 
 if __name__ == "__main__":
