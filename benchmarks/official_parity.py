@@ -24,10 +24,12 @@ official model built at 384 whose position embedding is the official interpolati
 `vit_jax/checkpoint.py` needs tensorflow). Reported per row: max |official - vitkit| over all logits, and that divided
 by max |official logit| (the "scale"). A control row per resampled config loads with vitkit's bicubic resampling
 instead (resample_mode="bicubic"), to show that the @384 rows would see a resampling that is not the official one.
+For the hybrids, "float64_diagnostics" compares both sides with the official model run on float64 parameters and
+images (its ResNet then computes in float64): it tells fp32 rounding in either implementation from a mismatch.
 
     python benchmarks/official_parity.py --vit-jax DIR     # DIR: a checkout of google-research/vision_transformer
 
-(`pip install jax flax ml_collections` first; the official code is imported from DIR, never copied here.) About two
+(`pip install jax flax ml_collections` first; the official code is imported from DIR, never copied here.) About four
 minutes on 2 cores. Writes benchmarks/results/official_parity.json and prints the table.
 """
 from __future__ import annotations
@@ -217,6 +219,41 @@ def compare(rows: list[dict], base: dict[str, Any], path: Path, ref: np.ndarray,
               + (f"rel {row['rel_diff']:.2e}" if row["error"] is None else f"ERROR {row['error']}"), flush=True)
 
 
+def float64_diagnostics(models_vit: Any, hybrids: list[tuple]) -> list[dict[str, Any]]:
+    """Where the hybrids' fp32 differences come from: the official model once more with float64 parameters and images
+    (jax_enable_x64): its ResNet, patch embedding, encoder_norm and head then compute in float64 (their flax modules take
+    the inputs' dtype), its encoder blocks stay float32 (models_vit fixes their dtype). vitkit runs in fp32 and float64."""
+    import jax
+    import torch
+    from flax.traverse_util import unflatten_dict
+
+    import vitkit
+
+    jax.config.update("jax_enable_x64", True)
+    out = []
+    try:
+        for name, cfg, flat, images, ref32, path in hybrids:
+            model = models_vit.VisionTransformer(num_classes=NUM_CLASSES, **cfg)
+            p64 = unflatten_dict({tuple(k.split("/")): jax.numpy.asarray(v, jax.numpy.float64) for k, v in flat.items()})
+            x64 = jax.numpy.asarray(images, jax.numpy.float64)
+            ref64 = np.asarray(jax.jit(lambda p, x, m=model: m.apply({"params": p}, x, train=False))(p64, x64), dtype=np.float64)
+            net = vitkit.load(path)[0].eval()
+            xt = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+            with torch.inference_mode():
+                y32 = net(xt).double().numpy()
+                y64 = net.double()(xt.double()).numpy()
+            scale = float(np.abs(ref64).max())
+            rel = lambda a, b: float(np.abs(a - b).max()) / scale  # noqa: E731
+            out.append({"config": name, "reference": "official, float64 params and images (ResNet etc. in float64, encoder blocks float32)",
+                        "official_fp32_vs_reference": rel(ref32, ref64), "vitkit_fp32_vs_reference": rel(y32, ref64),
+                        "vitkit_float64_vs_reference": rel(y64, ref64), "vitkit_fp32_vs_official_fp32": rel(y32, ref32)})
+            print(f"  {name}: rel to the official float64-ResNet logits: official fp32 {out[-1]['official_fp32_vs_reference']:.2e}, "
+                  f"vitkit fp32 {out[-1]['vitkit_fp32_vs_reference']:.2e}, vitkit float64 {out[-1]['vitkit_float64_vs_reference']:.2e}", flush=True)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    return out
+
+
 def sh(*cmd: str) -> str | None:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout.strip() or None
@@ -258,6 +295,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     cases = [c for c in CASES if not args.only or any(s.strip() in c.name for s in args.only.split(","))]
     rows: list[dict] = []
+    hybrids: list[tuple] = []  # (name, cfg, params, images, official logits, file) for float64_diagnostics
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="official_parity_") as tmp:
         for ci, case in enumerate(cases):
@@ -289,6 +327,8 @@ def main() -> None:
                 t = time.perf_counter()
                 ref = official_logits(models_vit, cfg, flat, images)
                 official_s = round(time.perf_counter() - t, 2)
+                if cfg.get("resnet") is not None and size == 224:
+                    hybrids.append((case.name, cfg, linen, images, ref, files["linen"]))
                 for naming, path in files.items():
                     base = {"config": case.name, **describe(cfg, size), "naming": naming, "resample_mode": "bilinear" if size != 224 else None,
                             "official_s": official_s, "params": int(sum(v.size for v in linen.values()))}
@@ -296,6 +336,9 @@ def main() -> None:
                 if size != 224:  # a control: vitkit's bicubic resampling (transformers') must visibly miss the official bilinear zoom
                     base = {**base, "naming": "linen", "resample_mode": "bicubic (control)"}
                     compare(rows, base, files["linen"], ref, images, gelus=("tanh",), image_size=size, resample_mode="bicubic")
+        if hybrids:
+            print("float64 diagnostics (hybrids):", flush=True)
+        diagnostics = float64_diagnostics(models_vit, hybrids) if hybrids else []
     total = round(time.perf_counter() - t0, 1)
 
     checks = [r for r in rows if r["rel_diff"] is not None and "control" not in (r["resample_mode"] or "")]
@@ -309,13 +352,14 @@ def main() -> None:
         "versions": {"jax": jax.__version__, "jaxlib": sh(sys.executable, "-c", "import jaxlib; print(jaxlib.__version__)"),
                      "flax": flax.__version__, "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
                      "vitkit_commit": sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
-                     "vitkit_src_modified": subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"]).returncode != 0},
+                     "vitkit_src_modified": (sh("git", "-C", str(REPO), "diff", "--name-only", "HEAD", "--", "src") or "").split()},
         "vit_jax_commit": args.vit_jax_commit or sh("git", "-C", str(src), "rev-parse", "HEAD"),
         "setup": {"images": args.images, "seed": args.seed, "num_classes": NUM_CLASSES, "jax_platforms": os.environ["JAX_PLATFORMS"],
                   "jax_default_matmul_precision": "highest", "torch": "fp32, CPU", "torch_threads": torch.get_num_threads(),
                   "inputs": "uniform [-1, 1], NHWC for the official model, transposed to NCHW for vitkit"},
         "summary": {"worst_rel_diff_tanh": max(tanh, default=None), "worst_rel_diff_exact": max(exact, default=None),
                     "failed_rows": sum(r["error"] is not None for r in rows), "rows": len(rows)},
+        "float64_diagnostics": diagnostics,
         "seconds": total,
         "rows": rows,
     }

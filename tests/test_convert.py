@@ -233,7 +233,7 @@ def test_npz_hybrid_layers_width_old_gn_shapes_and_unknown_arrays(tmp_path):
     """A hybrid of another depth and width factor round-trips through .npz; GroupNorm scales stored (1, 1, 1, C), as
     old checkpoints have them, read the same; arrays vitkit has no place for are reported, and the rest still loads."""
     model = jitter(vitkit.create_model("R50+ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, num_classes=2,
-                                       resnet=ResNetConfig(layers=(1, 2), width_factor=2)))
+                                       resnet=ResNetConfig(layers=(1, 2), width_factor=2), gelu="tanh"))  # as Google's files
     path = vitkit.save_model(model, tmp_path / "h.npz", format="npz")
     arrays = dict(np.load(path, allow_pickle=False))
     old = {k: (v.reshape(1, 1, 1, -1) if "/gn" in k and v.ndim == 1 else v) for k, v in arrays.items()}

@@ -7,6 +7,7 @@ Written files use the vit_jax scheme, unscanned and unprefixed: what timm's `_lo
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -241,11 +242,27 @@ def from_vitkit(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, np.nda
 NAME = "npz"
 
 
+def recorded_gelu(path: Path) -> str | None:
+    """The GELU a .npz vitkit wrote records in its zip comment ("exact" / "tanh"), None for any other file."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            record = json.loads(zf.comment.decode() or "{}").get("vitkit", {})
+    except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    gelu = record.get("gelu") if isinstance(record, dict) else None
+    return gelu if gelu in ("exact", "tanh") else None
+
+
 def detect_file(path: Path) -> bool:
     return path.suffix.lower() == ".npz"
 
 
 def read(p: Path, **overrides: Any) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str], None]:
+    recorded = recorded_gelu(p)
+    if recorded:  # a file vitkit wrote: the GELU its weights learned (Google's files: the official tanh)
+        overrides = {"gelu": recorded, **overrides}
     cfg, sd, notes = to_vitkit(read_npz(str(p)), str(p), **overrides)
     return cfg, sd, notes, None
 
@@ -259,9 +276,12 @@ def write(model: nn.Module, path: Path, info: dict, overwrite: bool) -> None:
         raise ValueError(f"{path}: Google checkpoints are .npz files; name the file *.npz")
     arrays = from_vitkit(outside_state(model), model.config)
     if model.config.gelu != "tanh":
-        warnings.warn(f"{path}: the official code (and vitkit reading .npz) computes GELU's tanh approximation, this model the "
-                      f"exact GELU: logits from the file differ by about 1e-4 of their scale (vitkit's format keeps it exact)",
-                      stacklevel=3)
+        warnings.warn(f"{path}: the official code computes GELU's tanh approximation, this model the exact GELU: its logits "
+                      f"from the file differ by about 1e-4 of their scale (vitkit reads the file back exact)", stacklevel=3)
     with atomic_path(path, overwrite) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+        import zipfile
+
+        with zipfile.ZipFile(tmp, "a") as zf:  # the archive's comment: invisible to every array reader (NumPy, JAX, timm)
+            zf.comment = json.dumps({"vitkit": {"gelu": model.config.gelu}}).encode()
