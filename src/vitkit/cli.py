@@ -65,6 +65,24 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def _filtered(rows: list[dict], text: str | None, fields: tuple[str, ...], what: str, command: str) -> list[dict]:
+    """The rows whose `fields` contain `text` (any case); none kept: a line on stderr saying so."""
+    if not text:
+        return rows
+    kept = [r for r in rows if text.lower() in " ".join(str(r[f]) for f in fields).lower()]
+    if not kept:
+        print(f"no {what} contains {text!r}; run `{command}` for the list", file=sys.stderr)
+    return kept
+
+
+def _json_rows(rows: list[dict]) -> int:
+    """No rows: exit status 2; else the rows as JSON (for --json)."""
+    if not rows:
+        return 2
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
 def _pretrained_rows(args: argparse.Namespace) -> int:
     from vitkit import hub
 
@@ -72,15 +90,9 @@ def _pretrained_rows(args: argparse.Namespace) -> int:
     rows = [{"name": p.name, "source": p.source, "model": p.variant, "image_size": p.image_size, "data": p.data,
              "labels": p.labels, "paper_top1": p.top1, "paper_ref": p.cite or None, "default": p.name in defaults}
             for p in hub.published()]
-    if args.filter:
-        rows = [r for r in rows if args.filter.lower() in f"{r['name']} {r['model']} {r['data']}".lower()]
-        if not rows:
-            print(f"no published name, model or data contains {args.filter!r}; run `vitkit models --pretrained` for the list",
-                  file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+    rows = _filtered(rows, args.filter, ("name", "model", "data"), "published name, model or data", "vitkit models --pretrained")
+    if not rows or args.json:
+        return _json_rows(rows)
     print(f"{'source':<7} {'model':<13} {'size':>4} {'top-1':>6}  {'pre-training -> fine-tuning':<38} name")
     for r in rows:
         top1 = f"{r['paper_top1']:.2f}" if r["paper_top1"] else ""
@@ -95,15 +107,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.pretrained:
         return _pretrained_rows(args)
-    rows = table()
-    if args.filter:
-        rows = [r for r in rows if args.filter.lower() in r["name"].lower()]
-        if not rows:
-            print(f"no model name contains {args.filter!r}; run `vitkit models` for the list", file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+    rows = _filtered(table(), args.filter, ("name",), "model name", "vitkit models")
+    if not rows or args.json:
+        return _json_rows(rows)
     print(f"{'model':<14} {'params':>13} {'image':>6} {'GFLOPs':>9} {'GMACs':>9}")
     for r in rows:
         print(f"{r['name']:<14} {_fmt_int(r['params']):>13} {r['image_size']:>6} {r['gflops']:>9.2f} {r['gmacs']:>9.2f}")
