@@ -63,3 +63,63 @@ def test_real_labels_refusals(tmp_path, val_folder, capsys):
     assert "holiday.png: not an ImageNet validation file name" in capsys.readouterr().err
     assert main(["eval", str(src), "--data", "digits", "--device", "cpu", "--real-labels", str(tmp_path / "real.json")]) == 2
     assert "evaluate a folder of them" in capsys.readouterr().err
+
+
+# --- fine-tuning protocols: VTAB-1k and the paper's (train/finetune.py) ---------------------------------------------
+
+TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.mlp_dim=64", "model.patch_size=4", "data.image_size=8",
+        "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    from vitkit.config import apply_overrides
+    from vitkit.recipes import get_recipe
+    from vitkit.train.loop import train
+
+    out = tmp_path_factory.mktemp("pre") / "run"
+    train(apply_overrides(get_recipe("quickstart"), TINY + ["train.steps=20"]), out=out)
+    return out
+
+
+def test_vtab1k_selects_on_800_200_then_trains_on_all_1000(pretrained, tmp_path):
+    from vitkit.train.finetune import finetune
+
+    short = ["train.steps=3", "train.batch_size=32", "train.progress=false"]
+    res = finetune(str(pretrained), "digits", out=tmp_path / "vtab", lr_sweep=[0.001, 0.03], overrides=short, protocol="vtab1k")
+    sweep = json.loads((tmp_path / "vtab" / "sweep.json").read_text())
+    assert sweep["protocol"] == "vtab1k" and sweep["chosen_lr"] in (0.001, 0.03)
+    assert all(r["val_images"] == 200 for r in sweep["runs"].values())  # 200 of the 1,000 held out while choosing
+    cfg = json.loads((tmp_path / "vtab" / "config.json").read_text())
+    assert cfg["data"]["train_subset"] == 1000 and cfg["data"]["val_size"] == 0 and cfg["data"]["val_fraction"] == 0
+    assert cfg["optim"]["lr"] == sweep["chosen_lr"] and res["chosen_lr"] == sweep["chosen_lr"]
+    assert "val" not in res and 0 <= res["test"]["top1"] <= 1  # the final run trains on all 1,000: nothing held out
+    log = (tmp_path / "vtab" / "metrics.jsonl").read_text()
+    assert log and not (tmp_path / "vtab" / "final").exists()
+
+
+def test_vtab1k_without_a_sweep_is_the_papers_fixed_lr_and_2500_steps(pretrained, tmp_path, monkeypatch):
+    import vitkit.train.finetune as module
+
+    seen = []
+    monkeypatch.setattr(module, "train", lambda cfg, out=None, overwrite=False: seen.append(cfg) or {"test": {"top1": 0.5}})
+    module.finetune(str(pretrained), "digits", out=tmp_path / "v", protocol="vtab1k")
+    (cfg,) = seen  # one run: no selection
+    assert (cfg.optim.lr, cfg.train.steps, cfg.data.train_subset, cfg.data.val_fraction) == (0.01, 2500, 1000, 0)
+
+
+def test_the_papers_protocol_uses_table4s_grid_and_dev_split(pretrained, tmp_path, monkeypatch):
+    import vitkit.train.finetune as module
+
+    runs = []
+    def fake_train(cfg, out=None, overwrite=False):
+        runs.append((cfg.optim.lr, cfg.data.val_fraction, str(out)))
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"test": {"top1": 0.5}}))
+        return {"val": {"top1": cfg.optim.lr, "loss": 1.0, "n": 10}, "test": {"top1": 0.5}}  # the highest LR "wins"
+    monkeypatch.setattr(module, "train", fake_train)
+    res = module.finetune(str(pretrained), "digits", out=tmp_path / "p", protocol="paper")
+    assert [lr for lr, _, _ in runs] == [0.001, 0.003, 0.01, 0.03, 0.03]  # table 4's grid, then the chosen LR once more
+    assert [v for _, v, _ in runs] == [0.1] * 4 + [0]  # a 10% dev split while choosing, then the whole training set
+    assert runs[-1][2].endswith("final") and res["chosen_lr"] == 0.03
+    assert module.PAPER_GRID["imagenet"] == [0.003, 0.01, 0.03, 0.06] and module.DEV_FRACTION["imagenet"] == 0.02

@@ -349,7 +349,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     sets = _sets(args) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     sweep = _number_list(args.lr_sweep, "--lr-sweep", "lr", "0.001,0.003,0.01,0.03")
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # the log, apart from the JSON
-        res = finetune(args.src, args.data, args.resolution, sets, args.out, sweep, overwrite=args.force)
+        res = finetune(args.src, args.data, args.resolution, sets, args.out, sweep, overwrite=args.force, protocol=args.protocol)
     if args.json:
         print(json.dumps(res, indent=2))
     return 0
@@ -365,6 +365,10 @@ def _finetune_parser(sub: Any) -> None:
     p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R", help="fine-tuning resolution (default: the model's)")
     p.add_argument("--lr-sweep", metavar="LRS",
                    help="comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03; the best on the validation split is kept")
+    p.add_argument("--protocol", choices=["sweep", "paper", "vtab1k"],
+                   help="the paper's protocols: paper (table 4's LR grid, chosen on a dev split of 2%% of ImageNet / 10%% of "
+                        "other training sets, then retrained on all of it), vtab1k (1,000 training images; with --lr-sweep "
+                        "chosen on 800 / 200 and retrained on the 1,000, else the paper's fixed LR 0.01; 2,500 steps)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--out", type=_directory, metavar="DIR", help="run directory (default: runs/finetune-TIME)")

@@ -124,6 +124,8 @@ class DataConfig:
     val_fraction: float = ranged(0.1, ge=0, lt=1)  # carved from train for model selection; test stays untouched
     download: bool = True  # fetch through torchvision when the files are not found (needs internet)
     train_subset: int = ranged(0, ge=0, note="0: all")  # keep only this many training images (stratified)
+    # hold out exactly this many of the training images kept (after train_subset: VTAB-1k's 200 of 1000) for validation
+    val_size: int = ranged(0, ge=0, note="0: data.val_fraction applies")
     labels_per_class: int = ranged(0, ge=0, note="0: all")  # keep only this many labelled training images per class
     normalize: Literal["google", "imagenet"] = "google"  # google: (x - 0.5) / 0.5, i.e. [-1, 1] | imagenet: ImageNet mean/std
     # augmentation (training only); evaluation always just resizes

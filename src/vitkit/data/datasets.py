@@ -494,11 +494,12 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     train, val, test, classes, channels, source, notes = reader(name)(cfg)
     notes = list(notes)
     gen = torch.Generator().manual_seed(SPLIT_SEED)
-    if val is None and cfg.val_fraction > 0:
+    carve = val is None and cfg.val_size == 0  # val_size: carved below, from the training images kept
+    if carve and cfg.val_fraction > 0:
         perm = torch.randperm(len(train), generator=gen)
         n_val = max(1, int(round(len(train) * cfg.val_fraction)))
         val, train = train.take(perm[:n_val].sort().values), train.take(perm[n_val:].sort().values)
-    if val is None:
+    if val is None and cfg.val_size == 0:
         val = train.take(torch.arange(0))
     if cfg.labels_per_class > 0:
         train = train.take(_stratified_take(train.labels, cfg.labels_per_class, gen))
@@ -507,6 +508,12 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         per = max(1, cfg.train_subset // len(classes))
         train = train.take(_stratified_take(train.labels, per, gen))
         notes.append(f"training subset of {len(train)} images")
+    if val is None:  # val_size: exactly that many of the training images kept, the rest trains
+        if cfg.val_size >= len(train):
+            raise DatasetError(f"data.val_size={cfg.val_size}: the training split has only {len(train)} images; hold out fewer")
+        perm = torch.randperm(len(train), generator=gen)
+        val, train = train.take(perm[:cfg.val_size].sort().values), train.take(perm[cfg.val_size:].sort().values)
+        notes.append(f"{cfg.val_size} of them held out for validation")
     if len(train) == 0:
         raise DatasetError(f"dataset {name!r}: the training split is empty")
     return Dataset(name, train, val, test, classes, channels, source, notes)

@@ -18,6 +18,11 @@ NO_FLIP = {"digits", "mnist", "svhn"}
 DERIVED = ("optim.warmup_steps", "train.eval_every", "train.ckpt_every", "train.log_every")
 
 
+def dataset_key(data: str) -> str:
+    """The name of a dataset as table 4 keys it ("folder:/data/imagenet/" -> "imagenet")."""
+    return data.split(":")[-1].rstrip("/").split("/")[-1].lower()
+
+
 def finetune(src: str = "", data: str = "cifar10", image_size: int = 384, normalize: str = "google",
              steps: int | None = None) -> Config:
     """Fine-tune `src` on `data` at `image_size` for `steps` (default: table 4's for the dataset), the schedule
@@ -25,7 +30,7 @@ def finetune(src: str = "", data: str = "cifar10", image_size: int = 384, normal
     64 px and more; a pad-and-crop for smaller ones (a 5% area crop of a 28 px digit leaves nothing); no
     flip for digit datasets (measured on digits from the fashion-mnist model, LR 0.03: 90.2% with flips,
     95.1% without)."""
-    key = data.split(":")[-1].rstrip("/").split("/")[-1].lower()
+    key = dataset_key(data)
     steps = steps or FINETUNE_STEPS.get(key, DEFAULT_STEPS)
     return Config(
         recipe="finetune",
