@@ -123,3 +123,20 @@ def test_the_papers_protocol_uses_table4s_grid_and_dev_split(pretrained, tmp_pat
     assert [v for _, v, _ in runs] == [0.1] * 4 + [0]  # a 10% dev split while choosing, then the whole training set
     assert runs[-1][2].endswith("final") and res["chosen_lr"] == 0.03
     assert module.PAPER_GRID["imagenet"] == [0.003, 0.01, 0.03, 0.06] and module.DEV_FRACTION["imagenet"] == 0.02
+
+
+def test_the_papers_protocol_fine_tunes_imagenet_scale_models_at_384(tmp_path, monkeypatch):
+    import vitkit.train.finetune as module
+
+    src = vitkit.save_model(vitkit.create_model("ViT-Ti/16", num_classes=10, depth=1), tmp_path / "ti224")  # 224 px
+    seen = []
+
+    def fake_train(cfg, out=None, overwrite=False):  # records the config; leaves what a run leaves
+        seen.append(cfg)
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"test": {"top1": 0.5}}))
+        return {"val": {"top1": 0.5, "loss": 1.0, "n": 10}, "test": {"top1": 0.5}}
+    monkeypatch.setattr(module, "train", fake_train)
+    module.finetune(str(src), "digits", out=tmp_path / "a", protocol="vtab1k")  # not "paper": the model's own 224
+    module.finetune(str(src), "digits", out=tmp_path / "b", protocol="paper", lr_sweep=[0.01], overrides=["train.steps=1"])
+    assert seen[0].data.image_size == 224 and seen[1].data.image_size == 384

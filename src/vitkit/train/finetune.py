@@ -39,7 +39,8 @@ def _recipe(src: str, data: str, size: int, normalize: str, overrides: list[str]
 # - "sweep": each LR of the sweep trained on the training split minus validation; the best on validation is the run.
 # - "paper": the LR grid of the paper's table 4 (ImageNet {0.003, 0.01, 0.03, 0.06}, else {0.001, 0.003, 0.01, 0.03})
 #   unless one is given, chosen on a dev split of the paper's size (2% of ImageNet's training set, 10% of the
-#   others'), then the chosen LR trained on the whole training set: that run is the result.
+#   others'), then the chosen LR trained on the whole training set: that run is the result; a model pre-trained at
+#   224 px or more is fine-tuned at 384 px unless a resolution is given.
 # - "vtab1k": VTAB-1k, 1,000 training images per task (data.train_subset); with an LR sweep, chosen on 800 / 200 of
 #   them and retrained on all 1,000; without one, the paper's fixed LR 0.01; 2,500 steps (table 4) unless set.
 PROTOCOLS = ("sweep", "paper", "vtab1k")
@@ -47,6 +48,7 @@ PAPER_GRID = {"imagenet": [0.003, 0.01, 0.03, 0.06]}
 DEFAULT_GRID = [0.001, 0.003, 0.01, 0.03]
 DEV_FRACTION = {"imagenet": 0.02}  # the paper's dev split; 10% for the others
 VTAB_TRAIN, VTAB_VAL, VTAB_LR, VTAB_STEPS = 1000, 200, 0.01, 2500
+PAPER_RESOLUTION = 384  # "paper": the default fine-tuning resolution of a model pre-trained at 224 px or more (section 3.2)
 
 
 def finetune(src: str, data: str, resolution: int | None = None, overrides: list[str] | None = None,
@@ -63,6 +65,8 @@ def finetune(src: str, data: str, resolution: int | None = None, overrides: list
         raise ValueError(f"protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     source, card = load(src)  # to read its resolution, preprocessing and architecture, and to fail early on a bad file
     size = resolution or card.preprocess.image_size[0]
+    if protocol == "paper" and resolution is None and size >= 224:  # the paper fine-tunes ImageNet-scale models at 384 px
+        size = PAPER_RESOLUTION
     normalize = card.preprocess.normalize
     overrides = list(overrides or [])
     given = {o.split("=", 1)[0].strip() for o in overrides}
