@@ -209,12 +209,10 @@ def engines(model: nn.Module, x: torch.Tensor, bf16: bool, tmp: Path) -> tuple[d
             sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
             diffs["onnxruntime"] = float(abs(sess.run(["logits"], {"images": xn[:4]})[0] - want).max())
             fns["onnxruntime"] = lambda: sess.run(["logits"], {"images": xn})
-    try:
-        import openvino as ov
-    except ImportError:
+    if not vitkit_engines.installed("openvino"):
         print("openvino not installed: no OpenVINO rows (pip install openvino)")
         return fns, diffs
-    core = ov.Core()
+    core = vitkit_engines.openvino_core()  # the process's one Core, shared with vitkit's own OpenVINO engine
     if bf16 and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         print("OpenVINO: this CPU has no native bf16; no OpenVINO bf16 row")
         return fns, diffs

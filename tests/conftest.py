@@ -43,3 +43,40 @@ def pytest_runtest_teardown(item, nextitem):
     import gc
 
     gc.collect()
+    _check_signal_stack(item)
+
+
+_STACK_SEEN: list[int] = []  # the last alternate signal stack found mapped
+
+
+def _check_signal_stack(item) -> None:
+    """Fail the test that leaves the main thread's alternate signal stack (sigaltstack) pointing at unmapped memory,
+    rather than let the process die later without a trace: Python's signal handlers run on that stack, and the next
+    signal (a child process's SIGCHLD once torch's DataLoader has set its handler) is then a SIGSEGV from the kernel.
+    OpenVINO's CPU plugin installs a stack of its own per Core and unmaps it when the Core goes: engines.openvino_core
+    keeps one Core per process for that reason (in a full run, one Core per engine did this, in test_engines)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    st = StackT()
+    if ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st)) != 0 or not st.ss_sp or st.ss_flags & 2:  # 2: SS_DISABLE
+        return
+    if _STACK_SEEN == [st.ss_sp]:
+        return
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+            if lo <= st.ss_sp and st.ss_sp + st.ss_size <= hi and line.split()[1].startswith("rw"):
+                _STACK_SEEN[:] = [st.ss_sp]
+                return
+    import pytest
+
+    pytest.fail(f"{item.nodeid} left the main thread's alternate signal stack at {st.ss_sp:#x} ({st.ss_size} bytes) "
+                f"unmapped: the next signal handled in this process would kill it with SIGSEGV (an OpenVINO Core "
+                f"released out of order? use vitkit.engines.openvino_core())", pytrace=False)

@@ -66,12 +66,37 @@ def _need(engine: str) -> Any:
     return need(engine, f"--engine {engine}")
 
 
+_OV_CORE: list[Any] = []  # the process's one OpenVINO Core (`openvino_core`), created on first use, never released
+_OV_CORE_LOCK = threading.Lock()
+
+
+def openvino_core() -> Any:
+    """The one OpenVINO Core of this process, created on first use and kept until the process exits.
+
+    One, not one per engine: each Core that loads OpenVINO's CPU plugin gets a plugin instance of its own, and
+    that plugin installs an alternate signal stack of its own on the thread that loads it (a mmap'd stack, set with
+    sigaltstack, remembering the one it replaced); when the plugin is destroyed it unmaps its stack, and puts back
+    the one it replaced only when its own is still the thread's current one. Cores released in any other order
+    than the reverse of their creation (engines are freed in whatever order the garbage collector reaches them),
+    or on another thread, therefore leave the thread's alternate stack pointing at unmapped memory, and the next
+    signal handled there kills the process: Python installs its handlers with SA_ONSTACK, and the kernel, unable
+    to write the signal frame, sends SIGSEGV (si_code SI_KERNEL) - no traceback, faulthandler's handler cannot
+    run either. The full test suite in one process died so at the first child process to exit after torch's
+    DataLoader had installed its SIGCHLD handler (openvino 2026.4, two Cores released first-in first-out are
+    enough). One Core loads the CPU plugin once, and its stack stays mapped. (Core's methods are thread-safe.)"""
+    if not _OV_CORE:
+        ov = _need("openvino")
+        with _OV_CORE_LOCK:
+            if not _OV_CORE:
+                _OV_CORE.append(ov.Core())
+    return _OV_CORE[0]
+
+
 def openvino_bf16() -> bool:
     """Whether OpenVINO's CPU plugin runs bf16 natively here (its BF16 optimisation capability)."""
     if not installed("openvino"):
         return False
-    ov = _need("openvino")
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def engine_precision(engine: str, precision: str = "auto", device: str | torch.device = "cpu") -> str:
@@ -208,10 +233,9 @@ def _no_collection() -> Iterator[None]:
 
 class OpenVinoEngine(Engine):
     def __init__(self, path: Path, precision: str = "fp32"):
-        ov = _need("openvino")
         from vitkit.export import OPENVINO_XML
 
-        core = ov.Core()
+        core = openvino_core()  # shared: one Core per engine broke the process's signal handling (openvino_core)
         xml = path / OPENVINO_XML if path.is_dir() else path
         try:
             graph = core.read_model(str(xml))
