@@ -1,4 +1,4 @@
-"""Named variants -> configs -> models: "ViT-B/16", "R50+ViT-B/16", "R50x1", ...; timm's and Hugging Face's names
+"""Named variants -> configs -> models: "ViT-B/16", "R50+ViT-B/16", "R50x1", "Axial-ViT-B/16", ...; timm's and Hugging Face's names
 ("vit_base_patch16_224", "google/vit-base-patch16-224") as aliases of them."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vitkit.models.axial import AXIAL_VARIANTS, AxialResNet, AxialResNetConfig, AxialViTConfig, AxialVisionTransformer
 from vitkit.models.resnet import BiTConfig, BiTResNet, ResNetConfig
 from vitkit.models.vit import HYBRIDS, PATCH_SIZES, VARIANTS, ViTConfig, VisionTransformer
 
@@ -123,7 +124,7 @@ def list_models(pattern: str = "", aliases: bool = False) -> list[str]:
     """Every named variant, in the order `vitkit models` prints them; `pattern` keeps the names it matches as timm's
     list_models does (fnmatch, case-insensitive: "ViT-B*", "*/16", "vit_base*"); `aliases` adds timm's and Hugging
     Face's names that `create_model` also accepts (left out by default, so that each architecture is listed once)."""
-    names = _vit_names() + list(HYBRIDS) + list(BIT_NAMES)
+    names = _vit_names() + list(HYBRIDS) + list(BIT_NAMES) + list(AXIAL_VARIANTS)
     if aliases:
         names += list(TIMM_NAMES) + list(HF_NAMES)
     return [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())] if pattern else names
@@ -146,6 +147,11 @@ def _canonical(name: str) -> str:
     m = re.fullmatch(r"(?:bit-?)?r(\d+)x(\d+)", key)
     if m and f"r{m.group(1)}x{m.group(2)}" in table:
         return table[f"r{m.group(1)}x{m.group(2)}"]
+    m = re.fullmatch(r"axial[-/ ]?(?:vit[-/ ]?)?b/?(\d+)", key)  # "axial_vit_b16", "axial-b/16"
+    if m and f"axial-vit-b/{m.group(1)}" in table:
+        return table[f"axial-vit-b/{m.group(1)}"]
+    if re.fullmatch(r"axial[-/ ]?resnet[-/ ]?50", key):  # "axial_resnet50", "axial-resnet-50"
+        return "AxialResNet50"
     every = {n.lower(): n for n in list_models(aliases=True)}
     close = [every[k] for k in difflib.get_close_matches(name.strip().lower(), list(every), n=3, cutoff=0.6)]
     near = f" close to it: {', '.join(close)}; all of vitkit's:" if close else ":"
@@ -156,8 +162,13 @@ def _canonical(name: str) -> str:
 IDENTITY_FIELDS = ("patch_size", "width", "depth", "heads", "mlp_dim", "resnet")
 
 
-def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
-    """The config of a named variant with `overrides` applied (any ViTConfig / BiTConfig field). An alias (timm's or
+ModelConfigs = ViTConfig | BiTConfig | AxialViTConfig | AxialResNetConfig
+NAMED = (ViTConfig, AxialViTConfig)  # the configs that record their variant's name
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfigs:
+    """The config of a named variant with `overrides` applied (any field of its config: ViTConfig, BiTConfig,
+    AxialViTConfig, AxialResNetConfig). An alias (timm's or
     Hugging Face's name) also sets its published model's image size, classes and pre-logits layer, unless overridden."""
     alias = resolve_alias(name)
     canon = alias.variant if alias else _canonical(name)
@@ -165,6 +176,9 @@ def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
         depth, width = (int(v) for v in re.fullmatch(r"R(\d+)x(\d+)", canon).groups())
         base: dict[str, Any] = dict(layers=BIT_DEPTHS[depth], width_factor=width)
         cls = BiTConfig
+    elif canon in AXIAL_VARIANTS:
+        cls, base = AXIAL_VARIANTS[canon]
+        base = dict(base)
     elif canon in HYBRIDS:
         size, patch, layers = HYBRIDS[canon]
         base = dict(VARIANTS[size], patch_size=patch, resnet=ResNetConfig(layers=layers))
@@ -181,36 +195,49 @@ def model_config(name: str, **overrides: Any) -> ViTConfig | BiTConfig:
     changed = {k: v for k, v in overrides.items() if k in IDENTITY_FIELDS and k in base and base[k] != v}
     base.update(alias.defaults() if alias else {})
     base.update(overrides)
-    if cls is ViTConfig and "name" not in overrides:
+    if cls in NAMED and "name" not in overrides:
         base["name"] = canon if not changed else f"{canon}, modified ({', '.join(f'{k}={v}' for k, v in changed.items())})"
     return cls(**base)
 
 
-def config_to_dict(cfg: ViTConfig | BiTConfig) -> dict[str, Any]:
+def config_to_dict(cfg: ModelConfigs) -> dict[str, Any]:
     """A JSON-ready dict of a model config (the inverse of `config_from_dict`)."""
-    if isinstance(cfg, ViTConfig):
+    if isinstance(cfg, NAMED):
         return cfg.to_dict()
     d = dataclasses.asdict(cfg)
     d["layers"] = list(d["layers"])
+    if isinstance(d.get("image_size"), tuple):
+        d["image_size"] = list(d["image_size"])
     return d
 
 
-def config_from_dict(d: dict[str, Any]) -> ViTConfig | BiTConfig:
+# arch (a config's record of its kind) -> (config, model, what it is called in errors)
+ARCHS = {"vit": (ViTConfig, VisionTransformer, "ViT"), "bit": (BiTConfig, BiTResNet, "BiT"),
+         "axial_vit": (AxialViTConfig, AxialVisionTransformer, "Axial-ViT"),
+         "axial_resnet": (AxialResNetConfig, AxialResNet, "AxialResNet")}
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfigs:
     arch = d.get("arch", "vit")
-    if arch == "bit":
-        valid = {f.name for f in dataclasses.fields(BiTConfig)}
-        bad = sorted(set(d) - valid)
-        if bad:
-            raise ValueError(f"unknown BiT config keys {bad}; valid keys: {sorted(valid)}")
-        return BiTConfig(**{**d, "layers": tuple(d.get("layers", BiTConfig.layers))})
-    if arch != "vit":
-        raise ValueError(f"unknown architecture {arch!r}; vitkit builds 'vit' (ViT and hybrids) and 'bit'")
-    return ViTConfig.from_dict(d)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; vitkit builds {', '.join(repr(a) for a in ARCHS)}")
+    cls, _, what = ARCHS[arch]
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(d)
+    valid = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(d) - valid)
+    if bad:
+        raise ValueError(f"unknown {what} config keys {bad}; valid keys: {sorted(valid)}")
+    return cls(**{**d, "layers": tuple(d.get("layers", cls.layers))})
 
 
-def build_model(cfg: ViTConfig | BiTConfig) -> nn.Module:
+def build_model(cfg: ModelConfigs) -> nn.Module:
     """A model from its config (the inverse of `model.config`)."""
-    return BiTResNet(cfg) if isinstance(cfg, BiTConfig) else VisionTransformer(cfg)
+    for cls, model, _ in ARCHS.values():
+        if type(cfg) is cls:
+            return model(cfg)
+    raise TypeError(f"build_model: {type(cfg).__name__} is not a model config; give one of "
+                    f"{', '.join(c.__name__ for c, _, _ in ARCHS.values())}")
 
 
 def create_model(
@@ -274,16 +301,22 @@ def _forward_flops(model: nn.Module) -> int:
     return counter.get_total_flops()
 
 
-def train_flops(cfg: ViTConfig | BiTConfig, image_size: int | None = None) -> int:
+def _by_depth(cfg: Any) -> bool:
+    """A transformer (ViT, hybrid, Axial-ViT): FLOPs affine in the depth, counted on one and two blocks."""
+    return isinstance(cfg, NAMED) and cfg.depth > 2
+
+
+def train_flops(cfg: ModelConfigs, image_size: int | None = None) -> int:
     """FLOPs of one training step's forward and backward pass for one image (the model in training mode, a loss that
     sums its outputs), counted by torch's FlopCounterMode on the meta device (nothing is computed) at `image_size`
-    (default: the config's). A ViT's are affine in its depth: counted on one and two blocks and extrapolated."""
+    (default: the config's). A ViT's (and an Axial-ViT's) are affine in its depth: counted on one and two blocks and
+    extrapolated."""
     from torch.utils.flop_counter import FlopCounterMode
 
     if image_size is not None:
         cfg = dataclasses.replace(cfg, image_size=image_size)
 
-    def count(c: ViTConfig | BiTConfig) -> int:
+    def count(c: ModelConfigs) -> int:
         h, w = (c.image_size, c.image_size) if isinstance(c.image_size, int) else c.image_size
         counter = FlopCounterMode(display=False)
         with torch.device("meta"):
@@ -292,7 +325,7 @@ def train_flops(cfg: ViTConfig | BiTConfig, image_size: int | None = None) -> in
                 model(torch.empty(1, c.in_chans, h, w)).sum().backward()
         return counter.get_total_flops()
 
-    if isinstance(cfg, ViTConfig) and cfg.depth > 2:
+    if _by_depth(cfg):
         one, two = count(dataclasses.replace(cfg, depth=1)), count(dataclasses.replace(cfg, depth=2))
         return one + (cfg.depth - 1) * (two - one)
     return count(cfg)
@@ -305,7 +338,7 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     with torch.device("meta"):
         model = create_model(name, **overrides)
         cfg = model.config
-        if isinstance(cfg, ViTConfig) and cfg.depth > 2:
+        if _by_depth(cfg):
             one, two = (_forward_flops(create_model(name, **{**overrides, "depth": d})) for d in (1, 2))
             flops = one + (cfg.depth - 1) * (two - one)
         else:
