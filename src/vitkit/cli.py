@@ -102,11 +102,32 @@ def _pretrained_rows(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compute_rows(args: argparse.Namespace) -> int:
+    """The paper's pre-training runs (its table 6) with their exaFLOPs next to vitkit's count of them."""
+    from vitkit.models import compute
+
+    runs = [{"model": r.model, "vitkit": r.vitkit, "run": r} for r in compute.PAPER_RUNS]
+    kept = _filtered(runs, args.filter, ("model", "vitkit"), "paper model or vitkit architecture", "vitkit models --compute")
+    rows = compute.table([k["run"] for k in kept]) if kept else []  # counts (once, then cached) only the rows kept
+    if not rows or args.json:
+        return _json_rows(rows)
+    print(f"{'paper model':<15} {'epochs':>6} {'paper EF':>9} {'vitkit EF':>10} {'ratio':>6}  vitkit architecture")
+    for r in rows:
+        print(f"{r['model']:<15} {r['epochs']:>6} {r['paper_exaflops']:>9,.0f} {r['vitkit_exaflops']:>10,.1f} "
+              f"{r['ratio']:>6.3f}  {r['vitkit']}")
+    print(f"EF: pre-training exaFLOPs on JFT-300M ({compute.JFT_IMAGES / 1e6:.0f}M images x epochs, {compute.PRETRAIN_SIZE} px). "
+          "paper: its table 6 (arXiv 2010.11929v2);\nvitkit: training FLOPs per image (forward + backward, "
+          "1 multiply-add = 2 FLOPs, as in metrics.json) x images seen; ratio: vitkit / paper.")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vitkit.models.catalog import table
 
     if args.pretrained:
         return _pretrained_rows(args)
+    if args.compute:
+        return _compute_rows(args)
     rows = _filtered(table(), args.filter, ("name",), "model name", "vitkit models")
     if not rows or args.json:
         return _json_rows(rows)
@@ -123,9 +144,13 @@ def _models_parser(sub: Any) -> None:
                                    "(224 px, 3 channels, 1000 classes), counted once on the meta device, read back without torch.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (e.g. 'R50' or '/16')")
-    p.add_argument("--pretrained", action="store_true",
-                   help="the published weights vitkit knows by name (Google's, Hugging Face's, timm's): source, resolution, "
-                        "pre-training data and the paper's ImageNet top-1 where it gives one")
+    table = p.add_mutually_exclusive_group()
+    table.add_argument("--pretrained", action="store_true",
+                       help="the published weights vitkit knows by name (Google's, Hugging Face's, timm's): source, resolution, "
+                            "pre-training data and the paper's ImageNet top-1 where it gives one")
+    table.add_argument("--compute", action="store_true",
+                       help="the paper's pre-training runs (its table 6, figure 5): epochs and exaFLOPs, next to vitkit's "
+                            "count of the same models and images (counted once on the meta device, then cached)")
     p.set_defaults(func=cmd_models)
 
 
