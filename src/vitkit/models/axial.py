@@ -303,20 +303,16 @@ class AxialResNetConfig:
         if (64 * self.width_factor) % (2 * self.heads):
             raise ValueError(f"heads={self.heads}: the first stage's width {64 * self.width_factor} must divide into "
                              f"heads of an even size (queries and keys take half of each head's channels)")
-        least = 2 ** (len(self.layers) + 1)
-        if min(_pair(self.image_size)) < least:
-            raise ValueError(f"image_size={self.image_size!r}: {len(self.layers)} stages need {least} px at least "
-                             f"(the stem halves it twice, each later stage once more)")
 
     def spans(self) -> list[tuple[int, int]]:
-        """The feature map (h, w) each stage's first unit attends over at the config's size (the stem's 7x7/2 conv and
-        3x3/2 max-pool round up, the stride-2 average pools down)."""
+        """The feature map (h, w) each stage's first unit attends over at the config's size (every halving rounds up:
+        the stem's 7x7/2 conv and 3x3/2 max-pool, the stride-2 shortcut convs and average pools)."""
         h, w = (math.ceil(math.ceil(s / 2) / 2) for s in _pair(self.image_size))
         out = []
         for i in range(len(self.layers)):
             out.append((h, w))
             stride = 1 if i == 0 else 2
-            h, w = h // stride, w // stride
+            h, w = -(-h // stride), -(-w // stride)
         return out
 
 
@@ -378,7 +374,8 @@ class AxialBottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.height_attn = AxialAttention(width, heads, span[0], "height")
         self.width_attn = AxialAttention(width, heads, span[1], "width")
-        self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+        # ceil_mode: an odd map's last row / column pooled alone, as the stride-2 shortcut conv keeps it
+        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
         self.conv_up = nn.Conv2d(width, cout, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         nn.init.zeros_(self.bn2.weight)  # each unit starts as the identity (Axial-DeepLab's zero_init_residual)
@@ -411,7 +408,7 @@ class AxialResNet(nn.Module):
         for i, (units, span) in enumerate(zip(cfg.layers, cfg.spans())):
             w = width * 2**i
             stride = 1 if i == 0 else 2
-            half = (span[0] // stride, span[1] // stride)  # the map after the first unit's pooling
+            half = (-(-span[0] // stride), -(-span[1] // stride))  # the map after the first unit's pooling
             stages.append(nn.Sequential(*[AxialBottleneck(cin if u == 0 else 4 * w, w, stride if u == 0 else 1, cfg.heads,
                                                           span if u == 0 else half) for u in range(units)]))
             cin = 4 * w

@@ -35,15 +35,28 @@ def get_recipe(name: str, model: str | None = None) -> Config:
 
 def build(name: str, overrides: list[str]) -> Config:
     """The recipe `name` with `overrides` (--set key=value) applied; a recipe of BY_MODEL is built for the model.name the
-    overrides choose (its table-3 row, pre-logits width, ViT-only options), and the overrides then win over it."""
+    overrides choose (its table-3 row, pre-logits width, ViT-only options), and the overrides then win over it. The
+    architecture fields a recipe sets for its own ViT (a small recipe's patch size, width, depth, ...) are defaults for
+    a ViT: a model with patches (a ViT, hybrid or Axial-ViT) takes those it has, a ResNet (R50x1, AxialResNet50) none
+    (its `heads` are not a ViT's); given as overrides they remain the user's, and errors where the model has no such
+    option."""
     from vitkit.config import apply_overrides
     from vitkit.models.registry import model_config
 
     cfg = apply_overrides(get_recipe(name), overrides)
-    if name in BY_MODEL and cfg.model.name != get_recipe(name).model.name:
+    if cfg.model.name != get_recipe(name).model.name and not cfg.model.init:
         try:
-            model_config(cfg.model.name)
+            chosen = model_config(cfg.model.name)
         except ValueError as err:
             raise ValueError(f"model.name={cfg.model.name!r}: {str(err).strip(chr(39))}") from None
-        cfg = apply_overrides(get_recipe(name, cfg.model.name), overrides)
+        if name in BY_MODEL:
+            cfg = apply_overrides(get_recipe(name, cfg.model.name), overrides)
+        given = {o.split("=", 1)[0].strip() for o in overrides}
+        patches = hasattr(chosen, "patch_size")
+        for key in cfg.model.overrides():
+            if not (patches and hasattr(chosen, key)) and f"model.{key}" not in given:
+                setattr(cfg.model, key, None)
+        if cfg.objective == "mpp" and not patches:
+            raise ValueError(f"model.name={cfg.model.name!r} with recipe {name!r}: masked patch prediction corrupts patch "
+                             f"embeddings; it trains a ViT or an Axial-ViT, and {cfg.model.name} has no patches")
     return cfg

@@ -6,7 +6,8 @@ Every setting that depends on the model is resolved from the model the recipe is
 on the command line `--set model.name=...`, which `recipes.build` resolves before the other overrides apply): the
 epochs and base learning rate of table 3's row for the model, a pre-logits layer as wide as the model (the paper's
 pre-training head: Dense + tanh), dropout for ViTs only. The BiT ResNets take their own rows and none of the ViT-only
-options (dropout, pre-logits layer, head bias).
+options (dropout, pre-logits layer, head bias); AxialResNet50 (appendix D.7) is trained as they are, on R50x1's row,
+and an Axial-ViT as a ViT, on the row of the ViT it changes (Axial-ViT-B/16: ViT-B/16's).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def row(recipe: str, model: str) -> tuple[float, float, str]:
     table = TABLE3[recipe]
     if name in table:
         return (*table[name], f"table 3, {name}")
-    family = "R50x1" if _is_resnet(name) else "R50+ViT-B/16" if "+" in name else None
+    family = ("R50x1" if _is_resnet(name) else "R50+ViT-B/16" if "+" in name
+              else name.removeprefix("Axial-") if name.startswith("Axial-") else None)
     if family and family in table:
         return (*table[family], f"table 3 has no row for {name}: {family}'s")
     return (*DEFAULTS[recipe], f"table 3 has no row for {name}: ViT-B's" if recipe != "imagenet1k" else "table 3, ViT-*")
@@ -50,7 +52,7 @@ def row(recipe: str, model: str) -> tuple[float, float, str]:
 def _is_resnet(name: str) -> bool:
     from vitkit.models.registry import BIT_NAMES
 
-    return name in BIT_NAMES
+    return name in BIT_NAMES or name == "AxialResNet50"
 
 
 def _pretrain(recipe: str, model: str) -> Config:
