@@ -153,8 +153,9 @@ def test_npz_gap_model_matches_numpy(tmp_path):
 # --- models whose position embedding is not a learned table -----------------------------------------------
 
 
-@pytest.mark.parametrize("posemb", ["none", "sincos2d"])
+@pytest.mark.parametrize("posemb", ["none", "sincos2d", "learned2d"])
 def test_fixed_or_no_position_embedding_to_every_outside_format(posemb, tmp_path):
+    # learned2d (appendix D.4's X and Y tables) goes out as the 1-D table it adds: the same logits in every library
     from timm.models.vision_transformer import _load_weights
 
     model = jitter(vitkit.create_model("ViT-B/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=16, patch_size=8,

@@ -152,7 +152,8 @@ class ModelConfig:
     heads: int | None = ranged(None, ge=1)
     mlp_dim: int | None = ranged(None, ge=1)
     pool: Literal["token", "gap"] | None = None
-    posemb: Literal["learned", "sincos2d", "none"] | None = None
+    posemb: Literal["learned", "learned2d", "sincos2d", "relative", "none"] | None = None  # appendix D.4's kinds (+ sincos2d)
+    posemb_placement: Literal["stem", "every_layer", "shared"] | None = None  # appendix D.4; None: the kind's default
     class_token: bool | None = None
     fc_norm: bool | None = None
     qkv_bias: bool | None = None

@@ -22,14 +22,18 @@ def embedding_filters(model: nn.Module, n: int = 28) -> tuple[torch.Tensor, torc
 
 
 def position_embeddings(model: nn.Module) -> tuple[torch.Tensor, str]:
-    """The patch rows of the position embedding (N, D) and its kind ("learned" or "sincos2d")."""
+    """The patch rows of the position embedding (N, D) and its kind ("learned", "learned2d" or "sincos2d"; with an
+    embedding of its own at every layer, the first layer's: "learned, layer 1 of 12")."""
     cfg = model.config
     p = model.num_prefix_tokens
-    if cfg.posemb == "learned":
-        return model.pos_embed.detach()[0, p:].float(), "learned"
-    if cfg.posemb == "sincos2d":
-        return model.pos_embed_fixed[0, p:].float(), "sincos2d"
-    raise ValueError("the model has no position embedding (posemb='none'): there is no similarity to show")
+    if cfg.posemb in ("none", "relative"):
+        why = ("has no position embedding (posemb='none')" if cfg.posemb == "none" else
+               "embeds relative offsets, not positions (posemb='relative')")
+        raise ValueError(f"the model {why}: there is no per-patch embedding to compare")
+    kind = cfg.posemb
+    if cfg.posemb_placement == "every_layer":
+        kind += f", layer 1 of {cfg.depth}"
+    return model.position_table(0).detach()[0, p:].float(), kind
 
 
 def posemb_similarity(model: nn.Module) -> tuple[torch.Tensor, str]:

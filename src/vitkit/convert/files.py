@@ -99,14 +99,23 @@ def plain(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def outside_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict, with a fixed sin-cos table written as a (learned) position embedding, and a model
-    without one given an all-zero table: outside formats have no other way to carry them (timm, transformers
-    and the official code always add a table; without one they would start it at random, and .npz would lose
-    the image size). Adding zeros computes the same."""
+    """The state dict, with a fixed sin-cos table or a learned 2-D one written as the (learned 1-D) position embedding
+    it adds, and a model without one given an all-zero table: outside formats have no other way to carry them (timm,
+    transformers and the official code always add one table after the stem; without one they would start it at
+    random, and .npz would lose the image size). Adding zeros computes the same. Embeddings added at every layer
+    and relative ones have no place in those formats: refused, naming the option."""
     sd = dict(model.state_dict())
-    if isinstance(model, VisionTransformer) and model.config.posemb == "sincos2d":
-        sd["pos_embed"] = model.pos_embed_fixed
-    elif isinstance(model, VisionTransformer) and model.config.posemb == "none":
-        cfg = model.config
+    if not isinstance(model, VisionTransformer):
+        return sd
+    cfg = model.config
+    if cfg.posemb == "relative" or cfg.posemb_placement != "stem":
+        what = "posemb='relative'" if cfg.posemb == "relative" else f"posemb_placement={cfg.posemb_placement!r}"
+        raise CheckpointError(f"{what}: timm, Hugging Face and .npz ViTs add one absolute position embedding after the "
+                              f"stem and nothing else; save this model as vitkit (--to vitkit)")
+    if cfg.posemb in ("sincos2d", "learned2d"):
+        for name in ("pos_embed_x", "pos_embed_y"):
+            sd.pop(name, None)
+        sd["pos_embed"] = model.position_table().detach()
+    elif cfg.posemb == "none":
         sd["pos_embed"] = torch.zeros(1, cfg.grid[0] * cfg.grid[1] + model.num_prefix_tokens, cfg.width)
     return sd

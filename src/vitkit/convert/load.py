@@ -155,10 +155,12 @@ def load(
         net.reset_head(num_classes, zero=True)
         class_names = None
     if image_size is not None and isinstance(net, VisionTransformer):
-        old = (cfg.image_size, tuple(net.pos_embed.shape) if net.pos_embed is not None else None)
+        tables = ("pos_embed", "pos_embed_x", "pos_embed_y")
+        old = (cfg.image_size, {n: tuple(getattr(net, n).shape) for n in tables if getattr(net, n) is not None})
         net.set_image_size(image_size, mode=resample_mode)
-        if old[0] != cfg.image_size and net.pos_embed is not None:
-            report.resampled.append(f"pos_embed {old[1]} -> {tuple(net.pos_embed.shape)} ({resample_mode}, class token kept)")
+        if old[0] != cfg.image_size:
+            report.resampled += [f"{n} {shape} -> {tuple(getattr(net, n).shape)} ({resample_mode}"
+                                 f"{', class token kept' if n == 'pos_embed' else ''})" for n, shape in old[1].items()]
     elif image_size is not None:
         net.config.image_size = image_size  # convolutional: any size works
     try:

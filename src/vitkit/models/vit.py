@@ -15,11 +15,17 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from vitkit.config import Range, check_number
-from vitkit.models.posemb import resample_posemb, sincos_2d
+from vitkit.models.posemb import learned_2d, relative_logits, resample_axis, resample_posemb, sincos_2d
 from vitkit.models.resnet import ResNetConfig, ResNetStem, check_fields, truncated_lecun_
 
 POOLS = ("token", "gap")
-POSEMBS = ("learned", "sincos2d", "none")
+# Position embeddings (appendix D.4): a learned 1-D table (the paper's default), a learned 2-D one (X and Y tables of
+# D/2, concatenated per patch), the fixed 2-D sin-cos table (later big_vision recipes), 1-D relative attention, none
+POSEMBS = ("learned", "learned2d", "sincos2d", "relative", "none")
+# Where an absolute embedding goes (appendix D.4): once after the stem (the default), a table of its own added at the
+# start of every layer, or one table added at the start of every layer. Relative embeddings act in every layer's
+# attention: a table per layer ("every_layer", their default) or one for all ("shared").
+PLACEMENTS = ("stem", "every_layer", "shared")
 # GELU: "exact" (erf: timm, transformers, PyTorch) or "tanh" (its tanh approximation: Flax's nn.gelu default, the official code)
 GELUS = ("exact", "tanh")
 
@@ -64,7 +70,8 @@ class ViTConfig:
     pool: str = "token"  # "token": class token's output (eq. 4); "gap": mean of the patch tokens
     class_token: bool | None = None  # None: present iff pool == "token" (official code)
     fc_norm: bool = False  # final LayerNorm after pooling instead of on every token (timm's GAP, MAE)
-    posemb: str = "learned"  # "learned" 1-D table | "sincos2d" fixed | "none"
+    posemb: str = "learned"  # POSEMBS: "learned" 1-D | "learned2d" | "sincos2d" fixed | "relative" | "none"
+    posemb_placement: str | None = None  # PLACEMENTS; None: "stem" ("every_layer" for relative)
     representation_size: int | None = None  # pre-logits Dense + tanh (pre-training head)
     qkv_bias: bool = True
     ln_eps: float = 1e-6
@@ -96,13 +103,14 @@ class ViTConfig:
             raise ValueError(f"class_token={self.class_token!r}: must be true, false or null (null: as pool says)")
         if self.representation_size is not None:
             check_number("representation_size", self.representation_size, int, Range(ge=0, note="0 or null: none"))
-        for name in ("name", "pool", "posemb", "gelu"):
+        for name in ("name", "pool", "posemb", "posemb_placement", "gelu"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be a string")
         if self.pool not in POOLS:
             raise ValueError(f"pool={self.pool!r} is not one of {POOLS}")
         if self.posemb not in POSEMBS:
             raise ValueError(f"posemb={self.posemb!r} is not one of {POSEMBS}")
+        self._check_placement()
         if self.gelu not in GELUS:
             raise ValueError(f"gelu={self.gelu!r} is not one of {GELUS}")
         if self.pool == "token" and not self.class_token:
@@ -119,6 +127,23 @@ class ViTConfig:
                     else f"the patch size {self.patch_size}")
             ok = ", ".join(str(stride * k) for k in range(max(1, h // stride - 1), h // stride + 3))
             raise ValueError(f"image size {self.image_size} is not divisible by {what}; valid sizes near it: {ok}")
+
+    def _check_placement(self) -> None:
+        if self.posemb_placement is None:
+            self.posemb_placement = "every_layer" if self.posemb == "relative" else "stem"
+        kind, where = self.posemb, self.posemb_placement
+        if where not in PLACEMENTS:
+            raise ValueError(f"posemb_placement={where!r} is not one of {PLACEMENTS}")
+        if kind == "none" and where != "stem":
+            raise ValueError(f"posemb_placement={where!r} with posemb='none': there is no embedding to place; drop the option")
+        if kind == "relative" and where == "stem":
+            raise ValueError("posemb='relative' acts inside every layer's attention, not after the stem: "
+                             "posemb_placement='every_layer' (a table per layer) or 'shared' (one table for all layers)")
+        if kind == "sincos2d" and where == "every_layer":
+            raise ValueError("posemb='sincos2d' is a fixed table, the same at every layer: use posemb_placement='shared' "
+                             "(added at the start of every layer) or 'stem'")
+        if kind == "learned2d" and self.width % 2:
+            raise ValueError(f"posemb='learned2d' concatenates an X and a Y table of width/2 each: width {self.width} is odd")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -198,6 +223,28 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x)), weights
 
 
+class RelativeAttention(Attention):
+    """Self-attention with 1-D relative position embeddings (appendix D.4): an extra attention of each query against
+    the embeddings of its offsets to the keys, whose logits are added to the content logits before the softmax (both
+    scaled by 1/sqrt(d)). The offsets' table (2N-1, D) is given per call: the model holds it (one per layer, or one)."""
+
+    def forward(self, x: torch.Tensor, need_weights: bool, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        r = rel.reshape(rel.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (h, 2N-1, d): the offsets as keys
+        scale = self.head_dim**-0.5
+        bias = relative_logits(q, r) * scale  # (B, h, N, N)
+        weights = None
+        if need_weights:
+            weights = (q @ k.transpose(-2, -1) * scale + bias).softmax(dim=-1)  # (B, h, N, N)
+            x = F.dropout(weights, self.attn_drop, self.training) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                               dropout_p=self.attn_drop if self.training else 0.0)  # (B, h, N, d)
+        x = x.transpose(1, 2).reshape(B, N, D)
+        return self.proj_drop(self.proj(x)), weights
+
+
 class Mlp(nn.Module):
     """Dense(mlp_dim) - GELU - Dense(D), dropout after each dense as in the official MlpBlock; `gelu` "exact" (erf) or
     "tanh" (the approximation the official code's nn.gelu computes)."""
@@ -233,6 +280,21 @@ class Block(nn.Module):
         return x, weights
 
 
+class RelativeBlock(Block):
+    """A block whose attention adds 1-D relative position logits (RelativeAttention); `rel` is its offsets' table."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float):
+        super().__init__(cfg, drop_path)
+        self.attn = RelativeAttention(cfg.width, cfg.heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False,
+                rel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, weights = self.attn(self.norm1(x), need_weights, rel)
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
 class VisionTransformer(nn.Module):
     """ViT: patch embedding + [class] token + position embedding, L blocks, LayerNorm, head (eqs. 1-4).
 
@@ -249,15 +311,22 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = cfg.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         n_pos = cfg.grid[0] * cfg.grid[1] + self.num_prefix_tokens
+        tables = cfg.depth if cfg.posemb_placement == "every_layer" else 1  # learned tables: one per layer, or one
+        for name in ("pos_embed", "pos_embed_x", "pos_embed_y", "rel_pos_embed"):
+            self.register_parameter(name, None)
         if cfg.posemb == "learned":
-            self.pos_embed = nn.Parameter(torch.empty(1, n_pos, D))
-        else:
-            self.register_parameter("pos_embed", None)
+            self.pos_embed = nn.Parameter(torch.empty(tables, n_pos, D))  # (K, prefix + N, D)
+        elif cfg.posemb == "learned2d":
+            self.pos_embed_x = nn.Parameter(torch.empty(tables, cfg.grid[1], D // 2))  # (K, w, D/2): per column
+            self.pos_embed_y = nn.Parameter(torch.empty(tables, cfg.grid[0], D // 2))  # (K, h, D/2): per row
+        elif cfg.posemb == "relative":
+            self.rel_pos_embed = nn.Parameter(torch.empty(tables, 2 * n_pos - 1, D))  # (K, 2T-1, D): per 1-D offset
         if cfg.posemb == "sincos2d":
             self.register_buffer("pos_embed_fixed", self._sincos(cfg.grid), persistent=False)
         self.pos_drop = nn.Dropout(cfg.dropout)
         dpr = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth grows with depth
-        self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
+        block = RelativeBlock if cfg.posemb == "relative" else Block
+        self.blocks = nn.ModuleList([block(cfg, dpr[i]) for i in range(cfg.depth)])
         self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
         self.num_features = cfg.representation_size or D
         if cfg.representation_size:
@@ -283,8 +352,9 @@ class VisionTransformer(nn.Module):
 
         truncated_lecun_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
-        if self.pos_embed is not None:
-            nn.init.normal_(self.pos_embed, std=0.02)
+        for table in (self.pos_embed, self.pos_embed_x, self.pos_embed_y, self.rel_pos_embed):
+            if table is not None:
+                nn.init.normal_(table, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
         for blk in self.blocks:
@@ -337,15 +407,24 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
         """Rebuild for another resolution: same patch size, learned position embeddings resampled over
-        the patch grid by 2-D interpolation, the class token's untouched (paper section 3.2)."""
+        the patch grid by 2-D interpolation, the class token's untouched (paper section 3.2); a 2-D embedding's X and Y
+        tables each along its axis. Relative embeddings are tied to the 1-D offsets of one sequence length (a raster
+        offset means another 2-D displacement on another grid), so a model with them keeps its patch grid."""
         cfg = self.config
         old_grid = cfg.grid
         new_cfg = ViTConfig.from_dict({**cfg.to_dict(), "image_size": image_size})  # validates the size
+        if cfg.posemb == "relative" and new_cfg.grid != old_grid:
+            raise ValueError(f"posemb='relative' embeds the 1-D offsets of a {old_grid[0]}x{old_grid[1]} patch grid, which mean "
+                             f"other displacements on a {new_cfg.grid[0]}x{new_cfg.grid[1]} one: use the model at "
+                             f"{cfg.image_size} px, or train one with posemb='learned', 'learned2d' or 'sincos2d' to change size")
         cfg.image_size = new_cfg.image_size
         self.patch_embed.image_size = _pair(cfg.image_size)
         self.patch_embed.grid = cfg.grid
         if self.pos_embed is not None:
             self.pos_embed = nn.Parameter(resample_posemb(self.pos_embed.data, cfg.grid, old_grid, self.num_prefix_tokens, mode))
+        if self.pos_embed_x is not None:
+            self.pos_embed_x = nn.Parameter(resample_axis(self.pos_embed_x.data, cfg.grid[1], mode))
+            self.pos_embed_y = nn.Parameter(resample_axis(self.pos_embed_y.data, cfg.grid[0], mode))
         if cfg.posemb == "sincos2d":
             self.pos_embed_fixed = self._sincos(cfg.grid).to(self.pos_embed_fixed.device)
 
@@ -354,24 +433,55 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         return self.add_tokens(x)
 
+    def position_table(self, layer: int = 0) -> torch.Tensor | None:
+        """The absolute position embedding (1, prefix + N, D) added after the stem, or at the start of block `layer`
+        (placement "every_layer": that layer's own); None for relative embeddings and none. A 2-D embedding's class
+        token row is zero: the learned class token itself already is a position-free learned vector."""
+        cfg = self.config
+        k = layer if cfg.posemb_placement == "every_layer" else 0
+        if cfg.posemb == "learned":
+            return self.pos_embed[k : k + 1]
+        if cfg.posemb == "learned2d":
+            pe = learned_2d(self.pos_embed_x[k : k + 1], self.pos_embed_y[k : k + 1])  # (1, N, D)
+            return torch.cat([pe.new_zeros(1, self.num_prefix_tokens, pe.shape[2]), pe], dim=1)
+        if cfg.posemb == "sincos2d":
+            return self.pos_embed_fixed
+        return None
+
+    def _add_position(self, x: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        pe = self.position_table(layer)
+        if pe is None:
+            return x
+        return x + (pe.to(x.dtype) if self.config.posemb == "sincos2d" else pe)
+
     def add_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Prepend the class token and add position embeddings to patch embeddings (B, N, D)."""
+        """Prepend the class token and add the position embeddings placed after the stem to patch embeddings (B, N, D)."""
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed
-        elif self.config.posemb == "sincos2d":
-            x = x + self.pos_embed_fixed.to(x.dtype)
+        if self.config.posemb_placement == "stem":
+            x = self._add_position(x)
         return self.pos_drop(x)
 
+    def run_block(self, i: int, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block `i` with its position information: the absolute embedding placed at every layer's start added first,
+        relative embeddings handed to its attention; with activation checkpointing on (training), recomputed in the
+        backward pass."""
+        cfg = self.config
+        args: tuple = (x, need_weights)
+        if cfg.posemb == "relative":
+            args = (x, need_weights, self.rel_pos_embed[i if cfg.posemb_placement == "every_layer" else 0])
+        elif cfg.posemb_placement != "stem":
+            args = (self._add_position(x, i), need_weights)
+        blk = self.blocks[i]
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled() and not need_weights:
+            return checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Token states (B, T, D) through the transformer blocks, before the final LayerNorm; with activation
-        checkpointing on, each block is recomputed in the backward pass (every objective runs through here)."""
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x, _ = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x, _ = blk(x)
+        """Token states (B, T, D) through the transformer blocks, before the final LayerNorm (every objective runs
+        through here)."""
+        for i in range(len(self.blocks)):
+            x, _ = self.run_block(i, x)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -400,8 +510,8 @@ class VisionTransformer(nn.Module):
         "attn": [block 1, ..., block L] each (B, heads, T, T)}, T = prefix + N."""
         x = self.embed(x)
         tokens, attn = [x], []
-        for blk in self.blocks:
-            x, w = blk(x, need_weights=True)
+        for i in range(len(self.blocks)):
+            x, w = self.run_block(i, x, need_weights=True)
             tokens.append(x)
             attn.append(w)
         logits = self.forward_head(x if self.config.fc_norm else self.norm(x))
