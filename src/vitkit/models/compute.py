@@ -124,17 +124,12 @@ def flops_per_image(runs: tuple[PaperRun, ...] | list[PaperRun] = PAPER_RUNS) ->
     return [counts[_cache_key(r)] for r in runs]
 
 
-def exaflops(flops_per_image: int, epochs: int, images: int = JFT_IMAGES) -> float:
-    """Pre-training compute of a run in exaFLOPs: FLOPs per image x images seen."""
-    return flops_per_image * epochs * images / 1e18
-
-
 def table(runs: tuple[PaperRun, ...] | list[PaperRun] = PAPER_RUNS) -> list[dict[str, Any]]:
     """One row per run: the paper's model, epochs and exaFLOPs; vitkit's architecture, FLOPs per image, exaFLOPs, and
     the ratio vitkit / paper."""
     rows = []
     for run, per_image in zip(runs, flops_per_image(runs)):
-        ours = exaflops(per_image, run.epochs)
+        ours = per_image * run.images_seen / 1e18  # pre-training compute: FLOPs per image x images seen
         rows.append({"model": run.model, "epochs": run.epochs, "images_seen": run.images_seen,
                      "paper_exaflops": run.exaflops, "vitkit": run.vitkit, "train_gflops_per_image": per_image / 1e9,
                      "vitkit_exaflops": ours, "ratio": ours / run.exaflops})
