@@ -21,6 +21,7 @@ Engine interface (its OpenVINO engine splits a large batch over one single-threa
 
     python benchmarks/speed.py                      # everything (about 15 minutes on 2 cores)
     python benchmarks/speed.py --models fmnist,Ti   # a subset
+    python benchmarks/speed.py --models Axial-B,B   # appendix D.7: Axial-ViT-B/16 against ViT-B/16 (no peer has it)
     python benchmarks/speed.py --quick              # one short repeat each (a smoke test)
 
 Writes benchmarks/results/speed.json and prints the table as Markdown (benchmarks/results/speed.md).
@@ -57,6 +58,9 @@ MODELS = {  # key: (vitkit name, overrides, image size, batch)
     "S": ("ViT-S/16", {}, 224, 16),
     "B": ("ViT-B/16", {}, 224, 8),
     "fmnist": None,  # the fashion-mnist recipe's model, filled in below
+    "Axial-B": ("Axial-ViT-B/16", {}, 224, 8),  # axial attention (appendix D.7): vitkit's rows only
+    "Axial-B32": ("Axial-ViT-B/32", {}, 224, 8),
+    "AxialR50": ("AxialResNet50", {}, 224, 8),
 }
 
 
@@ -136,6 +140,8 @@ def build(name: str, overrides: dict, size: int) -> dict[str, nn.Module]:
     with torch.no_grad():  # a zero head would hide differences in the comparison
         ours.head.weight.normal_(0, 0.02)
     cfg, models = ours.config, {"vitkit": ours}
+    if not isinstance(ours, vitkit.VisionTransformer):  # the axial models: no peer library has them
+        return models
     state = _outside_state(ours)
     try:
         import timm.models.vision_transformer as tv
@@ -262,7 +268,7 @@ def measure(fns: dict[str, Callable[[], object]], seconds: float, rounds: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="fmnist,Ti,S,B")
+    ap.add_argument("--models", default="fmnist,Ti,S,B", help=f"keys of {', '.join(MODELS)}")
     ap.add_argument("--seconds", type=float, default=9.0, help="timed seconds per contender and row")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default="inference,train", help="which of inference,train")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
-ARCHITECTURE = ("vit.py", "resnet.py", "posemb.py", "registry.py")  # what parameters and FLOPs depend on
+ARCHITECTURE = ("vit.py", "resnet.py", "axial.py", "posemb.py", "registry.py")  # what parameters and FLOPs depend on
 PACKAGED = HERE / "catalog.json"
 CACHE = "models.json"
 
