@@ -51,7 +51,7 @@ def test_every_vit_variant_runs_tiny(name):
     with torch.no_grad():
         out = model(x)
     assert out.shape == (2, 5)
-    assert model.forward_features(x).shape == (2, 4 + 1, 32)
+    assert model.forward_features(x).shape == (2, 4 + model.num_prefix_tokens, 32)  # Axial-ViT: no class token
 
 
 def test_bit_r50x1_runs():

@@ -29,7 +29,7 @@ from vitkit.convert.files import (CONFIG, TORCH_SUFFIXES, WEIGHTS, read_json, re
 from vitkit.data import labels
 from vitkit.data.preprocess import Preprocess
 from vitkit.models.registry import build_model, config_to_dict, model_config
-from vitkit.models.vit import ViTConfig, VisionTransformer
+from vitkit.models.vit import ViTConfig
 
 FORMATS = ("vitkit", "timm", "hf", "npz")
 ADAPTERS = {"vitkit": vitkit_format, "timm": timm, "hf": hf, "npz": google_npz}
@@ -147,16 +147,16 @@ def load(
         sd = {k: v for k, v in sd.items() if k != "pos_embed"}
     net = build_model(cfg)
     load_into(net, sd, source, report, strict)
-    if isinstance(net, VisionTransformer) and drop_pre_logits and cfg.representation_size:
+    if hasattr(net, "drop_pre_logits") and drop_pre_logits and getattr(cfg, "representation_size", None):
         net.drop_pre_logits()
         report.notes.append(f"pre-logits layer dropped; new zero-initialised {cfg.width} x {cfg.num_classes} head")
     if num_classes is not None and num_classes != cfg.num_classes:
         report.notes.append(f"head replaced: {cfg.num_classes} -> {num_classes} classes, zero-initialised")
         net.reset_head(num_classes, zero=True)
         class_names = None
-    if image_size is not None and isinstance(net, VisionTransformer):
+    if image_size is not None and hasattr(net, "set_image_size"):  # a ViT, a hybrid or an Axial-ViT: tokens on a grid
         tables = ("pos_embed", "pos_embed_x", "pos_embed_y")
-        old = (cfg.image_size, {n: tuple(getattr(net, n).shape) for n in tables if getattr(net, n) is not None})
+        old = (cfg.image_size, {n: tuple(getattr(net, n).shape) for n in tables if getattr(net, n, None) is not None})
         net.set_image_size(image_size, mode=resample_mode)
         if old[0] != cfg.image_size:
             report.resampled += [f"{n} {shape} -> {tuple(getattr(net, n).shape)} ({resample_mode}"

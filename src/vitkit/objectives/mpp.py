@@ -108,6 +108,9 @@ class MaskedPatchPrediction(nn.Module):
         m = cfg.mpp
         if getattr(model.config, "resnet", None) is not None:
             raise ValueError("masked patch prediction corrupts raw patch embeddings; it is defined for plain ViTs, not hybrids")
+        if not hasattr(model.config, "patch_size"):
+            raise ValueError(f"masked patch prediction corrupts patch embeddings; a {type(model).__name__} has no patches: "
+                             f"choose a ViT (model.name, e.g. ViT-Ti/16) for --recipe mpp")
         return cls(model.config.width, model.config.patch_size, model.config.in_chans, cfg.data.normalize, m.rate,
                    m.mask_frac, m.random_frac, m.bits, m.target)
 
