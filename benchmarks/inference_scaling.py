@@ -2,7 +2,7 @@
 the paper's appendix D.5 (figure 12: images/s per core, and the largest batch per core, at 64-512 px, on a TPUv3 core).
 
 For each model and resolution:
-- throughput: images/s through vitkit's inference path (`vitkit.models.fast.inference_model`, fp32 by default,
+- throughput: images/s on one thread (--threads) through vitkit's inference path (`vitkit.models.fast.inference_model`, fp32 by default,
   --precision), random weights (speed does not depend on them), a batch sized to about --seconds per call; the
   models are interleaved round by round and the median of --rounds rounds is reported, also divided by the threads;
 - the largest batch whose forward pass fits in --memory-gb. On a GPU it is measured: torch.cuda.max_memory_allocated
@@ -12,7 +12,7 @@ For each model and resolution:
   the peak of live bytes plus the weights is the memory of that batch. Memory is affine in the batch: counted at
   two batches, the fitting batch solved for, then checked at it and the next (bisection if it is not affine).
 
-    python benchmarks/inference_scaling.py                       # the default set, about 4 minutes on 2 cores
+    python benchmarks/inference_scaling.py                       # the default set, about 4 minutes on one core
     python benchmarks/inference_scaling.py --models ViT-B/16,R50x1 --resolutions 224,384 --precision bf16
 
 Writes benchmarks/results/inference_scaling.json (with the CPU, torch version and threads) and inference_scaling.png
@@ -172,6 +172,13 @@ def cpu_name() -> str:
     return f"{name} ({extra})" if extra else name
 
 
+def cpu_flags() -> list[str]:
+    """The flags that decide fast inference paths here (native bf16: avx512_bf16 or AMX)."""
+    from vitkit.runtime import cpu_info
+
+    return [f for f in cpu_info().flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")]
+
+
 def parse_list(text: str, kind: type, option: str) -> list:
     try:
         items = [kind(x) for x in text.split(",") if x.strip()]
@@ -202,15 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=0.5, help="about how long one timed call runs (sets its batch)")
     p.add_argument("--max-batch", type=int, default=64, help="the largest batch a timed call uses")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the paper's figure is per core, and on a shared machine a busy core stalls "
+                        "every parallel region of a multi-threaded run: 2 threads on 2 loaded cores ran 3-10x slower than 1)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "inference_scaling.json")
     args = p.parse_args(argv)
     if args.memory_gb <= 0 or args.rounds < 1 or args.seconds <= 0 or args.max_batch < 1:
         raise SystemExit("--memory-gb and --seconds must be positive, --rounds and --max-batch at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"--threads {args.threads}: give at least 1")
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise SystemExit(f"--threads {args.threads}: give at least 1")
+    torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device here; use --device cpu")
     dtype = PRECISIONS[args.precision]
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         row["images_per_s"] = row["batch"] / statistics.median(row["times"])
         row["images_per_s_per_core"] = row["images_per_s"] / threads
 
-    meta = {"cpu": cpu_name(), "torch": torch.__version__, "threads": threads, "device": args.device,
+    meta = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": threads, "device": args.device,
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],  # before / after timing
             "precision": args.precision, "memory_budget_gb": args.memory_gb, "rounds": args.rounds,
@@ -309,7 +317,8 @@ def figure(results: list[dict], meta: dict, path: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     right.legend(fontsize=8)
-    fig.suptitle(f"{meta['gpu'] or meta['cpu']}, {meta['threads']} threads, {meta['precision']}, torch {meta['torch']}", fontsize=9)
+    threads = f"{meta['threads']} thread{'s' if meta['threads'] > 1 else ''}"
+    fig.suptitle(f"{meta['gpu'] or meta['cpu']}, {threads}, {meta['precision']}, torch {meta['torch']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
