@@ -160,7 +160,7 @@ def load(
         net.set_image_size(image_size, mode=resample_mode)
         if old[0] != cfg.image_size:
             report.resampled += [f"{n} {shape} -> {tuple(getattr(net, n).shape)} ({resample_mode}"
-                                 f"{', class token kept' if n == 'pos_embed' else ''})" for n, shape in old[1].items()]
+                                 f"{', class token kept' if n == 'pos_embed' and getattr(net, 'num_prefix_tokens', 0) else ''})" for n, shape in old[1].items()]
     elif image_size is not None:
         net.config.image_size = image_size  # convolutional: any size works
     try:
