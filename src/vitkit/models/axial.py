@@ -21,7 +21,7 @@ from vitkit.config import Range, check_number
 from vitkit.models import vit
 from vitkit.models.posemb import resample_posemb, sincos_2d
 from vitkit.models.resnet import check_fields, check_layers, truncated_lecun_
-from vitkit.models.vit import Attention, Mlp, PatchEmbed, VisionTransformer, check_image_size
+from vitkit.models.vit import Attention, Mlp, PatchEmbed, VisionTransformer, check_image_size, official_init_
 
 AXIAL_POSEMBS = ("learned", "sincos2d", "none")
 
@@ -190,13 +190,7 @@ class AxialVisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(cfg.dropout)
         dpr = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([AxialBlock(cfg, dpr[i]) for i in range(cfg.depth)])
-        self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
-        self.num_features = cfg.representation_size or D
-        if cfg.representation_size:
-            self.pre_logits = nn.Sequential(nn.Linear(D, cfg.representation_size), nn.Tanh())
-        else:
-            self.pre_logits = nn.Identity()
-        self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        VisionTransformer.build_classifier(self, cfg)
         self.grad_checkpointing = False
         self.init_weights()
 
@@ -208,16 +202,8 @@ class AxialVisionTransformer(nn.Module):
         if self.pos_embed is not None:
             nn.init.normal_(self.pos_embed, std=0.02)
         for blk in self.blocks:
-            for attn in (blk.row_attn, blk.col_attn):
-                for part in attn.qkv.weight.split(self.config.width, dim=0):
-                    nn.init.xavier_uniform_(part)
-                if attn.qkv.bias is not None:
-                    nn.init.zeros_(attn.qkv.bias)
-                nn.init.xavier_uniform_(attn.proj.weight)
-                nn.init.zeros_(attn.proj.bias)
-            for fc in (blk.row_mlp.fc1, blk.row_mlp.fc2, blk.col_mlp.fc1, blk.col_mlp.fc2):
-                nn.init.xavier_uniform_(fc.weight)
-                nn.init.normal_(fc.bias, std=1e-6)
+            official_init_(blk.row_attn, blk.row_mlp)
+            official_init_(blk.col_attn, blk.col_mlp)
         if self.config.representation_size:
             truncated_lecun_(self.pre_logits[0].weight)
             nn.init.zeros_(self.pre_logits[0].bias)

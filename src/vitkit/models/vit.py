@@ -245,6 +245,21 @@ class RelativeAttention(Attention):
         return self.proj_drop(self.proj(x)), weights
 
 
+@torch.no_grad()
+def official_init_(attn: Attention, mlp: "Mlp") -> None:
+    """The official (Flax) initialisers of one attention and one MLP: Xavier-uniform kernels (q, k and v each on its
+    own), zero attention biases, MLP biases N(0, 1e-6)."""
+    for part in attn.qkv.weight.split(attn.heads * attn.head_dim, dim=0):
+        nn.init.xavier_uniform_(part)
+    if attn.qkv.bias is not None:
+        nn.init.zeros_(attn.qkv.bias)
+    nn.init.xavier_uniform_(attn.proj.weight)
+    nn.init.zeros_(attn.proj.bias)
+    for fc in (mlp.fc1, mlp.fc2):
+        nn.init.xavier_uniform_(fc.weight)
+        nn.init.normal_(fc.bias, std=1e-6)
+
+
 class Mlp(nn.Module):
     """Dense(mlp_dim) - GELU - Dense(D), dropout after each dense as in the official MlpBlock; `gelu` "exact" (erf) or
     "tanh" (the approximation the official code's nn.gelu computes)."""
@@ -327,6 +342,13 @@ class VisionTransformer(nn.Module):
         dpr = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth grows with depth
         block = RelativeBlock if cfg.posemb == "relative" else Block
         self.blocks = nn.ModuleList([block(cfg, dpr[i]) for i in range(cfg.depth)])
+        self.build_classifier(cfg)
+        self.grad_checkpointing = False
+        self.init_weights()
+
+    def build_classifier(self, cfg: ViTConfig) -> None:
+        """The final LayerNorm, the optional pre-logits Dense + tanh, and the head (eq. 4; appendix B.1)."""
+        D = cfg.width
         self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
         self.num_features = cfg.representation_size or D
         if cfg.representation_size:
@@ -334,8 +356,6 @@ class VisionTransformer(nn.Module):
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
-        self.grad_checkpointing = False
-        self.init_weights()
 
     def _sincos(self, grid: tuple[int, int]) -> torch.Tensor:
         pe = sincos_2d(grid, self.config.width)
@@ -358,16 +378,7 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
         for blk in self.blocks:
-            D = cfg.width
-            for part in blk.attn.qkv.weight.split(D, dim=0):
-                nn.init.xavier_uniform_(part)
-            if blk.attn.qkv.bias is not None:
-                nn.init.zeros_(blk.attn.qkv.bias)
-            nn.init.xavier_uniform_(blk.attn.proj.weight)
-            nn.init.zeros_(blk.attn.proj.bias)
-            for fc in (blk.mlp.fc1, blk.mlp.fc2):
-                nn.init.xavier_uniform_(fc.weight)
-                nn.init.normal_(fc.bias, std=1e-6)
+            official_init_(blk.attn, blk.mlp)
         if cfg.representation_size:
             truncated_lecun_(self.pre_logits[0].weight)
             nn.init.zeros_(self.pre_logits[0].bias)
