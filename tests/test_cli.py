@@ -17,7 +17,7 @@ def verbs():
 def test_models_json(capsys):
     assert main(["models", "--json", "--filter", "ViT-B/16"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == ["ViT-B/16", "R50+ViT-B/16"]
+    assert [r["name"] for r in rows] == ["ViT-B/16", "R50+ViT-B/16", "Axial-ViT-B/16"]
     assert rows[0] == {"name": "ViT-B/16", "params": 86_567_656, "image_size": 224,
                      "gflops": pytest.approx(35.13, abs=0.01), "gmacs": pytest.approx(17.56, abs=0.01)}
 
