@@ -34,7 +34,9 @@ def evaluate_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
                 kk = num_classes or k
                 zero = torch.zeros((), dtype=torch.float64, device=logits.device)
                 sums = {"loss": zero, "correct1": zero.clone(), "correct5": zero.clone(), "n": zero.clone(),
-                        "confusion": torch.zeros(kk, kk, dtype=torch.long, device=logits.device), "top1_pred": []}
+                        "confusion": torch.zeros(kk, kk, dtype=torch.long, device=logits.device)}
+                if keep_top1:  # only then: every other value is a tensor on the model's device
+                    sums["top1_pred"] = []
             sums["loss"] += F.cross_entropy(logits, y, reduction="sum")
             top = logits.topk(min(5, k), dim=1).indices
             sums["correct1"] += (top[:, 0] == y).sum()
