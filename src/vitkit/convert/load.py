@@ -158,9 +158,10 @@ def load(
         tables = ("pos_embed", "pos_embed_x", "pos_embed_y")
         old = (cfg.image_size, {n: tuple(getattr(net, n).shape) for n in tables if getattr(net, n, None) is not None})
         net.set_image_size(image_size, mode=resample_mode)
+        kept = ", class token kept" if getattr(net, "num_prefix_tokens", 0) else ""
         if old[0] != cfg.image_size:
-            report.resampled += [f"{n} {shape} -> {tuple(getattr(net, n).shape)} ({resample_mode}"
-                                 f"{', class token kept' if n == 'pos_embed' and getattr(net, 'num_prefix_tokens', 0) else ''})" for n, shape in old[1].items()]
+            report.resampled += [f"{n} {shape} -> {tuple(getattr(net, n).shape)} ({resample_mode}{kept if n == 'pos_embed' else ''})"
+                                 for n, shape in old[1].items()]
     elif image_size is not None:
         net.config.image_size = image_size  # convolutional: any size works
     try:
