@@ -539,6 +539,48 @@ def _export_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from vitkit.reproduce.run import plan, reproduce, select
+    from vitkit.reproduce.plan import Budget
+
+    studies = select(args.only)
+    if args.list:
+        for study, runs in plan(studies, Budget(quick=args.quick, seeds=args.seeds or 0)):
+            print(f"{study.name:<12} {len(runs):>3} runs  {study.title} ({study.source})")
+        return 0
+    if args.out is None:
+        raise ValueError("vitkit reproduce: --out DIR is required (where the runs, results.json and report.html go)")
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not ((out / "runs").is_dir() or (out / "results.json").exists()) \
+            and not args.force:
+        raise ValueError(f"--out {out}: a non-empty directory that holds no reproduce runs; choose another, or --force")
+    res = reproduce(out, quick=args.quick, only=args.only, seeds=args.seeds or 0)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for name, s in res["studies"].items():
+        print(f"{name:<12} {s['verdict']['outcome']:<13} {s['verdict']['why']}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _reproduce_parser(sub: Any) -> None:
+    p = sub.add_parser("reproduce", help="the paper's claims in miniature, each with a verdict by a fixed rule",
+                       description="Runs the paper's experiments at small scale (digits with --quick, Fashion-MNIST "
+                                   "otherwise) and decides, claim by claim, whether it held: held, did not hold or "
+                                   "inconclusive, by rules fixed in vitkit/reproduce/verdicts.py. Writes DIR/report.html "
+                                   "(self-contained), DIR/results.json and every run under DIR/runs/; rerunning with the "
+                                   "same DIR reuses finished runs.")
+    p.add_argument("--out", type=_directory, metavar="DIR", help="where the runs and the report go (rerun: resumes)")
+    p.add_argument("--quick", action="store_true", help="one seed, short runs on digits: a smoke version, minutes")
+    p.add_argument("--only", metavar="NAME[,NAME]", help="run these studies only (--list names them)")
+    p.add_argument("--seeds", type=argument_parser("seeds"), help="seeds per arm (default: 1 with --quick, else 3)")
+    p.add_argument("--list", action="store_true", help="print the studies and their runs, run nothing")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out that holds no reproduce runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -547,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitkit {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for add in (_models_parser, _info_parser, _convert_parser, _train_parser, _eval_parser, _finetune_parser,
-                _fewshot_parser, _predict_parser, _analyze_parser, _export_parser):  # the order of --help
+                _fewshot_parser, _predict_parser, _analyze_parser, _export_parser, _reproduce_parser):  # the order of --help
         add(sub)
     for verb in sub.choices.values():  # options every verb shares
         verb.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they show on a terminal only, as tqdm's)")

@@ -165,10 +165,27 @@ class ModelConfig:
     head_bias_init: float | None = None
     zero_head: bool | None = None
     gelu: Literal["exact", "tanh"] | None = None  # the MLP's GELU: exact (erf) or the official code's tanh approximation
+    layers: str | None = None  # BiT / axial ResNets: units per stage, comma-separated ("2,2,2,2": a ResNet-26)
+    width_factor: int | None = ranged(None, ge=1)  # BiT ResNets: the channel multiplier (R50x3: 3)
 
     def overrides(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("name", "init") and getattr(self, f.name) is not None}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("name", "init") and getattr(self, f.name) is not None}
+        if "layers" in out:
+            out["layers"] = parse_layers(out["layers"])
+        return out
+
+
+def parse_layers(text: str | tuple | list) -> tuple[int, ...]:
+    """model.layers as a tuple: "3,4,6,3" (or a JSON list) -> (3, 4, 6, 3), else ValueError naming the option."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        layers = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        layers = ()
+    if not layers or any(n < 1 for n in layers):
+        raise ValueError(f"model.layers={text!r}: must be units per stage, comma-separated integers >= 1 (e.g. 3,4,6,3)")
+    return layers
 
 
 @dataclass

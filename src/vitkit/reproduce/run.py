@@ -1,0 +1,136 @@
+"""`vitkit reproduce`: plan every study's runs, run them (finished ones reused, a half-done one resumed) under one
+progress bar, summarise each study, decide its verdict by its fixed rule, draw its figure, and write results.json and
+a self-contained report.html (figures embedded, the verdict table on top)."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vitkit.reproduce.plan import Budget, RunSpec, Study, execute, finished
+from vitkit.reproduce.verdicts import HELD, INCONCLUSIVE, NOT_HELD
+
+RESULTS, REPORT = "results.json", "report.html"
+
+
+def select(only: str | list[str] | None = None) -> list[Study]:
+    """The studies to run, in the paper's order; `only` names some ("data-size,posemb"), else ValueError listing them."""
+    from vitkit.reproduce.studies import STUDIES
+
+    if not only:
+        return list(STUDIES.values())
+    names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
+    bad = [n for n in names if n not in STUDIES]
+    if bad:
+        raise ValueError(f"--only {','.join(bad)}: no such study; the studies are {', '.join(STUDIES)}")
+    return [STUDIES[n] for n in STUDIES if n in names]
+
+
+def plan(studies: list[Study], budget: Budget) -> list[tuple[Study, list[RunSpec]]]:
+    """Each study with its runs (a run that starts from another's checkpoint comes after it)."""
+    return [(s, s.runs(budget)) for s in studies]
+
+
+def planned_flops(spec: RunSpec) -> float:
+    """The run's training compute before it runs: FLOPs per image x steps x batch (the progress bar's unit)."""
+    from vitkit.recipes import build
+    from vitkit.reproduce.studies import flops_per_image
+
+    over = tuple(o for o in spec.overrides if not o.startswith(("train.seed=", "train.log_every=")))
+    cfg = build(spec.recipe, list(spec.overrides))
+    return float(flops_per_image(spec.recipe, over)) * cfg.train.steps * cfg.train.batch_size
+
+
+def reproduce(out: str | Path, quick: bool = False, only: str | list[str] | None = None, seeds: int = 0) -> dict:
+    """Run the studies into `out` (DIR/runs/STUDY/KEY per run), write DIR/results.json and DIR/report.html, and return
+    the results. Rerunning with the same DIR reuses finished runs, so a killed reproduce loses at most the run it was
+    in."""
+    from vitkit import progress, runtime
+
+    out = Path(out)
+    budget = Budget(quick=quick, seeds=seeds)
+    chosen = plan(select(only), budget)
+    todo = [(s, r) for s, runs in chosen for r in runs if finished(out, r) is None]
+    total = sum(planned_flops(r) for _, r in todo)
+    n_runs = sum(len(runs) for _, runs in chosen)
+    print(f"vitkit reproduce: {len(chosen)} studies, {n_runs} runs ({n_runs - len(todo)} finished already), "
+          f"{'quick' if quick else 'full'}, {budget.n_seeds} seed(s) -> {out}")
+    bar = progress.bar(total=total / 1e12, desc="reproduce", unit="TFLOP",
+                       bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} TFLOP [{elapsed}<{remaining}] {postfix}")
+    started = time.time()
+    for i, (study, spec) in enumerate(todo):
+        bar.set_postfix_str(f"{study.name}: {spec.key} (run {i + 1}/{len(todo)})")
+        execute(out, spec)
+        bar.update(planned_flops(spec) / 1e12)
+    bar.close()
+    results = {"mode": "quick" if quick else "full", "seeds": budget.n_seeds, "machine": runtime.describe(),
+               "wall_s": time.time() - started, "studies": {}}
+    for study, runs in chosen:
+        results["studies"][study.name] = conclude(out, study, runs, budget)
+    from vitkit.atomic import write_json
+
+    write_json(out / RESULTS, results)
+    write_report(out, results)
+    return results
+
+
+def conclude(out: Path, study: Study, runs: list[RunSpec], budget: Budget) -> dict[str, Any]:
+    """A study's numbers, verdict and figure from its finished runs."""
+    got = [(r, finished(out, r)) for r in runs]
+    missing = [r.key for r, m in got if m is None]
+    if missing:
+        raise RuntimeError(f"{study.name}: runs {', '.join(missing)} did not finish (see their train.log under "
+                           f"{out / 'runs' / study.name})")
+    numbers = study.summarize(got)
+    verdict = study.decide(numbers)
+    fig = study.figure(numbers, out / f"{study.name}.png")
+    return {"title": study.title, "source": study.source, "claim": study.claim, "setup": study.setup(budget),
+            "rule": " ".join(study.rule.split()), "numbers": _jsonable(numbers), "verdict": verdict.to_dict(),
+            "figure": fig.name, "runs": [r.key for r in runs]}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+COLOURS = {HELD: "#2e7d32", NOT_HELD: "#c62828", INCONCLUSIVE: "#8d6e00"}
+
+
+def write_report(out: Path, results: dict) -> Path:
+    """report.html: one file, figures embedded (base64 PNG), the verdict table on top, one section per study."""
+    from vitkit.atomic import write_text
+
+    esc = html.escape
+    rows, sections = [], []
+    for name, s in results["studies"].items():
+        v = s["verdict"]
+        colour = COLOURS[v["outcome"]]
+        rows.append(f"<tr><td><a href='#{esc(name)}'>{esc(s['title'])}</a></td><td>{esc(s['source'])}</td>"
+                    f"<td style='color:{colour};font-weight:bold'>{esc(v['outcome'])}</td><td>{esc(v['why'])}</td></tr>")
+        png = base64.b64encode((out / s["figure"]).read_bytes()).decode()
+        sections.append(
+            f"<section id='{esc(name)}'><h2>{esc(s['title'])} <small>({esc(s['source'])})</small></h2>"
+            f"<p><b>The paper:</b> {esc(s['claim'])}</p><p><b>Here:</b> {esc(s['setup'])}</p>"
+            f"<p><b>Rule (fixed before the runs):</b> {esc(s['rule'])}</p>"
+            f"<img alt='{esc(s['title'])}' src='data:image/png;base64,{png}'>"
+            f"<p><b>Verdict: <span style='color:{colour}'>{esc(v['outcome'])}</span></b> - {esc(v['why'])}</p>"
+            f"<details><summary>numbers</summary><pre>{esc(json.dumps(s['numbers'], indent=1))}</pre></details></section>")
+    machine = results["machine"]
+    cpu = esc(str(machine.get("cpu", machine)) if isinstance(machine, dict) else str(machine))
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>vitkit reproduce</title><style>
+body{{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.4}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}} img{{max-width:100%}} section{{margin-top:2em}}
+</style></head><body><h1>"An Image is Worth 16x16 Words", in miniature</h1>
+<p>{esc(results['mode'])} run, {results['seeds']} seed(s), {results['wall_s'] / 60:.0f} min on {cpu}. Each verdict follows
+a rule written in vitkit's code (vitkit/reproduce/verdicts.py) before any number was seen; "inconclusive" is an
+answer too.</p>
+<table><tr><th>study</th><th>paper</th><th>verdict</th><th>why</th></tr>{''.join(rows)}</table>
+{''.join(sections)}</body></html>"""
+    return write_text(out / REPORT, page)

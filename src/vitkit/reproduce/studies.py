@@ -1,0 +1,350 @@
+"""The paper's claims as studies in miniature (plan.Study): the runs of each, how its numbers are summarised, its
+verdict rule (verdicts.py) and its figure. Quick: scikit-learn's digits (shipped with vitkit) at 16 px; full:
+Fashion-MNIST at 28 px. Every model is a small ViT (width 64, depth 4, 4 heads, MLP 128, global average pooling)
+or a matched hybrid or ResNet."""
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from vitkit.reproduce import verdicts
+from vitkit.reproduce.plan import Budget, RunSpec, Study, by_tags, train_flops
+
+RESNET = ("model.name=R50x1", "model.layers=1,1,1,1")  # a ResNet-14-like BiT: one bottleneck per stage
+HYBRID = ("model.name=R+ViT-Ti/16", "model.patch_size=1")  # the ResNet root (/4), then the small ViT on its map
+SMALL_VIT = ("model.width=64", "model.depth=4", "model.heads=4", "model.mlp_dim=128")
+
+
+def base(b: Budget) -> tuple[str, tuple[str, ...], int]:
+    """(recipe, overrides, batch size) of the small ViT every study starts from."""
+    if b.quick:
+        return "quickstart", ("data.val_fraction=0",), 64  # digits, 16 px, patch 2: 8 x 8 tokens
+    return "fashion-mnist", (*SMALL_VIT, "data.val_fraction=0"), 128  # 28 px, patch 4: 7 x 7 tokens
+
+
+def resnet(b: Budget) -> tuple[str, ...]:
+    """The ResNet arm's overrides: the base's data settings, none of its ViT's architecture."""
+    return ("data.val_fraction=0", *RESNET)
+
+
+def run_args(steps: int, seed: int) -> tuple[str, ...]:
+    """A run of `steps` steps with one checkpoint and one evaluation, at the end."""
+    return (f"train.steps={steps}", f"train.seed={seed}", f"train.ckpt_every={steps}", f"train.eval_every={steps}",
+            f"train.log_every={max(1, steps // 10)}")
+
+
+@cache
+def flops_per_image(recipe: str, overrides: tuple[str, ...]) -> int:
+    """Training FLOPs of one image (forward + backward) of the model a recipe with these overrides builds, on a 10-class
+    grayscale dataset (digits and Fashion-MNIST both are): counted on the meta device, nothing allocated."""
+    from vitkit.models.registry import model_config
+    from vitkit.models.registry import train_flops as count
+    from vitkit.recipes import build
+
+    cfg = build(recipe, list(overrides))
+    return count(model_config(cfg.model.name, image_size=cfg.data.image_size, num_classes=10, in_chans=1,
+                              **cfg.model.overrides()))
+
+
+def steps_for(flops: float, recipe: str, overrides: tuple[str, ...], batch: int, least: int = 20) -> int:
+    """The steps that spend `flops` of training compute on this model (equal compute across arms)."""
+    return max(least, round(flops / (flops_per_image(recipe, overrides) * batch)))
+
+
+def _spec(study: str, arm: str, x: Any, seed: int, recipe: str, overrides: tuple[str, ...], **kw: Any) -> RunSpec:
+    return RunSpec(study, f"{arm}-{x}-s{seed}".replace("/", "_"), recipe, overrides,
+                   (("arm", arm), ("x", x), ("seed", seed)), **kw)
+
+
+# --- plots ---------------------------------------------------------------------------------------------------------
+
+
+def line_figure(series: dict[str, dict[Any, list[float]]], path: Path, title: str, xlabel: str, logx: bool = False,
+                ylabel: str = "test top-1") -> Path:
+    """One line per arm: mean over seeds with the spread as error bars."""
+    from vitkit.figures import figure, save_png
+
+    fig = figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for label, points in series.items():
+        xs = sorted(points)
+        stats = [verdicts.mean_spread(points[x]) for x in xs]
+        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], marker="o", capsize=3, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=f"{ylabel} [%]")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)
+
+
+def bar_figure(bars: dict[str, list[float]], path: Path, title: str, ylabel: str = "test top-1") -> Path:
+    """One bar per arm: mean over seeds, the spread as an error bar, each seed as a dot."""
+    from vitkit.figures import figure, save_png
+
+    fig = figure(figsize=(6, 4))
+    ax = fig.subplots()
+    names = list(bars)
+    stats = [verdicts.mean_spread(bars[n]) for n in names]
+    ax.bar(names, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], capsize=4, color="#7aa6c2")
+    for i, n in enumerate(names):
+        ax.plot([i] * len(bars[n]), [100 * v for v in bars[n]], "k.", alpha=0.6)
+    lo = min(min(v) for v in bars.values())
+    ax.set_ylim(max(0, 100 * lo - 10), 100)
+    ax.set(title=title, ylabel=f"{ylabel} [%]")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)
+
+
+# --- 1. data size vs inductive bias ----------------------------------------------------------------------------------
+
+
+def _sizes(b: Budget) -> list[int]:
+    return b.pick([100, 300, 898], [1000, 5000, 20000, 60000])
+
+
+def _images_seen(b: Budget, n: int) -> int:
+    """The ViT's training images per size: enough epochs on the small sets, a few on the large ones."""
+    return b.pick(min(max(30 * n, 3000), 27000), min(max(10 * n, 20000), 300000))
+
+
+def data_size_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    out = []
+    for n in _sizes(b):
+        budget = _images_seen(b, n) * flops_per_image(recipe, common)  # the ViT's compute at this size, for every arm
+        for arm, over in (("vit", common), ("resnet", resnet(b)), ("hybrid", (*common, *HYBRID))):
+            over = (*over, f"data.train_subset={n}")
+            steps = steps_for(budget, recipe, over, batch)
+            out += [_spec("data-size", arm, n, s, recipe, over + run_args(steps, s)) for s in range(b.n_seeds)]
+    return out
+
+
+def data_size_summary(results: list) -> dict:
+    return {"acc": by_tags(results, "arm", "x")}
+
+
+DATA_SIZE = Study(
+    name="data-size", title="Data size vs inductive bias", source="section 4.2-4.3, figures 3 and 4",
+    claim=("ResNets do better on smaller pre-training sets, ViT overtakes them as data grows: on ImageNet-1k BiT beats "
+           "ViT-B/L, on ImageNet-21k they are alike, on JFT-300M ViT-L/16 and H/14 win (figure 3); on 9M / 30M / 90M / "
+           "300M JFT subsets the ViT-ResNet gap grows with size (figure 4)."),
+    rule=verdicts.data_size.__doc__,
+    setup=lambda b: (f"training sets of {', '.join(map(str, _sizes(b)))} {'digits' if b.quick else 'Fashion-MNIST'} "
+                     f"images; a small ViT, a ResNet (one bottleneck per stage) and a hybrid (ResNet root + the ViT), "
+                     f"each given the ViT's training compute at each size (steps from counted FLOPs); test top-1 on the "
+                     f"full test set; {b.n_seeds} seed(s)."),
+    runs=data_size_runs, summarize=data_size_summary,
+    decide=lambda n: verdicts.data_size(n["acc"]["vit"], n["acc"]["resnet"]),
+    figure=lambda n, p: line_figure(n["acc"], p, "Test top-1 vs training-set size (equal compute per size)",
+                                    "training images", logx=True),
+)
+
+
+# --- 2. performance vs compute ---------------------------------------------------------------------------------------
+
+
+def _budgets(b: Budget) -> list[int]:
+    """Training images of the small ViT that set each compute budget."""
+    return b.pick([3000, 9000, 27000], [30000, 120000, 480000])
+
+
+def compute_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    arms = {"ViT": common, "ViT (depth 8)": (*common, "model.depth=8"), "hybrid": (*common, *HYBRID), "ResNet": resnet(b)}
+    out = []
+    for images in _budgets(b):
+        flops = images * flops_per_image(recipe, common)
+        for arm, over in arms.items():
+            steps = steps_for(flops, recipe, over, batch)
+            out += [_spec("compute", arm, images, s, recipe, over + run_args(steps, s)) for s in range(b.n_seeds)]
+    return out
+
+
+def compute_summary(results: list) -> dict:
+    acc = by_tags(results, "arm", "x")
+    flops = {arm: {x: train_flops(results, arm=arm, x=x) for x in pts} for arm, pts in acc.items()}
+    # the figure's x: each run's own training FLOPs, counted (equal across arms within a budget, up to whole steps)
+    by_flops = {arm: {flops[arm][x]: v for x, v in pts.items()} for arm, pts in acc.items()}
+    return {"acc": acc, "train_flops": flops, "acc_by_flops": by_flops}
+
+
+COMPUTE = Study(
+    name="compute", title="Performance vs training compute", source="section 4.4, figure 5",
+    claim=("ViT uses about 2-4x less compute than ResNets for the same transfer accuracy; hybrids slightly beat ViT at "
+           "small compute budgets, and the difference vanishes for larger models (figure 5)."),
+    rule=verdicts.compute_frontier.__doc__,
+    setup=lambda b: (f"three compute budgets ({', '.join(f'{i:,}' for i in _budgets(b))} training images of the small "
+                     f"ViT), each spent by a small ViT, a deeper ViT, a hybrid and a ResNet (steps from counted FLOPs); "
+                     f"training FLOPs read back from each run's metrics.json; {b.n_seeds} seed(s)."),
+    runs=compute_runs, summarize=compute_summary,
+    decide=lambda n: verdicts.compute_frontier({float(k): v for k, v in n["acc"]["hybrid"].items()},
+                                               {float(k): v for k, v in n["acc"]["ViT"].items()}),
+    figure=lambda n, p: line_figure({a: {float(k): v for k, v in pts.items()} for a, pts in n["acc_by_flops"].items()},
+                                    p, "Test top-1 vs training compute", "training FLOPs (counted)", logx=True),
+)
+
+
+# --- 3. scaling dimensions -------------------------------------------------------------------------------------------
+
+
+def _dims(b: Budget) -> dict[str, tuple[str, ...]]:
+    patch = b.pick("model.patch_size=1", "model.patch_size=2")  # half the base's patch
+    return {"base": (), "depth": ("model.depth=8",), "width": ("model.width=128",), "MLP": ("model.mlp_dim=256",),
+            "patch": (patch,)}
+
+
+def scaling_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    steps = b.pick(400, 3000)
+    return [_spec("scaling", dim, "x2", s, recipe, (*common, *extra) + run_args(steps, s))
+            for dim, extra in _dims(b).items() for s in range(b.n_seeds)]
+
+
+def scaling_summary(results: list) -> dict:
+    acc = {arm: v["x2"] for arm, v in by_tags(results, "arm", "x").items()}
+    return {"acc": acc, "train_flops": {arm: train_flops(results, arm=arm) for arm in acc}}
+
+
+SCALING = Study(
+    name="scaling", title="Scaling depth, width, MLP width and patch size", source="appendix D.2, figure 8",
+    claim=("Scaling the depth gives the largest improvements (clear up to 64 layers, diminishing after 16); scaling the "
+           "width gives the smallest; decreasing the patch size (a longer sequence) gives robust improvements without "
+           "adding parameters, at more compute (figure 8)."),
+    rule=verdicts.scaling.__doc__,
+    setup=lambda b: ("the small ViT trained for the same steps with one dimension doubled at a time (depth 4 -> 8, width "
+                     "64 -> 128, MLP 128 -> 256) or the patch halved; training FLOPs counted; "
+                     f"{b.n_seeds} seed(s)."),
+    runs=scaling_runs, summarize=scaling_summary,
+    decide=lambda n: verdicts.scaling(n["acc"]["base"], n["acc"]["depth"], n["acc"]["width"], n["acc"]["MLP"],
+                                      n["acc"]["patch"]),
+    figure=lambda n, p: bar_figure(n["acc"], p, "One dimension doubled (patch halved) at a time"),
+)
+
+
+# --- 4. position embeddings ------------------------------------------------------------------------------------------
+
+POSEMBS = {"none": "none", "1-D learned": "learned", "2-D learned": "learned2d", "relative": "relative",
+           "sin-cos 2-D": "sincos2d"}
+
+
+def posemb_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    steps = b.pick(400, 3000)
+    return [_spec("posemb", arm, kind, s, recipe, (*common, f"model.posemb={kind}") + run_args(steps, s))
+            for arm, kind in POSEMBS.items() for s in range(b.n_seeds)]
+
+
+POSEMB = Study(
+    name="posemb", title="Position embeddings", source="appendix D.4, table 8",
+    claim=("ViT-B/16 without position embeddings: 0.61382 (5-shot ImageNet linear, table 8); with 1-D, 2-D or relative "
+           "embeddings 0.64206 / 0.64001 / 0.64032: no embedding is clearly worse, the kinds differ little (the model "
+           "works on patches, where spatial relations are easy to learn)."),
+    rule=verdicts.position_embeddings.__doc__,
+    setup=lambda b: (f"the small ViT with each kind of position embedding (added after the stem; relative: in every "
+                     f"layer's attention), the same steps; {b.n_seeds} seed(s)."),
+    runs=posemb_runs, summarize=lambda r: {"acc": {k: v[POSEMBS[k]] for k, v in by_tags(r, "arm", "x").items()}},
+    decide=lambda n: verdicts.position_embeddings(n["acc"]["none"], {k: v for k, v in n["acc"].items() if k != "none"}),
+    figure=lambda n, p: bar_figure(n["acc"], p, "Position embeddings"),
+)
+
+
+# --- 5. class token vs global average pooling ---------------------------------------------------------------------
+
+
+def _lrs(b: Budget) -> list[float]:
+    return [3e-4, 1e-3, 3e-3]
+
+
+def token_gap_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    steps = b.pick(400, 3000)
+    arms = {"token": ("model.pool=token",), "GAP": ("model.pool=gap",)}
+    return [_spec("token-gap", arm, lr, s, recipe, (*common, *extra, f"optim.lr={lr}") + run_args(steps, s))
+            for arm, extra in arms.items() for lr in _lrs(b) for s in range(b.n_seeds)]
+
+
+TOKEN_GAP = Study(
+    name="token-gap", title="Class token vs global average pooling", source="appendix D.3, figure 9",
+    claim=("Class-token and global-average-pooling classifiers work equally well, but need different learning rates: "
+           "at the same rate the class token does clearly worse (figure 9)."),
+    rule=verdicts.token_vs_gap.__doc__,
+    setup=lambda b: (f"the small ViT with a class token or GAP, each at learning rates {', '.join(map(str, _lrs(b)))}; "
+                     f"{b.n_seeds} seed(s)."),
+    runs=token_gap_runs, summarize=lambda r: {"acc": by_tags(r, "arm", "x")},
+    decide=lambda n: verdicts.token_vs_gap({float(k): v for k, v in n["acc"]["token"].items()},
+                                           {float(k): v for k, v in n["acc"]["GAP"].items()}),
+    figure=lambda n, p: line_figure({a: {float(k): v for k, v in pts.items()} for a, pts in n["acc"].items()}, p,
+                                    "Class token vs GAP across learning rates", "learning rate", logx=True),
+)
+
+
+# --- 6. higher-resolution fine-tuning --------------------------------------------------------------------------------
+
+
+def _resolutions(b: Budget) -> list[int]:
+    return b.pick([16, 24, 32], [28, 42, 56])
+
+
+def resolution_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    common = (*common, "model.posemb=learned")  # a learned table, resampled by 2-D interpolation (section 3.2)
+    pre, fine = b.pick(400, 3000), b.pick(100, 500)
+    out = []
+    for s in range(b.n_seeds):
+        out.append(RunSpec("resolution", f"pretrain-s{s}", recipe, (*common, *run_args(pre, s)),
+                           (("arm", "pretrain"), ("seed", s))))
+        for r in _resolutions(b):
+            # the architecture is the checkpoint's: only data, optimiser and schedule settings here
+            over = ("data.val_fraction=0", f"data.image_size={r}", "optim.lr=3e-4", "optim.warmup_fraction=0.1") + run_args(fine, s)
+            out.append(_spec("resolution", "finetune", r, s, recipe, over, init=f"pretrain-s{s}"))
+    return out
+
+
+RESOLUTION = Study(
+    name="resolution", title="Fine-tuning at higher resolution", source="section 3.2",
+    claim=("It is often beneficial to fine-tune at higher resolution than pre-training (Touvron et al. 2019; Kolesnikov "
+           "et al. 2020): ViT keeps the patch size, so the sequence grows, and the learned position embeddings are "
+           "resized by 2-D interpolation. (The paper's ImageNet fine-tuning at 384 px rather than 224.)"),
+    rule=verdicts.resolution.__doc__,
+    setup=lambda b: (f"the small ViT with a learned position embedding pre-trained at {_resolutions(b)[0]} px, then "
+                     f"fine-tuned for the same steps at {', '.join(map(str, _resolutions(b)))} px (the embedding "
+                     f"interpolated, the patch size kept); {b.n_seeds} seed(s)."),
+    runs=resolution_runs, summarize=lambda r: {"acc": by_tags([x for x in r if x[0].tag("arm") == "finetune"], "x")},
+    decide=lambda n: verdicts.resolution({int(k): v for k, v in n["acc"].items()}),
+    figure=lambda n, p: line_figure({"fine-tuned": {int(k): v for k, v in n["acc"].items()}}, p,
+                                    "Test top-1 vs fine-tuning resolution", "resolution [px]"),
+)
+
+
+# --- 10. axial attention ---------------------------------------------------------------------------------------------
+
+
+def axial_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    steps = b.pick(400, 3000)
+    arms = {"ViT": (), "Axial-ViT": ("model.name=Axial-ViT-B/16",)}  # the recipe's width and depth: the same size
+    return [_spec("axial", arm, "same", s, recipe, (*common, *extra) + run_args(steps, s))
+            for arm, extra in arms.items() for s in range(b.n_seeds)]
+
+
+AXIAL = Study(
+    name="axial", title="Axial attention", source="appendix D.7, figure 13",
+    claim=("Axial-ViT-B/16 and B/32 do better than their ViT-B counterparts in accuracy, at the cost of more compute "
+           "(and, with a naive implementation, much slower in practice) (figure 13)."),
+    rule=verdicts.axial.__doc__,
+    setup=lambda b: (f"the small ViT and an Axial-ViT of the same width, depth and patch (each block a row and a column "
+                     f"attention, each with its MLP), the same steps; training FLOPs counted; {b.n_seeds} seed(s)."),
+    runs=axial_runs,
+    summarize=lambda r: {"acc": {k: v["same"] for k, v in by_tags(r, "arm", "x").items()},
+                         "train_flops": {a: train_flops(r, arm=a) for a in ("ViT", "Axial-ViT")}},
+    decide=lambda n: verdicts.axial(n["acc"]["Axial-ViT"], n["acc"]["ViT"], n["train_flops"]["Axial-ViT"],
+                                    n["train_flops"]["ViT"]),
+    figure=lambda n, p: bar_figure(n["acc"], p, "Axial-ViT vs ViT (same width and depth)"),
+)
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in (DATA_SIZE, COMPUTE, SCALING, POSEMB, TOKEN_GAP, RESOLUTION, AXIAL)}

@@ -1,0 +1,161 @@
+"""`vitkit reproduce`: each verdict rule fed synthetic numbers that must give each of its verdicts, the margin worked by
+hand, the planner (run counts, equal compute, dependencies) and a tiny end-to-end run on digits that is resumed."""
+import json
+import math
+
+import pytest
+
+from vitkit.reproduce import studies, verdicts
+from vitkit.reproduce.plan import Budget, finished
+from vitkit.reproduce.run import plan, planned_flops, reproduce, select
+from vitkit.reproduce.verdicts import HELD, INCONCLUSIVE, NOT_HELD
+
+S3 = lambda m: [m - 0.002, m, m + 0.002]  # noqa: E731 - three seeds tightly around m
+
+
+def test_margin_by_hand():
+    assert verdicts.margin([0.9], [0.8, 0.81]) == 0.02  # one seed: the fixed two points
+    # variances 0.0004 and 0: se = sqrt(0.0004 / 3) = 0.011547, twice that 0.023094
+    assert verdicts.margin([0.90, 0.92, 0.94], [0.8, 0.8, 0.8]) == pytest.approx(2 * math.sqrt(0.0004 / 3))
+    assert verdicts.margin(S3(0.9), S3(0.9)) == 0.01  # tight seeds: never under one point
+    assert verdicts.compare(S3(0.93), S3(0.90)) == 1 and verdicts.compare(S3(0.90), S3(0.905)) == 0
+    assert verdicts.fmt([0.9, 0.92, 0.94]) == "92.0 ± 2.0%" and verdicts.fmt([0.9]) == "90.0%"
+
+
+@pytest.mark.parametrize("vit,resnet,want", [
+    ({100: S3(0.60), 1000: S3(0.90)}, {100: S3(0.70), 1000: S3(0.88)}, HELD),  # ResNet ahead on little data, ViT catches up
+    ({100: S3(0.75), 1000: S3(0.90)}, {100: S3(0.70), 1000: S3(0.88)}, NOT_HELD),  # ViT ahead already
+    ({100: S3(0.60), 1000: S3(0.70)}, {100: S3(0.70), 1000: S3(0.85)}, NOT_HELD),  # the gap widens for the ResNet
+    ({100: S3(0.695), 1000: S3(0.90)}, {100: S3(0.70), 1000: S3(0.88)}, INCONCLUSIVE),  # the lead is noise
+    ({100: [0.60, 0.60, 0.60], 1000: [0.70, 0.55, 0.70]}, {100: S3(0.70), 1000: [0.75, 0.75, 0.75]}, INCONCLUSIVE),
+])
+def test_data_size_rule(vit, resnet, want):
+    assert verdicts.data_size(vit, resnet).outcome == want
+
+
+@pytest.mark.parametrize("hybrid,vit,want", [
+    ({1: S3(0.80), 9: S3(0.90)}, {1: S3(0.74), 9: S3(0.899)}, HELD),
+    ({1: S3(0.70), 9: S3(0.90)}, {1: S3(0.74), 9: S3(0.90)}, NOT_HELD),  # the ViT ahead at small compute
+    ({1: S3(0.80), 9: S3(0.95)}, {1: S3(0.74), 9: S3(0.85)}, NOT_HELD),  # the lead grows
+    ({1: S3(0.745), 9: S3(0.90)}, {1: S3(0.74), 9: S3(0.90)}, INCONCLUSIVE),
+    ({1: S3(0.80), 9: S3(0.85)}, {1: S3(0.74), 9: S3(0.80)}, INCONCLUSIVE),  # shrinks, but not to noise
+])
+def test_compute_rule(hybrid, vit, want):
+    assert verdicts.compute_frontier(hybrid, vit).outcome == want
+
+
+@pytest.mark.parametrize("gains,want", [
+    (dict(depth=0.05, width=0.01, mlp=0.0, patch=0.03), HELD),
+    (dict(depth=0.01, width=0.05, mlp=0.0, patch=0.03), NOT_HELD),  # width helps more
+    (dict(depth=0.05, width=0.01, mlp=0.0, patch=-0.04), NOT_HELD),  # smaller patches lose
+    (dict(depth=0.05, width=0.045, mlp=0.0, patch=0.03), INCONCLUSIVE),  # depth and width within noise
+    (dict(depth=0.005, width=0.0, mlp=0.0, patch=0.03), INCONCLUSIVE),  # depth's gain is noise
+])
+def test_scaling_rule(gains, want):
+    b = 0.80
+    got = verdicts.scaling(S3(b), S3(b + gains["depth"]), S3(b + gains["width"]), S3(b + gains["mlp"]), S3(b + gains["patch"]))
+    assert got.outcome == want
+
+
+@pytest.mark.parametrize("none,kinds,want", [
+    (0.80, dict(a=0.90, b=0.905, c=0.895), HELD),
+    (0.90, dict(a=0.90, b=0.905, c=0.895), NOT_HELD),  # no embedding is as good
+    (0.80, dict(a=0.90, b=0.95, c=0.85), NOT_HELD),  # the kinds differ
+    (0.86, dict(a=0.90, b=0.87, c=0.86), INCONCLUSIVE),  # worse than some only
+])
+def test_position_embedding_rule(none, kinds, want):
+    assert verdicts.position_embeddings(S3(none), {k: S3(v) for k, v in kinds.items()}).outcome == want
+
+
+@pytest.mark.parametrize("token,gap,want", [
+    ({1e-3: 0.90, 3e-3: 0.80}, {1e-3: 0.85, 3e-3: 0.90}, HELD),  # equal at own best, token worse at GAP's
+    ({1e-3: 0.80, 3e-3: 0.75}, {1e-3: 0.85, 3e-3: 0.90}, NOT_HELD),
+    ({1e-3: 0.89, 3e-3: 0.90}, {1e-3: 0.85, 3e-3: 0.90}, INCONCLUSIVE),  # equal at the shared rate too
+])
+def test_token_gap_rule(token, gap, want):
+    t = {lr: S3(v) for lr, v in token.items()}
+    g = {lr: S3(v) for lr, v in gap.items()}
+    assert verdicts.token_vs_gap(t, g).outcome == want
+
+
+@pytest.mark.parametrize("acc,want", [
+    ({16: 0.80, 24: 0.83, 32: 0.86}, HELD),
+    ({16: 0.86, 24: 0.83, 32: 0.80}, NOT_HELD),
+    ({16: 0.80, 24: 0.87, 32: 0.86}, INCONCLUSIVE),  # not monotonic
+    ({16: 0.80, 24: 0.802, 32: 0.805}, INCONCLUSIVE),  # within noise
+])
+def test_resolution_rule(acc, want):
+    assert verdicts.resolution({r: S3(v) for r, v in acc.items()}).outcome == want
+
+
+@pytest.mark.parametrize("ax,vit,fa,fv,want", [
+    (0.92, 0.88, 2.0, 1.0, HELD), (0.85, 0.88, 2.0, 1.0, NOT_HELD), (0.92, 0.88, 1.0, 1.0, NOT_HELD),
+    (0.885, 0.88, 2.0, 1.0, INCONCLUSIVE)])
+def test_axial_rule(ax, vit, fa, fv, want):
+    assert verdicts.axial(S3(ax), S3(vit), fa, fv).outcome == want
+
+
+def test_select_names_and_refuses_unknown():
+    assert [s.name for s in select("posemb,data-size")] == ["data-size", "posemb"]  # the paper's order
+    with pytest.raises(ValueError, match="--only nope: no such study; the studies are data-size"):
+        select("nope")
+
+
+def test_plan_counts_seeds_and_dependencies():
+    quick = {s.name: len(r) for s, r in plan(select(), Budget(quick=True))}
+    assert quick["data-size"] == 3 * 3 and quick["posemb"] == 5 and quick["token-gap"] == 2 * 3  # one seed each
+    three = dict((s.name, r) for s, r in plan(select("data-size,resolution"), Budget(quick=True, seeds=3)))
+    assert len(three["data-size"]) == 27
+    keys = [r.key for r in three["resolution"]]
+    assert len(set(keys)) == len(keys)
+    for i, r in enumerate(three["resolution"]):  # a fine-tuning run comes after the run it starts from
+        if r.init:
+            assert r.init in keys[:i]
+    assert Budget().n_seeds == 3 and Budget(quick=True).n_seeds == 1
+
+
+def test_data_size_arms_get_equal_compute():
+    runs = dict((s.name, r) for s, r in plan(select("data-size"), Budget(quick=True)))["data-size"]
+    for n in (100, 898):
+        spent = {r.tag("arm"): planned_flops(r) for r in runs if r.tag("x") == n}
+        assert set(spent) == {"vit", "resnet", "hybrid"}
+        per_step = {r.tag("arm"): studies.flops_per_image(r.recipe, tuple(o for o in r.overrides if not o.startswith("train.")))
+                    * 64 for r in runs if r.tag("x") == n}
+        for arm, f in spent.items():  # equal up to one step's worth (steps are whole)
+            assert abs(f - spent["vit"]) <= per_step[arm] / 2 + 1
+        assert len(set(spent.values())) > 1 or n == 100  # they are not simply the same steps
+
+
+def test_tiny_end_to_end_resumes(tmp_path, monkeypatch):
+    # the resolution study (a pre-training run, then three fine-tuning runs that start from it at 16, 24 and 32 px)
+    # with 12-step runs: digits, one seed
+    real = studies.run_args
+    monkeypatch.setattr(studies, "run_args", lambda steps, seed: real(12, seed))
+    res = reproduce(tmp_path / "r", quick=True, only="resolution")
+    s = res["studies"]["resolution"]
+    assert s["verdict"]["outcome"] in (HELD, NOT_HELD, INCONCLUSIVE) and s["verdict"]["why"]
+    assert set(s["numbers"]["acc"]) == {"16", "24", "32"}
+    ft = json.loads((tmp_path / "r/runs/resolution/finetune-24-s0/config.json").read_text())
+    assert ft["model"]["init"].endswith("pretrain-s0") and ft["data"]["image_size"] == 24
+    html = (tmp_path / "r/report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html and s["verdict"]["outcome"] in html
+    assert json.loads((tmp_path / "r/results.json").read_text())["studies"]["resolution"]["numbers"] == s["numbers"]
+    # a second reproduce reuses every finished run, and runs again only the one whose metrics are gone
+    kept = tmp_path / "r/runs/resolution/finetune-16-s0/metrics.json"
+    before = kept.stat().st_mtime_ns
+    (tmp_path / "r/runs/resolution/finetune-32-s0/metrics.json").unlink()
+    again = reproduce(tmp_path / "r", quick=True, only="resolution")
+    assert kept.stat().st_mtime_ns == before
+    assert finished(tmp_path / "r", plan(select("resolution"), Budget(quick=True))[0][1][-1]) is not None
+    assert again["studies"]["resolution"]["numbers"]["acc"]["16"] == s["numbers"]["acc"]["16"]
+
+
+def test_cli_list_and_refuses_a_foreign_directory(tmp_path, capsys):
+    from vitkit.cli import main
+
+    assert main(["reproduce", "--list", "--quick", "--only", "axial"]) == 0
+    assert "axial" in capsys.readouterr().out
+    (tmp_path / "mine.txt").write_text("keep")
+    assert main(["reproduce", "--quick", "--only", "axial", "--out", str(tmp_path)]) != 0
+    assert "holds no reproduce runs" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
