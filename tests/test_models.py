@@ -487,3 +487,27 @@ def test_hybrid_resnet_convolutions_start_as_the_official_code_s():
         want = math.sqrt(1 / fan_in)
         assert abs(w.std().item() / want - 1) < 0.03, where
         assert w.abs().max().item() <= 2 * want / 0.8796 + 1e-6, where
+
+
+def test_std_conv_on_a_one_pixel_map_trains_in_bf16():
+    # a 3 x 3 stride-2 conv on a (B, C, 1, 1) channels_last input: oneDNN's bf16 weight gradient was NaN there (torch
+    # 2.14), which made bf16 BiT training on 16 px digits diverge; vitkit computes it as the centre tap's 1 x 1 conv
+    torch.manual_seed(0)
+    conv = StdConv2d(64, 64, 3, stride=2)
+    x = torch.randn(8, 64, 1, 1).to(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv2d(x, conv.standardized_weight(), None, 2, 1)  # fp32, the padded form
+    torch.testing.assert_close(conv(x), ref, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x.bfloat16().to(memory_format=torch.channels_last))
+    y.float().square().sum().backward()
+    assert torch.isfinite(conv.weight.grad).all() and conv.weight.grad.abs().sum() > 0
+    model = vitkit.create_model("R50x1", num_classes=10, image_size=16, in_chans=1, layers=(1, 1, 1, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 10, (16,))
+    for _ in range(4):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()

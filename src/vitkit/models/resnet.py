@@ -75,9 +75,18 @@ class StdConv2d(nn.Conv2d):
         return (w - mean) / (var.sqrt() + self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.standardized_weight()
+        k = self.kernel_size[0]
         if self.same:
-            x = pad_same(x, self.kernel_size[0], self.stride[0])
-        return F.conv2d(x, self.standardized_weight(), None, self.stride, self.padding)
+            x = pad_same(x, k, self.stride[0])
+        elif k > 1 and x.shape[-2:] == (1, 1) and self.padding == (k // 2, k // 2):
+            # a 1 x 1 map (a small image deep in the net): only the centre tap meets the input, the rest meets padding,
+            # so this is the 1 x 1 convolution of the centre weights. Computed so, because oneDNN's bf16 weight gradient
+            # of the padded, strided form is NaN for such an input in channels_last (torch 2.14: bf16 BiT training on
+            # 16 px images diverged at its second step)
+            c = k // 2
+            return F.conv2d(x, w[:, :, c : c + 1, c : c + 1])
+        return F.conv2d(x, w, None, self.stride, self.padding)
 
 
 def group_norm(channels: int, eps: float, groups: int = 32) -> nn.GroupNorm:
