@@ -159,3 +159,18 @@ def test_cli_list_and_refuses_a_foreign_directory(tmp_path, capsys):
     assert main(["reproduce", "--quick", "--only", "axial", "--out", str(tmp_path)]) != 0
     assert "holds no reproduce runs" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_a_failed_run_makes_its_study_inconclusive_and_the_plan_goes_on(tmp_path, monkeypatch, capsys):
+    import vitkit.reproduce.run as run_mod
+
+    def diverge(root, spec):
+        raise ValueError(f"training diverged at step 4 ({spec.key})")
+
+    monkeypatch.setattr(run_mod, "execute", diverge)
+    res = reproduce(tmp_path / "r", quick=True, only="axial,posemb")
+    for name in ("axial", "posemb"):
+        v = res["studies"][name]["verdict"]
+        assert v["outcome"] == INCONCLUSIVE and "training diverged at step 4" in v["why"]
+    assert "failed" in capsys.readouterr().err
+    assert "(no figure)" in (tmp_path / "r/report.html").read_text()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from vitkit.reproduce.plan import Budget, RunSpec, Study, execute, finished
-from vitkit.reproduce.verdicts import HELD, INCONCLUSIVE, NOT_HELD
+from vitkit.reproduce.verdicts import HELD, INCONCLUSIVE, NOT_HELD, Verdict
 
 RESULTS, REPORT = "results.json", "report.html"
 
@@ -61,15 +64,20 @@ def reproduce(out: str | Path, quick: bool = False, only: str | list[str] | None
     bar = progress.bar(total=total / 1e12, desc="reproduce", unit="TFLOP",
                        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} TFLOP [{elapsed}<{remaining}] {postfix}")
     started = time.time()
+    failures: dict[tuple[str, str], str] = {}
     for i, (study, spec) in enumerate(todo):
         bar.set_postfix_str(f"{study.name}: {spec.key} (run {i + 1}/{len(todo)})")
-        execute(out, spec)
+        try:
+            execute(out, spec)
+        except Exception as err:  # noqa: BLE001 - a run that fails (diverges, say) is its study's finding, not the plan's end
+            failures[(study.name, spec.key)] = f"{type(err).__name__}: {err}"
+            tqdm.write(f"reproduce: {study.name}/{spec.key} failed: {err}", file=sys.stderr)
         bar.update(planned_flops(spec) / 1e12)
     bar.close()
     results = {"mode": "quick" if quick else "full", "seeds": budget.n_seeds, "machine": runtime.describe(),
                "wall_s": time.time() - started, "studies": {}}
     for study, runs in chosen:
-        results["studies"][study.name] = conclude(out, study, runs, budget)
+        results["studies"][study.name] = conclude(out, study, runs, budget, failures)
     from vitkit.atomic import write_json
 
     write_json(out / RESULTS, results)
@@ -77,19 +85,23 @@ def reproduce(out: str | Path, quick: bool = False, only: str | list[str] | None
     return results
 
 
-def conclude(out: Path, study: Study, runs: list[RunSpec], budget: Budget) -> dict[str, Any]:
-    """A study's numbers, verdict and figure from its finished runs."""
+def conclude(out: Path, study: Study, runs: list[RunSpec], budget: Budget,
+             failures: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+    """A study's numbers, verdict and figure from its finished runs; with a run missing (failed), inconclusive, naming
+    the runs and why they failed."""
     got = [(r, finished(out, r)) for r in runs]
+    entry = {"title": study.title, "source": study.source, "claim": study.claim, "setup": study.setup(budget),
+             "rule": " ".join(study.rule.split()), "runs": [r.key for r in runs]}
     missing = [r.key for r, m in got if m is None]
     if missing:
-        raise RuntimeError(f"{study.name}: runs {', '.join(missing)} did not finish (see their train.log under "
-                           f"{out / 'runs' / study.name})")
+        why = "; ".join(f"{k}: {(failures or {}).get((study.name, k), 'did not finish')}" for k in missing)
+        return {**entry, "numbers": {}, "figure": None,
+                "verdict": Verdict(INCONCLUSIVE, f"runs that did not finish (their train.log under "
+                                                 f"{out / 'runs' / study.name}): {why}").to_dict()}
     numbers = study.summarize(got)
     verdict = study.decide(numbers)
     fig = study.figure(numbers, out / f"{study.name}.png")
-    return {"title": study.title, "source": study.source, "claim": study.claim, "setup": study.setup(budget),
-            "rule": " ".join(study.rule.split()), "numbers": _jsonable(numbers), "verdict": verdict.to_dict(),
-            "figure": fig.name, "runs": [r.key for r in runs]}
+    return {**entry, "numbers": _jsonable(numbers), "verdict": verdict.to_dict(), "figure": fig.name}
 
 
 def _jsonable(x: Any) -> Any:
@@ -114,12 +126,12 @@ def write_report(out: Path, results: dict) -> Path:
         colour = COLOURS[v["outcome"]]
         rows.append(f"<tr><td><a href='#{esc(name)}'>{esc(s['title'])}</a></td><td>{esc(s['source'])}</td>"
                     f"<td style='color:{colour};font-weight:bold'>{esc(v['outcome'])}</td><td>{esc(v['why'])}</td></tr>")
-        png = base64.b64encode((out / s["figure"]).read_bytes()).decode()
+        png = base64.b64encode((out / s["figure"]).read_bytes()).decode() if s["figure"] else ""
         sections.append(
             f"<section id='{esc(name)}'><h2>{esc(s['title'])} <small>({esc(s['source'])})</small></h2>"
             f"<p><b>The paper:</b> {esc(s['claim'])}</p><p><b>Here:</b> {esc(s['setup'])}</p>"
             f"<p><b>Rule (fixed before the runs):</b> {esc(s['rule'])}</p>"
-            f"<img alt='{esc(s['title'])}' src='data:image/png;base64,{png}'>"
+            + (f"<img alt='{esc(s['title'])}' src='data:image/png;base64,{png}'>" if png else "<p>(no figure)</p>") +
             f"<p><b>Verdict: <span style='color:{colour}'>{esc(v['outcome'])}</span></b> - {esc(v['why'])}</p>"
             f"<details><summary>numbers</summary><pre>{esc(json.dumps(s['numbers'], indent=1))}</pre></details></section>")
     machine = results["machine"]
