@@ -174,3 +174,30 @@ def test_a_failed_run_makes_its_study_inconclusive_and_the_plan_goes_on(tmp_path
         assert v["outcome"] == INCONCLUSIVE and "training diverged at step 4" in v["why"]
     assert "failed" in capsys.readouterr().err
     assert "(no figure)" in (tmp_path / "r/report.html").read_text()
+
+
+@pytest.mark.parametrize("mpp,scratch,sup,want", [
+    ({1: 0.60, 9: 0.85}, {1: 0.50, 9: 0.80}, {1: 0.70, 9: 0.90}, HELD),
+    ({1: 0.50, 9: 0.80}, {1: 0.50, 9: 0.80}, {1: 0.70, 9: 0.90}, NOT_HELD),  # no better than scratch
+    ({1: 0.75, 9: 0.95}, {1: 0.50, 9: 0.80}, {1: 0.70, 9: 0.90}, NOT_HELD),  # not behind supervised
+    ({1: 0.60, 9: 0.80}, {1: 0.50, 9: 0.80}, {1: 0.70, 9: 0.90}, INCONCLUSIVE),  # beats scratch at one size only
+])
+def test_self_supervised_rule(mpp, scratch, sup, want):
+    got = verdicts.self_supervised(*({k: S3(v) for k, v in d.items()} for d in (mpp, scratch, sup)))
+    assert got.outcome == want
+
+
+def inside_seed(grid=0.2, global_head=8.0, last=10.0, on_object=0.6):
+    return {"posemb_same_row_or_column": 0.1 + grid, "posemb_other": 0.1, "attention_distance": [[2.0, global_head], [last, last]],
+            "uniform_distance": 10.0, "rollout_on_object": on_object, "object_area": 0.4}
+
+
+@pytest.mark.parametrize("seeds,want", [
+    ([inside_seed(), inside_seed()], HELD),
+    ([inside_seed(grid=0.0), inside_seed(grid=0.01)], NOT_HELD),  # no 2-D structure in any seed
+    ([inside_seed(global_head=5.0), inside_seed()], INCONCLUSIVE),  # a global first-layer head in one seed only
+    ([inside_seed(last=4.0)], NOT_HELD),  # distance shrinks with depth
+    ([inside_seed(on_object=0.3)], NOT_HELD),  # rollout off the object
+])
+def test_inside_rule(seeds, want):
+    assert verdicts.inside(seeds).outcome == want

@@ -347,4 +347,140 @@ AXIAL = Study(
 )
 
 
-STUDIES: dict[str, Study] = {s.name: s for s in (DATA_SIZE, COMPUTE, SCALING, POSEMB, TOKEN_GAP, RESOLUTION, AXIAL)}
+# --- 8. masked patch prediction -------------------------------------------------------------------------------------
+
+
+def _labels(b: Budget) -> list[int]:
+    """Labelled images per class for fine-tuning: about 1% and 10% of the training set (digits: ~90 per class)."""
+    return b.pick([1, 9], [60, 600])
+
+
+def mpp_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    pre, fine = b.pick(600, 4000), b.pick(150, 1000)
+    data = b.pick(("data.name=digits", "data.image_size=16", "model.patch_size=2", *SMALL_VIT), SMALL_VIT)
+    out = []
+    for s in range(b.n_seeds):
+        out.append(RunSpec("mpp", f"mpp-s{s}", "mpp-fashion-mnist", (*data, "data.val_fraction=0", *run_args(pre, s)),
+                           (("arm", "mpp pre-training"), ("seed", s))))
+        out.append(RunSpec("mpp", f"supervised-s{s}", recipe, (*common, *run_args(pre, s)),
+                           (("arm", "supervised pre-training"), ("seed", s))))
+        for k in _labels(b):
+            tune = ("data.val_fraction=0", f"data.labels_per_class={k}", "optim.lr=3e-4") + run_args(fine, s)
+            out.append(_spec("mpp", "MPP", k, s, recipe, tune, init=f"mpp-s{s}"))
+            out.append(_spec("mpp", "supervised", k, s, recipe, tune, init=f"supervised-s{s}"))
+            out.append(_spec("mpp", "scratch", k, s, recipe, (*common, f"data.labels_per_class={k}") + run_args(fine, s)))
+    return out
+
+
+def mpp_summary(results: list) -> dict:
+    tuned = [(r, m) for r, m in results if r.tag("arm") in ("MPP", "supervised", "scratch")]
+    mpp_acc = [m["test"]["mpp_acc"] for r, m in results if r.tag("arm") == "mpp pre-training"]  # masked-patch accuracy
+    return {"acc": by_tags(tuned, "arm", "x"), "masked_patch_accuracy": mpp_acc}
+
+
+MPP = Study(
+    name="mpp", title="Self-supervised masked patch prediction", source="section 4.6, appendix B.1.2",
+    claim=("ViT-B/16 pre-trained by masked patch prediction (50% of the patches corrupted, their 3-bit mean colour "
+           "predicted) reaches 79.9% on ImageNet: 2% better than training from scratch, 4% behind supervised "
+           "pre-training."),
+    rule=verdicts.self_supervised.__doc__,
+    setup=lambda b: (f"the small ViT pre-trained by masked patch prediction on every training image without labels, "
+                     f"or supervised on all labels, then fine-tuned with {' and '.join(map(str, _labels(b)))} labelled "
+                     f"images per class, against the same model trained from scratch on those labels; "
+                     f"{b.n_seeds} seed(s)."),
+    runs=mpp_runs, summarize=mpp_summary,
+    decide=lambda n: verdicts.self_supervised(*(({int(k): v for k, v in n["acc"][a].items()})
+                                                for a in ("MPP", "scratch", "supervised"))),
+    figure=lambda n, p: line_figure({a: {int(k): v for k, v in pts.items()} for a, pts in n["acc"].items()}, p,
+                                    "Fine-tuned with few labels", "labelled images per class", logx=True),
+)
+
+
+# --- 9. what ViT learns ----------------------------------------------------------------------------------------------
+
+
+def inside_runs(b: Budget) -> list[RunSpec]:
+    recipe, common, batch = base(b)
+    steps = b.pick(800, 4000)
+    over = (*common, "model.posemb=learned", "model.pool=token")  # a learned table to inspect, a class token to roll out
+    return [RunSpec("inside", f"vit-s{s}", recipe, over + run_args(steps, s), (("arm", "vit"), ("seed", s)))
+            for s in range(b.n_seeds)]
+
+
+def inside_measure(run: str | Path, images: int = 128) -> dict[str, Any]:
+    """The four measurements of figures 6 and 7 on one trained model and `images` test images (analysis/)."""
+    import torch
+
+    from vitkit.analysis.attention import attention_rollout, collect_attention, mean_attention_distance, rollout_maps
+    from vitkit.analysis.attention import patch_distances, token_stride
+    from vitkit.analysis.embeddings import posemb_similarity
+    from vitkit.convert.load import load
+    from vitkit.data.datasets import load_dataset
+    from vitkit.rundir import RunDir
+
+    from vitkit.data.transforms import eval_batch, resize_batch
+
+    model = load(run).model.eval()
+    cfg = RunDir.resume(run)[1]
+    test = load_dataset(cfg.data).test
+    x = eval_batch(resize_batch(test.images[:images], cfg.data.image_size), cfg.data)  # (B, C, H, W) as the model sees
+    grid, p = model.config.grid, model.num_prefix_tokens
+    attn = collect_attention(model, [x])
+    dist = mean_attention_distance(attn, grid, token_stride(model), p)  # (L, heads) pixels
+    uniform = patch_distances(grid, token_stride(model)).mean().item()  # the distance under uniform attention
+    sim = posemb_similarity(model)[0]  # (gh, gw, gh, gw)
+    gh, gw = grid
+    rows = torch.arange(gh)[:, None, None, None] == torch.arange(gh)[None, None, :, None]
+    cols = torch.arange(gw)[None, :, None, None] == torch.arange(gw)[None, None, None, :]
+    line = (rows | cols).expand(gh, gw, gh, gw)
+    self_ = rows.expand(gh, gw, gh, gw) & cols.expand(gh, gw, gh, gw)
+    maps = rollout_maps(attention_rollout(attn, p), grid, p)  # (B, gh, gw), max 1
+    s = token_stride(model)
+    ink = torch.nn.functional.avg_pool2d(x.float().mean(1, keepdim=True), s)[:, 0]  # (B, gh, gw): the patch's mean
+    fg = ink > ink.flatten(1).mean(1)[:, None, None]  # the object: patches brighter than the image's mean
+    mass = (maps * fg).flatten(1).sum(1) / maps.flatten(1).sum(1)
+    return {"attention_distance": dist.tolist(), "uniform_distance": uniform,
+            "posemb_same_row_or_column": sim[line & ~self_].mean().item(), "posemb_other": sim[~line].mean().item(),
+            "rollout_on_object": mass.mean().item(), "object_area": fg.float().mean().item()}
+
+
+def inside_summary(results: list) -> dict:
+    return {"seeds": [inside_measure(m["run_dir"]) for _, m in results]}
+
+
+INSIDE = Study(
+    name="inside", title="What ViT learns", source="section 4.5, figures 6 and 7",
+    claim=("The learned position embeddings encode distance and the 2-D grid: patches in the same row or column have "
+           "similar embeddings (figure 7 centre); some heads attend to most of the image already in the lowest "
+           "layers, and the attention distance grows with depth (figure 7 right); attention rollout focuses on the "
+           "regions that matter for the class (figure 6)."),
+    rule=verdicts.inside.__doc__,
+    setup=lambda b: (f"the small ViT with a learned 1-D position embedding and a class token, trained for "
+                     f"{b.pick(800, 4000)} steps; measured on 128 test images: the cosine similarity of position "
+                     f"embeddings, the mean attention distance of every head, and the share of the rollout map on the "
+                     f"object's patches (brighter than the image's mean); {b.n_seeds} seed(s)."),
+    runs=inside_runs, summarize=inside_summary, decide=lambda n: verdicts.inside(n["seeds"]),
+    figure=lambda n, p: inside_figure(n, p),
+)
+
+
+def inside_figure(numbers: dict, path: Path) -> Path:
+    """Mean attention distance of every head against depth (figure 7 right), first seed."""
+    from vitkit.figures import figure, save_png
+
+    m = numbers["seeds"][0]
+    fig = figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for layer, heads in enumerate(m["attention_distance"], start=1):
+        ax.plot([layer] * len(heads), heads, "o", color="#1f77b4", alpha=0.7)
+    ax.axhline(m["uniform_distance"], color="grey", ls="--", label="uniform attention")
+    ax.set(title="Mean attention distance per head", xlabel="layer", ylabel="distance [pixels]")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in (DATA_SIZE, COMPUTE, SCALING, POSEMB, TOKEN_GAP, RESOLUTION, MPP, INSIDE,
+                                                   AXIAL)}

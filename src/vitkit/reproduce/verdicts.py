@@ -175,3 +175,52 @@ def axial(axial_acc: list[float], vit_acc: list[float], axial_flops: float, vit_
     if c < 0:
         return Verdict(NOT_HELD, f"{said}: less accurate")
     return Verdict(INCONCLUSIVE, f"{said}: the difference is within noise")
+
+
+def self_supervised(mpp: dict[int, list[float]], scratch: dict[int, list[float]],
+                    supervised: dict[int, list[float]]) -> Verdict:
+    """Study 8: held if, at every number of labels, the model pre-trained by masked patch prediction beats the one
+    trained from scratch beyond noise and trails the supervised pre-trained one beyond noise; did not hold if it
+    beats scratch at no number of labels, or matches or beats supervised pre-training at every number; otherwise
+    inconclusive."""
+    ks = sorted(mpp)
+    said = "; ".join(f"{k} labels/class: MPP {fmt(mpp[k])}, scratch {fmt(scratch[k])}, supervised {fmt(supervised[k])}"
+                     for k in ks)
+    over = [compare(mpp[k], scratch[k]) > 0 for k in ks]
+    under = [compare(mpp[k], supervised[k]) < 0 for k in ks]
+    if all(over) and all(under):
+        return Verdict(HELD, f"{said}: better than scratch, behind supervised pre-training")
+    if not any(over):
+        return Verdict(NOT_HELD, f"{said}: no better than training from scratch")
+    if not any(under):
+        return Verdict(NOT_HELD, f"{said}: not behind supervised pre-training")
+    return Verdict(INCONCLUSIVE, f"{said}: the ordering holds at some numbers of labels only")
+
+
+def inside(seeds: list[dict]) -> Verdict:
+    """Study 9, four claims measured on each seed's model: (a) position embeddings are more alike within a row or
+    column than across (mean cosine similarity higher by 0.05 at least); (b) a head of the first layer attends
+    globally (its mean attention distance at least 75% of uniform attention's); (c) attention distance grows with
+    depth (the last layer's mean over heads above the first's); (d) rollout focuses on the object (the share of the
+    rollout map on the object's patches above their share of the image). Held if every claim holds in every seed;
+    did not hold if some claim fails in every seed; otherwise inconclusive."""
+    checks = {
+        "2-D grid in the position embeddings": [s["posemb_same_row_or_column"] - s["posemb_other"] >= 0.05 for s in seeds],
+        "a global head in layer 1": [max(s["attention_distance"][0]) >= 0.75 * s["uniform_distance"] for s in seeds],
+        "distance grows with depth": [statistics.fmean(s["attention_distance"][-1]) > statistics.fmean(s["attention_distance"][0])
+                                      for s in seeds],
+        "rollout on the object": [s["rollout_on_object"] > s["object_area"] for s in seeds],
+    }
+    s0 = seeds[0]
+    said = (f"similarity same row/column {s0['posemb_same_row_or_column']:.2f} vs other {s0['posemb_other']:.2f}; layer 1's "
+            f"widest head {max(s0['attention_distance'][0]):.1f} px of uniform {s0['uniform_distance']:.1f}; mean distance "
+            f"layer 1 {statistics.fmean(s0['attention_distance'][0]):.1f} -> last {statistics.fmean(s0['attention_distance'][-1]):.1f} px; "
+            f"rollout on the object {100 * s0['rollout_on_object']:.0f}% of its mass for {100 * s0['object_area']:.0f}% of the "
+            f"patches (seed 0)")
+    status = "; ".join(f"{name}: {sum(v)}/{len(v)} seeds" for name, v in checks.items())
+    if all(all(v) for v in checks.values()):
+        return Verdict(HELD, f"{said}. {status}")
+    if any(not any(v) for v in checks.values()):
+        failed = [name for name, v in checks.items() if not any(v)]
+        return Verdict(NOT_HELD, f"{said}. {status}: {', '.join(failed)} did not hold")
+    return Verdict(INCONCLUSIVE, f"{said}. {status}")
