@@ -201,3 +201,31 @@ def inside_seed(grid=0.2, global_head=8.0, last=10.0, on_object=0.6):
 ])
 def test_inside_rule(seeds, want):
     assert verdicts.inside(seeds).outcome == want
+
+
+@pytest.mark.parametrize("pre,rand,ft,sc,want", [
+    ({1: 0.6, 25: 0.85}, {1: 0.3, 25: 0.70}, 0.95, 0.93, HELD),
+    ({1: 0.3, 25: 0.70}, {1: 0.3, 25: 0.70}, 0.95, 0.93, NOT_HELD),  # no better than random features
+    ({1: 0.6, 25: 0.85}, {1: 0.3, 25: 0.70}, 0.85, 0.93, NOT_HELD),  # fine-tuning hurts
+    ({1: 0.4, 25: 0.90}, {1: 0.3, 25: 0.70}, 0.95, 0.93, INCONCLUSIVE),  # the advantage grows with labels
+])
+def test_transfer_rule(pre, rand, ft, sc, want):
+    got = verdicts.transfer({k: S3(v) for k, v in pre.items()}, {k: S3(v) for k, v in rand.items()}, S3(ft), S3(sc))
+    assert got.outcome == want
+
+
+def test_data_classes_keeps_and_relabels(tmp_path):
+    import torch
+
+    from vitkit.config import DataConfig
+    from vitkit.data.datasets import DatasetError, load_dataset
+
+    full = load_dataset(DataConfig(name="digits", val_fraction=0))
+    part = load_dataset(DataConfig(name="digits", val_fraction=0, classes="7,2"))
+    assert part.classes == ["7", "2"] and len(part.test) == int(((full.test.labels == 7) | (full.test.labels == 2)).sum())
+    sevens = full.test.images[full.test.labels == 7]
+    assert torch.equal(part.test.images[part.test.labels == 0], sevens)  # class 7 is now 0, its images in order
+    with pytest.raises(DatasetError, match="data.classes='7,x': 'x' is not a class of 'digits'"):
+        load_dataset(DataConfig(name="digits", classes="7,x"))
+    with pytest.raises(DatasetError, match="two different classes"):
+        load_dataset(DataConfig(name="digits", classes="7,7"))

@@ -127,6 +127,7 @@ class DataConfig:
     # hold out exactly this many of the training images kept (after train_subset: VTAB-1k's 200 of 1000) for validation
     val_size: int = ranged(0, ge=0, note="0: data.val_fraction applies")
     labels_per_class: int = ranged(0, ge=0, note="0: all")  # keep only this many labelled training images per class
+    classes: str | None = None  # keep these classes only, relabelled in this order: "5,6,7,8,9" or class names
     normalize: Literal["google", "imagenet"] = "google"  # google: (x - 0.5) / 0.5, i.e. [-1, 1] | imagenet: ImageNet mean/std
     # augmentation (training only); evaluation always just resizes
     crop: Literal["pad", "inception", "none"] = "pad"  # pad: random crop after padding (small images) | inception: random-resized crop | none

@@ -52,6 +52,13 @@ class ArrayData:
     def take(self, idx: torch.Tensor) -> "ArrayData":
         return ArrayData(self.images[idx], self.labels[idx])
 
+    def of_classes(self, keep: list[int]) -> "ArrayData":
+        """Only the images of classes `keep`, relabelled 0..len(keep)-1 in that order."""
+        new = torch.full((int(self.labels.max()) + 1 if len(self.labels) else 1,), -1, dtype=torch.long)
+        new[torch.tensor(keep)] = torch.arange(len(keep))
+        idx = torch.nonzero(new[self.labels] >= 0).flatten()
+        return ArrayData(self.images[idx], new[self.labels[idx]])
+
 
 @dataclass
 class FileData:
@@ -68,6 +75,11 @@ class FileData:
 
     def take(self, idx: torch.Tensor) -> "FileData":
         return FileData([self.files[i] for i in idx.tolist()])
+
+    def of_classes(self, keep: list[int]) -> "FileData":
+        """Only the files of classes `keep`, relabelled 0..len(keep)-1 in that order."""
+        new = {c: i for i, c in enumerate(keep)}
+        return FileData([(p, new[y]) for p, y in self.files if y in new])
 
 
 Split = ArrayData | FileData
@@ -493,6 +505,12 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     name = cfg.name
     train, val, test, classes, channels, source, notes = reader(name)(cfg)
     notes = list(notes)
+    if cfg.classes:  # a subset of the classes, relabelled in the order given (transfer to held-out classes)
+        keep = _class_indices(cfg.classes, classes, name)
+        train, test = train.of_classes(keep), test.of_classes(keep)
+        val = val.of_classes(keep) if val is not None else None
+        classes = [classes[i] for i in keep]
+        notes.append(f"classes {', '.join(classes)} only")
     gen = torch.Generator().manual_seed(SPLIT_SEED)
     carve = val is None and cfg.val_size == 0  # val_size: carved below, from the training images kept
     if carve and cfg.val_fraction > 0:
@@ -517,6 +535,22 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if len(train) == 0:
         raise DatasetError(f"dataset {name!r}: the training split is empty")
     return Dataset(name, train, val, test, classes, channels, source, notes)
+
+
+def _class_indices(text: str, classes: list[str], name: str) -> list[int]:
+    """data.classes ("0,1,2" or class names, comma-separated) -> indices into `classes`, else DatasetError naming it."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if part in classes:
+            out.append(classes.index(part))
+        elif part.isdigit() and int(part) < len(classes):
+            out.append(int(part))
+        else:
+            raise DatasetError(f"data.classes={text!r}: {part!r} is not a class of {name!r}; its classes are "
+                               f"{', '.join(classes)} (or their indices 0-{len(classes) - 1})")
+    if len(set(out)) != len(out) or len(out) < 2:
+        raise DatasetError(f"data.classes={text!r}: name two different classes at least, each once")
+    return out
 
 
 def describe_dataset(ds: Dataset) -> str:

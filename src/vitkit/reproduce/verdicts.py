@@ -224,3 +224,25 @@ def inside(seeds: list[dict]) -> Verdict:
         failed = [name for name, v in checks.items() if not any(v)]
         return Verdict(NOT_HELD, f"{said}. {status}: {', '.join(failed)} did not hold")
     return Verdict(INCONCLUSIVE, f"{said}. {status}")
+
+
+def transfer(pre: dict[int, list[float]], rand: dict[int, list[float]], finetuned: list[float],
+             scratch: list[float]) -> Verdict:
+    """Study 7: held if the pre-trained features beat a random initialisation's beyond noise at every shot count, the
+    advantage at the fewest shots is at least that at the most, and fine-tuning the pre-trained model is not below
+    training from scratch beyond noise; did not hold if the pre-trained features beat random ones at no shot count,
+    or fine-tuning is below scratch beyond noise; otherwise inconclusive."""
+    ks = sorted(pre)
+    gain = {k: mean_spread(pre[k])[0] - mean_spread(rand[k])[0] for k in ks}
+    said = (", ".join(f"{k}-shot {fmt(pre[k])} vs {fmt(rand[k])} random" for k in ks) +
+            f"; fine-tuned {fmt(finetuned)} vs scratch {fmt(scratch)}")
+    wins = [compare(pre[k], rand[k]) > 0 for k in ks]
+    tune = compare(finetuned, scratch)
+    if not any(wins):
+        return Verdict(NOT_HELD, f"{said}: the pre-trained features are no better than random ones")
+    if tune < 0:
+        return Verdict(NOT_HELD, f"{said}: fine-tuning the pre-trained model is worse than training from scratch")
+    if all(wins) and gain[ks[0]] >= gain[ks[-1]]:
+        return Verdict(HELD, f"{said}: the representation transfers, the more so the fewer the labels")
+    return Verdict(INCONCLUSIVE, f"{said}: " + ("the advantage grows with the labels" if all(wins)
+                                                else "the pre-trained features win at some shot counts only"))
