@@ -229,3 +229,20 @@ def test_data_classes_keeps_and_relabels(tmp_path):
         load_dataset(DataConfig(name="digits", classes="7,x"))
     with pytest.raises(DatasetError, match="two different classes"):
         load_dataset(DataConfig(name="digits", classes="7,7"))
+
+
+def test_training_from_a_checkpoint_of_other_classes_starts_a_new_head(tmp_path, capsys):
+    # pre-trained on digits 0-4, trained on 5-9: as many classes, other ones, so the head is new (zero), not reused
+    import vitkit
+    from vitkit.recipes import build
+    from vitkit.train.loop import train
+
+    quick = ["data.val_fraction=0", "train.steps=5", "train.progress=false"]
+    train(build("quickstart", [*quick, "data.classes=0,1,2,3,4", "model.zero_head=false"]), out=tmp_path / "pre")
+    model = vitkit.load_model(tmp_path / "pre")
+    assert model.head.weight.abs().sum() > 0
+    cfg = build("quickstart", [*quick, "train.steps=1", "optim.lr=1e-12", f"model.init={tmp_path / 'pre'}",
+                               "data.classes=5,6,7,8,9"])
+    train(cfg, out=tmp_path / "ft")
+    assert "a new zero-initialised head" in capsys.readouterr().err
+    assert vitkit.load_model(tmp_path / "ft").head.weight.abs().max() < 1e-6  # one step at lr 1e-12 from zero
