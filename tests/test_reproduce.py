@@ -121,8 +121,8 @@ def test_data_size_arms_get_equal_compute():
         assert set(spent) == {"vit", "resnet", "hybrid"}
         per_step = {r.tag("arm"): studies.flops_per_image(r.recipe, tuple(o for o in r.overrides if not o.startswith("train.")))
                     * 64 for r in runs if r.tag("x") == n}
-        for arm, f in spent.items():  # equal up to one step's worth (steps are whole)
-            assert abs(f - spent["vit"]) <= per_step[arm] / 2 + 1
+        for arm, f in spent.items():  # equal up to rounding to whole steps (each arm's and the ViT's)
+            assert abs(f - spent["vit"]) <= (per_step[arm] + per_step["vit"]) / 2 + 1
         assert len(set(spent.values())) > 1 or n == 100  # they are not simply the same steps
 
 
@@ -135,15 +135,17 @@ def test_tiny_end_to_end_resumes(tmp_path, monkeypatch):
     s = res["studies"]["resolution"]
     assert s["verdict"]["outcome"] in (HELD, NOT_HELD, INCONCLUSIVE) and s["verdict"]["why"]
     assert set(s["numbers"]["acc"]) == {"16", "24", "32"}
-    ft = json.loads((tmp_path / "r/runs/resolution/finetune-24-s0/config.json").read_text())
-    assert ft["model"]["init"].endswith("pretrain-s0") and ft["data"]["image_size"] == 24
+    runs = {r.key: r for r in plan(select("resolution"), Budget(quick=True))[0][1]}
+    d = tmp_path / "r/runs/resolution"
+    ft = json.loads((d / runs["finetune-24-s0"].dirname / "config.json").read_text())
+    assert ft["model"]["init"] == str(d / runs["pretrain-s0"].dirname) and ft["data"]["image_size"] == 24
     html = (tmp_path / "r/report.html").read_text()
     assert "<table>" in html and "data:image/png;base64," in html and s["verdict"]["outcome"] in html
     assert json.loads((tmp_path / "r/results.json").read_text())["studies"]["resolution"]["numbers"] == s["numbers"]
     # a second reproduce reuses every finished run, and runs again only the one whose metrics are gone
-    kept = tmp_path / "r/runs/resolution/finetune-16-s0/metrics.json"
+    kept = d / runs["finetune-16-s0"].dirname / "metrics.json"
     before = kept.stat().st_mtime_ns
-    (tmp_path / "r/runs/resolution/finetune-32-s0/metrics.json").unlink()
+    (d / runs["finetune-32-s0"].dirname / "metrics.json").unlink()
     again = reproduce(tmp_path / "r", quick=True, only="resolution")
     assert kept.stat().st_mtime_ns == before
     assert finished(tmp_path / "r", plan(select("resolution"), Budget(quick=True))[0][1][-1]) is not None

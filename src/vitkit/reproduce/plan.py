@@ -5,6 +5,7 @@ reused when finished and resumed when a kill left it half-done."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import shutil
@@ -42,12 +43,19 @@ class RunSpec:
     overrides: tuple[str, ...]
     tags: tuple[tuple[str, Any], ...] = ()  # e.g. (("arm", "vit"), ("x", 1000), ("seed", 0))
     init: str | None = None  # the key of a run of the same study whose checkpoint this one starts from
+    init_dirname: str | None = None  # that run's directory name (set by the planner: plan.link)
+
+    @property
+    def dirname(self) -> str:
+        """KEY-HASH: the hash of what defines the run, so that a changed plan never reuses a run made otherwise."""
+        what = json.dumps([self.recipe, list(self.overrides), self.init], sort_keys=True)
+        return f"{self.key}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
 
     def tag(self, name: str, default: Any = None) -> Any:
         return dict(self.tags).get(name, default)
 
     def all_overrides(self, root: Path) -> list[str]:
-        extra = [f"model.init={run_dir(root, self.study, self.init)}"] if self.init else []
+        extra = [f"model.init={run_dir(root, self.study, self.init_dirname)}"] if self.init else []
         return [*self.overrides, *extra, "train.progress=false"]
 
 
@@ -68,13 +76,29 @@ class Study:
     extra: dict = field(default_factory=dict)
 
 
-def run_dir(root: Path, study: str, key: str) -> Path:
-    return Path(root) / "runs" / study / key
+def run_dir(root: Path, study: str, name: str) -> Path:
+    return Path(root) / "runs" / study / name
+
+
+def link(runs: list[RunSpec]) -> list[RunSpec]:
+    """`runs` with each `init` key resolved to its run's directory name (the run must come earlier)."""
+    import dataclasses
+
+    names: dict[str, str] = {}
+    out = []
+    for r in runs:
+        if r.init is not None:
+            if r.init not in names:
+                raise ValueError(f"{r.study}/{r.key} starts from {r.init!r}, which is not an earlier run of the study")
+            r = dataclasses.replace(r, init_dirname=names[r.init])
+        names[r.key] = r.dirname
+        out.append(r)
+    return out
 
 
 def finished(root: Path, spec: RunSpec) -> dict | None:
     """A finished run's metrics.json (reused as it is), else None."""
-    path = run_dir(root, spec.study, spec.key) / "metrics.json"
+    path = run_dir(root, spec.study, spec.dirname) / "metrics.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -91,7 +115,7 @@ def execute(root: Path, spec: RunSpec) -> dict:
     done = finished(root, spec)
     if done is not None:
         return done
-    out = run_dir(root, spec.study, spec.key)
+    out = run_dir(root, spec.study, spec.dirname)
     cfg = build(spec.recipe, spec.all_overrides(root))
     log = io.StringIO()
     try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vitkit.reproduce.plan import Budget, RunSpec, Study, execute, finished, run_dir
+from vitkit.reproduce.plan import Budget, RunSpec, Study, execute, finished, link, run_dir
 from vitkit.reproduce.verdicts import HELD, INCONCLUSIVE, NOT_HELD, Verdict
 
 RESULTS, REPORT = "results.json", "report.html"
@@ -34,7 +34,7 @@ def select(only: str | list[str] | None = None) -> list[Study]:
 
 def plan(studies: list[Study], budget: Budget) -> list[tuple[Study, list[RunSpec]]]:
     """Each study with its runs (a run that starts from another's checkpoint comes after it)."""
-    return [(s, s.runs(budget)) for s in studies]
+    return [(s, link(s.runs(budget))) for s in studies]
 
 
 def planned_flops(spec: RunSpec) -> float:
@@ -90,9 +90,9 @@ def conclude(out: Path, study: Study, runs: list[RunSpec], budget: Budget,
     """A study's numbers, verdict and figure from its finished runs; with a run missing (failed), inconclusive, naming
     the runs and why they failed."""
     got = [(r, finished(out, r)) for r in runs]
-    got = [(r, None if m is None else {**m, "run_dir": str(run_dir(out, r.study, r.key))}) for r, m in got]
+    got = [(r, None if m is None else {**m, "run_dir": str(run_dir(out, r.study, r.dirname))}) for r, m in got]
     entry = {"title": study.title, "source": study.source, "claim": study.claim, "setup": study.setup(budget),
-             "rule": " ".join(study.rule.split()), "runs": [r.key for r in runs]}
+             "rule": " ".join(study.rule.split()), "runs": [r.dirname for r in runs]}
     missing = [r.key for r, m in got if m is None]
     if missing:
         why = "; ".join(f"{k}: {(failures or {}).get((study.name, k), 'did not finish')}" for k in missing)

@@ -108,7 +108,7 @@ def _sizes(b: Budget) -> list[int]:
 
 def _images_seen(b: Budget, n: int) -> int:
     """The ViT's training images per size: enough epochs on the small sets, a few on the large ones."""
-    return b.pick(min(max(30 * n, 3000), 27000), min(max(10 * n, 20000), 300000))
+    return b.pick(min(max(20 * n, 2000), 18000), min(max(10 * n, 20000), 300000))
 
 
 def data_size_runs(b: Budget) -> list[RunSpec]:
@@ -149,7 +149,7 @@ DATA_SIZE = Study(
 
 def _budgets(b: Budget) -> list[int]:
     """Training images of the small ViT that set each compute budget."""
-    return b.pick([3000, 9000, 27000], [30000, 120000, 480000])
+    return b.pick([2000, 6000, 18000], [30000, 120000, 480000])
 
 
 def compute_runs(b: Budget) -> list[RunSpec]:
@@ -199,7 +199,7 @@ def _dims(b: Budget) -> dict[str, tuple[str, ...]]:
 
 def scaling_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(400, 3000)
+    steps = b.pick(300, 3000)
     return [_spec("scaling", dim, "x2", s, recipe, (*common, *extra) + run_args(steps, s))
             for dim, extra in _dims(b).items() for s in range(b.n_seeds)]
 
@@ -233,7 +233,7 @@ POSEMBS = {"none": "none", "1-D learned": "learned", "2-D learned": "learned2d",
 
 def posemb_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(400, 3000)
+    steps = b.pick(300, 3000)
     return [_spec("posemb", arm, kind, s, recipe, (*common, f"model.posemb={kind}") + run_args(steps, s))
             for arm, kind in POSEMBS.items() for s in range(b.n_seeds)]
 
@@ -261,7 +261,7 @@ def _lrs(b: Budget) -> list[float]:
 
 def token_gap_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(400, 3000)
+    steps = b.pick(300, 3000)
     arms = {"token": ("model.pool=token",), "GAP": ("model.pool=gap",)}
     return [_spec("token-gap", arm, lr, s, recipe, (*common, *extra, f"optim.lr={lr}") + run_args(steps, s))
             for arm, extra in arms.items() for lr in _lrs(b) for s in range(b.n_seeds)]
@@ -292,7 +292,7 @@ def _resolutions(b: Budget) -> list[int]:
 def resolution_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
     common = (*common, "model.posemb=learned")  # a learned table, resampled by 2-D interpolation (section 3.2)
-    pre, fine = b.pick(400, 3000), b.pick(100, 500)
+    pre, fine = b.pick(300, 3000), b.pick(100, 500)
     out = []
     for s in range(b.n_seeds):
         out.append(RunSpec("resolution", f"pretrain-s{s}", recipe, (*common, *run_args(pre, s)),
@@ -325,7 +325,7 @@ RESOLUTION = Study(
 
 def axial_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(400, 3000)
+    steps = b.pick(300, 3000)
     arms = {"ViT": (), "Axial-ViT": ("model.name=Axial-ViT-B/16",)}  # the recipe's width and depth: the same size
     return [_spec("axial", arm, "same", s, recipe, (*common, *extra) + run_args(steps, s))
             for arm, extra in arms.items() for s in range(b.n_seeds)]
@@ -355,7 +355,7 @@ SHOTS = (1, 5, 10, 25)
 
 def transfer_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    pre, fine = b.pick(600, 4000), b.pick(200, 1500)
+    pre, fine = b.pick(400, 4000), b.pick(150, 1500)
     out = []
     for s in range(b.n_seeds):
         out.append(RunSpec("transfer", f"pretrain-s{s}", recipe, (*common, f"data.classes={SEEN}", *run_args(pre, s)),
@@ -440,7 +440,7 @@ def _labels(b: Budget) -> list[int]:
 
 def mpp_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    pre, fine = b.pick(600, 4000), b.pick(150, 1000)
+    pre, fine = b.pick(300, 4000), b.pick(150, 1000)
     data = b.pick(("data.name=digits", "data.image_size=16", "model.patch_size=2", *SMALL_VIT), SMALL_VIT)
     out = []
     for s in range(b.n_seeds):
@@ -485,7 +485,7 @@ MPP = Study(
 
 def inside_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(800, 4000)
+    steps = b.pick(500, 4000)
     over = (*common, "model.posemb=learned", "model.pool=token")  # a learned table to inspect, a class token to roll out
     return [RunSpec("inside", f"vit-s{s}", recipe, over + run_args(steps, s), (("arm", "vit"), ("seed", s)))
             for s in range(b.n_seeds)]
@@ -540,7 +540,7 @@ INSIDE = Study(
            "regions that matter for the class (figure 6)."),
     rule=verdicts.inside.__doc__,
     setup=lambda b: (f"the small ViT with a learned 1-D position embedding and a class token, trained for "
-                     f"{b.pick(800, 4000)} steps; measured on 128 test images: the cosine similarity of position "
+                     f"{b.pick(500, 4000)} steps; measured on 128 test images: the cosine similarity of position "
                      f"embeddings, the mean attention distance of every head, and the share of the rollout map on the "
                      f"object's patches (brighter than the image's mean); {b.n_seeds} seed(s)."),
     runs=inside_runs, summarize=inside_summary, decide=lambda n: verdicts.inside(n["seeds"]),
