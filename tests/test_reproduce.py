@@ -140,7 +140,7 @@ def test_tiny_end_to_end_resumes(tmp_path, monkeypatch):
     ft = json.loads((d / runs["finetune-24-s0"].dirname / "config.json").read_text())
     assert ft["model"]["init"] == str(d / runs["pretrain-s0"].dirname) and ft["data"]["image_size"] == 24
     html = (tmp_path / "r/report.html").read_text()
-    assert "<table>" in html and "data:image/png;base64," in html and s["verdict"]["outcome"] in html
+    assert "<table>" in html and "data:image/png;base64," in html and s["verdict"]["outcome"] in html and " cores, " in html
     assert json.loads((tmp_path / "r/results.json").read_text())["studies"]["resolution"]["numbers"] == s["numbers"]
     # a second reproduce reuses every finished run, and runs again only the one whose metrics are gone
     kept = d / runs["finetune-16-s0"].dirname / "metrics.json"

@@ -113,6 +113,14 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def machine_line(machine: dict) -> str:
+    """"AMD EPYC (native-bf16), 2 cores, 2 threads, torch 2.14.1" from runtime.describe()."""
+    cpu = machine.get("cpu") or {}
+    accel = ", ".join(map(str, machine.get("accelerators") or ())) or "no GPU"
+    return (f"{cpu.get('model', 'an unknown CPU')} ({cpu.get('kind', '?')}), {machine.get('cores', '?')} cores, "
+            f"{machine.get('threads', '?')} threads, {accel}, torch {machine.get('torch', '?')}")
+
+
 COLOURS = {HELD: "#2e7d32", NOT_HELD: "#c62828", INCONCLUSIVE: "#8d6e00"}
 
 
@@ -135,8 +143,7 @@ def write_report(out: Path, results: dict) -> Path:
             + (f"<img alt='{esc(s['title'])}' src='data:image/png;base64,{png}'>" if png else "<p>(no figure)</p>") +
             f"<p><b>Verdict: <span style='color:{colour}'>{esc(v['outcome'])}</span></b> - {esc(v['why'])}</p>"
             f"<details><summary>numbers</summary><pre>{esc(json.dumps(s['numbers'], indent=1))}</pre></details></section>")
-    machine = results["machine"]
-    cpu = esc(str(machine.get("cpu", machine)) if isinstance(machine, dict) else str(machine))
+    cpu = esc(machine_line(results["machine"]))
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>vitkit reproduce</title><style>
 body{{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.4}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}} img{{max-width:100%}} section{{margin-top:2em}}
