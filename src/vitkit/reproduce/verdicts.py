@@ -107,7 +107,7 @@ def scaling(base: list[float], depth: list[float], width: list[float], mlp: list
     said = "gains over the base: " + ", ".join(f"{k} {100 * g:+.1f}" for k, g in gains.items()) + " points"
     beaten = [k for k, v in (("width", width), ("MLP", mlp)) if compare(v, depth) > 0]
     if beaten:
-        return Verdict(NOT_HELD, f"{said}: {' and '.join(beaten)} help more than depth")
+        return Verdict(NOT_HELD, f"{said}: {' and '.join(beaten)} {'helps' if len(beaten) == 1 else 'help'} more than depth")
     if compare(patch, base) < 0:
         return Verdict(NOT_HELD, f"{said}: smaller patches lose accuracy")
     if all(compare(depth, v) > 0 for v in (width, mlp)) and compare(patch, base) > 0:
