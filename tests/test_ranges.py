@@ -351,7 +351,7 @@ def test_vitkit_errors_of_any_type_are_one_line(monkeypatch, capsys):
 
 def test_architecture_overrides_with_init_are_refused(model_dir, tmp_path, capsys):
     init = [f"model.init={model_dir}", "train.steps=1", "train.progress=false"]
-    for extra in (["model.name=ViT-B/16"], ["model.width=64"], ["model.pool=gap"], ["model.zero_head=false"],
+    for extra in (["model.name=ViT-B/16"], ["model.width=64"], ["model.pool=gap"], ["model.qkv_bias=false"],
                   ["model.depth=2", "model.init=none", f"model.init={model_dir}"]):
         argv = ["train", "--out", str(tmp_path / "run"), *[a for s in init + extra for a in ("--set", s)]]
         assert main(argv) == 2, extra

@@ -233,8 +233,9 @@ def test_data_classes_keeps_and_relabels(tmp_path):
         load_dataset(DataConfig(name="digits", classes="7,7"))
 
 
-def test_training_from_a_checkpoint_of_other_classes_starts_a_new_head(tmp_path, capsys):
-    # pre-trained on digits 0-4, trained on 5-9: as many classes, other ones, so the head is new (zero), not reused
+def test_zero_head_with_init_starts_a_new_head(tmp_path, capsys):
+    # pre-trained on digits 0-4, trained on 5-9 with model.zero_head=true: the head is new (zero), as the paper's
+    # fine-tuning does (without it the head is kept, as many classes: tests/test_feedback.py)
     import vitkit
     from vitkit.recipes import build
     from vitkit.train.loop import train
@@ -244,7 +245,7 @@ def test_training_from_a_checkpoint_of_other_classes_starts_a_new_head(tmp_path,
     model = vitkit.load_model(tmp_path / "pre")
     assert model.head.weight.abs().sum() > 0
     cfg = build("quickstart", [*quick, "train.steps=1", "optim.lr=1e-12", f"model.init={tmp_path / 'pre'}",
-                               "data.classes=5,6,7,8,9"])
+                               "data.classes=5,6,7,8,9", "model.zero_head=true"])
     train(cfg, out=tmp_path / "ft")
-    assert "a new zero-initialised head" in capsys.readouterr().err
+    assert "a new zero-initialised 5-class head" in capsys.readouterr().err
     assert vitkit.load_model(tmp_path / "ft").head.weight.abs().max() < 1e-6  # one step at lr 1e-12 from zero

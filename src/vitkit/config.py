@@ -343,7 +343,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 # Architecture fields a checkpoint fixes (model.init); the dropouts are set on top (train/loop.py build_model).
-INIT_KEEPS = ("dropout", "attn_dropout", "drop_path")
+INIT_KEEPS = ("dropout", "attn_dropout", "drop_path", "zero_head")  # zero_head=true with init: a new zero head
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:

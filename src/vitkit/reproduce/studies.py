@@ -360,7 +360,7 @@ def transfer_runs(b: Budget) -> list[RunSpec]:
     for s in range(b.n_seeds):
         out.append(RunSpec("transfer", f"pretrain-s{s}", recipe, (*common, f"data.classes={SEEN}", *run_args(pre, s)),
                            (("arm", "pretrain"), ("seed", s))))
-        tune = ("data.val_fraction=0", f"data.classes={HELD_OUT}", "optim.lr=3e-4") + run_args(fine, s)
+        tune = ("data.val_fraction=0", f"data.classes={HELD_OUT}", "optim.lr=3e-4", "model.zero_head=true") + run_args(fine, s)
         out.append(RunSpec("transfer", f"finetune-s{s}", recipe, tune, (("arm", "fine-tuned"), ("seed", s)),
                            init=f"pretrain-s{s}"))
         out.append(RunSpec("transfer", f"scratch-s{s}", recipe, (*common, f"data.classes={HELD_OUT}", *run_args(fine, s)),

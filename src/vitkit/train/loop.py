@@ -42,14 +42,11 @@ def build_model(cfg: Config, ds: Dataset) -> nn.Module:
 
         model, card = load(m.init, num_classes=ds.num_classes, image_size=cfg.data.image_size, drop_pre_logits=True,
                            **{k: v for k, v in m.overrides().items() if k in ("dropout", "attn_dropout", "drop_path")})
-        names = card.class_names
-        if names is not None and list(names) != list(ds.classes) and hasattr(model, "reset_head") \
-                and len(names) == ds.num_classes:  # as many classes, other ones: a transfer, as section 3.2 does it
+        if m.zero_head and hasattr(model, "reset_head"):  # a new zero-initialised head, as section 3.2 fine-tunes
             model.reset_head(ds.num_classes, zero=True)
-            print(f"{m.init}: its head names other classes ({', '.join(map(str, names[:5]))}...) than {ds.name}'s "
-                  f"({', '.join(ds.classes[:5])}...): a new zero-initialised head", file=sys.stderr)
-        else:
-            warn_class_names(m.init, names, ds.classes)
+            print(f"{m.init}: a new zero-initialised {ds.num_classes}-class head (model.zero_head=true)", file=sys.stderr)
+        else:  # as many classes: the head is kept (as timm and transformers keep it), named otherwise: a warning
+            warn_class_names(m.init, card.class_names, ds.classes)
     else:
         # a self-supervised encoder has no classifier: finetune/fewshot put their own on its features
         k = ds.num_classes if cfg.objective == "classification" else 0
