@@ -21,7 +21,8 @@ from vitkit.config import Range, check_number
 from vitkit.models import vit
 from vitkit.models.posemb import resample_posemb, sincos_2d
 from vitkit.models.resnet import check_fields, check_layers, truncated_lecun_
-from vitkit.models.vit import Attention, Mlp, PatchEmbed, VisionTransformer, check_image_size, official_init_
+from vitkit.models.vit import (Attention, Mlp, PatchEmbed, VisionTransformer, check_image_size, config_from_known,
+                               official_init_)
 
 AXIAL_POSEMBS = ("learned", "sincos2d", "none")
 
@@ -109,11 +110,7 @@ class AxialViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AxialViTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown Axial-ViT config keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
+        return config_from_known(cls, d, "Axial-ViT")
 
 
 def rows_of(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -165,11 +165,16 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ViT config keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
+        return config_from_known(cls, d, "ViT")
+
+
+def config_from_known(cls: type, d: dict, what: str):
+    """`cls(**d)` for a config dataclass, an unknown key a ValueError listing the valid ones (ViT's, Axial-ViT's)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {unknown}; valid keys: {sorted(known)}")
+    return cls(**d)
 
 
 class PatchEmbed(nn.Module):
