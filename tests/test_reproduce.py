@@ -216,6 +216,31 @@ def test_transfer_rule(pre, rand, ft, sc, want):
     assert got.outcome == want
 
 
+@pytest.mark.parametrize("pre2,rand2,want", [
+    ({1: 0.5, 25: 0.8}, {1: 0.2, 25: 0.6}, HELD),
+    ({1: 0.2, 25: 0.6}, {1: 0.2, 25: 0.6}, NOT_HELD),  # no better than random on the second target
+    ({1: 0.5, 25: 0.6}, {1: 0.2, 25: 0.6}, INCONCLUSIVE),  # better at some shot counts only there
+])
+def test_transfer_rule_second_target(pre2, rand2, want):
+    pre, rand = {1: S3(0.6), 25: S3(0.85)}, {1: S3(0.3), 25: S3(0.70)}  # held on the held-out classes
+    got = verdicts.transfer(pre, rand, S3(0.95), S3(0.93),
+                            ("digits", {k: S3(v) for k, v in pre2.items()}, {k: S3(v) for k, v in rand2.items()}))
+    assert got.outcome == want and "on digits: 1-shot" in got.why
+
+
+def test_full_transfer_probes_digits_too():
+    from vitkit.reproduce.studies import transfer_verdict
+
+    runs = {r.key: r for _, rs in plan(select("transfer"), Budget()) for r in rs}
+    assert runs["pretrain-s0"].tag("target") == "digits"
+    assert all(r.tag("target") is None for _, rs in plan(select("transfer"), Budget(quick=True)) for r in rs)
+    one = {1: [0.6] * 3, 25: [0.85] * 3}
+    rand = {1: [0.3] * 3, 25: [0.7] * 3}
+    numbers = {"fewshot": {"pre-trained": one, "random init": rand, "pre-trained, digits": rand,
+                           "random init, digits": rand}, "finetune": {"fine-tuned": [0.9] * 3, "scratch": [0.9] * 3}}
+    assert transfer_verdict(numbers).outcome == NOT_HELD  # the held-out classes alone would say held
+
+
 def test_data_classes_keeps_and_relabels(tmp_path):
     import torch
 

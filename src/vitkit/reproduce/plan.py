@@ -44,6 +44,7 @@ class RunSpec:
     tags: tuple[tuple[str, Any], ...] = ()  # e.g. (("arm", "vit"), ("x", 1000), ("seed", 0))
     init: str | None = None  # the key of a run of the same study whose checkpoint this one starts from
     init_dirname: str | None = None  # that run's directory name (set by the planner: plan.link)
+    init_model: tuple[str, ...] = ()  # that run's model.* overrides: the architecture this one inherits (plan.link)
 
     @property
     def dirname(self) -> str:
@@ -84,14 +85,16 @@ def link(runs: list[RunSpec]) -> list[RunSpec]:
     """`runs` with each `init` key resolved to its run's directory name (the run must come earlier)."""
     import dataclasses
 
-    names: dict[str, str] = {}
+    names: dict[str, RunSpec] = {}
     out = []
     for r in runs:
         if r.init is not None:
             if r.init not in names:
                 raise ValueError(f"{r.study}/{r.key} starts from {r.init!r}, which is not an earlier run of the study")
-            r = dataclasses.replace(r, init_dirname=names[r.init])
-        names[r.key] = r.dirname
+            parent = names[r.init]
+            model = (*parent.init_model, *(o for o in parent.overrides if o.startswith("model.")))
+            r = dataclasses.replace(r, init_dirname=parent.dirname, init_model=model)
+        names[r.key] = r
         out.append(r)
     return out
 

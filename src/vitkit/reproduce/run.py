@@ -42,7 +42,8 @@ def planned_flops(spec: RunSpec) -> float:
     from vitkit.recipes import build
     from vitkit.reproduce.studies import flops_per_image
 
-    over = tuple(o for o in spec.overrides if not o.startswith(("train.seed=", "train.log_every=")))
+    # a run that starts from another's checkpoint has that run's architecture (its model.* overrides)
+    over = tuple(o for o in (*spec.init_model, *spec.overrides) if not o.startswith(("train.seed=", "train.log_every=")))
     cfg = build(spec.recipe, list(spec.overrides))
     return float(flops_per_image(spec.recipe, over)) * cfg.train.steps * cfg.train.batch_size
 

@@ -108,7 +108,9 @@ def _sizes(b: Budget) -> list[int]:
 
 def _images_seen(b: Budget, n: int) -> int:
     """The ViT's training images per size: enough epochs on the small sets, a few on the large ones."""
-    return b.pick(min(max(20 * n, 2000), 18000), min(max(10 * n, 20000), 300000))
+    if b.quick:
+        return min(max(20 * n, 2000), 18000)
+    return {1000: 8000, 5000: 16000, 20000: 32000}.get(n, 64000)  # 8 epochs of 1k down to one of 60k
 
 
 def data_size_runs(b: Budget) -> list[RunSpec]:
@@ -149,7 +151,7 @@ DATA_SIZE = Study(
 
 def _budgets(b: Budget) -> list[int]:
     """Training images of the small ViT that set each compute budget."""
-    return b.pick([2000, 6000, 18000], [30000, 120000, 480000])
+    return b.pick([2000, 6000, 18000], [6000, 18000, 54000])
 
 
 def compute_runs(b: Budget) -> list[RunSpec]:
@@ -199,7 +201,7 @@ def _dims(b: Budget) -> dict[str, tuple[str, ...]]:
 
 def scaling_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(300, 3000)
+    steps = b.pick(300, 250)
     return [_spec("scaling", dim, "x2", s, recipe, (*common, *extra) + run_args(steps, s))
             for dim, extra in _dims(b).items() for s in range(b.n_seeds)]
 
@@ -233,7 +235,7 @@ POSEMBS = {"none": "none", "1-D learned": "learned", "2-D learned": "learned2d",
 
 def posemb_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(300, 3000)
+    steps = b.pick(300, 500)
     return [_spec("posemb", arm, kind, s, recipe, (*common, f"model.posemb={kind}") + run_args(steps, s))
             for arm, kind in POSEMBS.items() for s in range(b.n_seeds)]
 
@@ -261,7 +263,7 @@ def _lrs(b: Budget) -> list[float]:
 
 def token_gap_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(300, 3000)
+    steps = b.pick(300, 500)
     arms = {"token": ("model.pool=token",), "GAP": ("model.pool=gap",)}
     return [_spec("token-gap", arm, lr, s, recipe, (*common, *extra, f"optim.lr={lr}") + run_args(steps, s))
             for arm, extra in arms.items() for lr in _lrs(b) for s in range(b.n_seeds)]
@@ -286,13 +288,13 @@ TOKEN_GAP = Study(
 
 
 def _resolutions(b: Budget) -> list[int]:
-    return b.pick([16, 24, 32], [28, 42, 56])
+    return b.pick([16, 24, 32], [28, 40, 56])
 
 
 def resolution_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
     common = (*common, "model.posemb=learned")  # a learned table, resampled by 2-D interpolation (section 3.2)
-    pre, fine = b.pick(300, 3000), b.pick(100, 500)
+    pre, fine = b.pick(300, 600), b.pick(100, 150)
     out = []
     for s in range(b.n_seeds):
         out.append(RunSpec("resolution", f"pretrain-s{s}", recipe, (*common, *run_args(pre, s)),
@@ -325,7 +327,7 @@ RESOLUTION = Study(
 
 def axial_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(300, 3000)
+    steps = b.pick(300, 500)
     arms = {"ViT": (), "Axial-ViT": ("model.name=Axial-ViT-B/16",)}  # the recipe's width and depth: the same size
     return [_spec("axial", arm, "same", s, recipe, (*common, *extra) + run_args(steps, s))
             for arm, extra in arms.items() for s in range(b.n_seeds)]
@@ -355,11 +357,11 @@ SHOTS = (1, 5, 10, 25)
 
 def transfer_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    pre, fine = b.pick(400, 4000), b.pick(150, 1500)
+    pre, fine = b.pick(400, 800), b.pick(150, 300)
     out = []
     for s in range(b.n_seeds):
         out.append(RunSpec("transfer", f"pretrain-s{s}", recipe, (*common, f"data.classes={SEEN}", *run_args(pre, s)),
-                           (("arm", "pretrain"), ("seed", s))))
+                           (("arm", "pretrain"), ("seed", s), ("target", second_target(b)))))
         tune = ("data.val_fraction=0", f"data.classes={HELD_OUT}", "optim.lr=3e-4", "model.zero_head=true") + run_args(fine, s)
         out.append(RunSpec("transfer", f"finetune-s{s}", recipe, tune, (("arm", "fine-tuned"), ("seed", s)),
                            init=f"pretrain-s{s}"))
@@ -368,9 +370,10 @@ def transfer_runs(b: Budget) -> list[RunSpec]:
     return out
 
 
-def fewshot_on_held_out(run: str | Path, random_init: bool, seed: int) -> dict[int, float]:
+def fewshot_on_held_out(run: str | Path, random_init: bool, seed: int, target: str | None = None) -> dict[int, float]:
     """Few-shot linear accuracy (section 4.1: ridge regression on frozen features, 3 draws per shot count) on the
-    held-out classes, of the run's model or of a freshly initialised one of the same architecture."""
+    held-out classes (or on every class of the dataset `target`, e.g. "digits", at the run's resolution), of the run's
+    model or of a freshly initialised one of the same architecture."""
     import dataclasses
 
     import torch
@@ -387,7 +390,8 @@ def fewshot_on_held_out(run: str | Path, random_init: bool, seed: int) -> dict[i
         torch.manual_seed(seed)
         model = build_model(dataclasses.replace(model.config))
     cfg = RunDir.resume(run)[1].data
-    data = dataclasses.replace(cfg, classes=HELD_OUT, labels_per_class=0, train_subset=0, val_fraction=0.0)
+    data = dataclasses.replace(cfg, classes=None if target else HELD_OUT, labels_per_class=0, train_subset=0,
+                               val_fraction=0.0, **({"name": target, "data_dir": None} if target else {}))
     ds = load_dataset(data)
 
     def batches(split):
@@ -400,15 +404,31 @@ def fewshot_on_held_out(run: str | Path, random_init: bool, seed: int) -> dict[i
     return {n: res["shots"][str(n)]["mean"] for n in SHOTS}
 
 
+def second_target(b: Budget) -> str | None:
+    """The other dataset the full run's pre-trained features are probed on (every class: a new domain); quick: none."""
+    return b.pick(None, "digits")
+
+
 def transfer_summary(results: list) -> dict:
     pre = [(r, m) for r, m in results if r.tag("arm") == "pretrain"]
-    few = {"pre-trained": {n: [] for n in SHOTS}, "random init": {n: [] for n in SHOTS}}
+    other = next((r.tag("target") for r, _ in pre if r.tag("target")), None)
+    arms = {"pre-trained": (False, None), "random init": (True, None)}
+    if other:
+        arms |= {f"pre-trained, {other}": (False, other), f"random init, {other}": (True, other)}
+    few = {arm: {n: [] for n in SHOTS} for arm in arms}
     for r, m in pre:
-        for arm, rand in (("pre-trained", False), ("random init", True)):
-            for n, acc in fewshot_on_held_out(m["run_dir"], rand, r.tag("seed")).items():
+        for arm, (rand, target) in arms.items():
+            for n, acc in fewshot_on_held_out(m["run_dir"], rand, r.tag("seed"), target).items():
                 few[arm][n].append(acc)
     tuned = {a: [m["test"]["top1"] for r, m in results if r.tag("arm") == a] for a in ("fine-tuned", "scratch")}
     return {"fewshot": few, "finetune": tuned}
+
+
+def transfer_verdict(n: dict) -> verdicts.Verdict:
+    few = {arm: {int(k): v for k, v in pts.items()} for arm, pts in n["fewshot"].items()}
+    other = next((a.split(", ", 1)[1] for a in few if a.startswith("pre-trained, ")), None)
+    return verdicts.transfer(few["pre-trained"], few["random init"], n["finetune"]["fine-tuned"], n["finetune"]["scratch"],
+                             None if other is None else (other, few[f"pre-trained, {other}"], few[f"random init, {other}"]))
 
 
 TRANSFER = Study(
@@ -420,11 +440,11 @@ TRANSFER = Study(
     setup=lambda b: (f"the small ViT pre-trained on {'digits' if b.quick else 'Fashion-MNIST'} classes {SEEN}, then "
                      f"evaluated on the held-out classes {HELD_OUT}: fine-tuned (against the same model trained from "
                      f"scratch on them for the same steps), and few-shot at {', '.join(map(str, SHOTS))} shots on its "
-                     f"frozen features (against a randomly initialised model); {b.n_seeds} seed(s)."),
+                     f"frozen features (against a randomly initialised model)"
+                     + (f", and few-shot on all ten {second_target(b)} classes (another domain)" if second_target(b) else "")
+                     + f"; {b.n_seeds} seed(s)."),
     runs=transfer_runs, summarize=transfer_summary,
-    decide=lambda n: verdicts.transfer({int(k): v for k, v in n["fewshot"]["pre-trained"].items()},
-                                       {int(k): v for k, v in n["fewshot"]["random init"].items()},
-                                       n["finetune"]["fine-tuned"], n["finetune"]["scratch"]),
+    decide=transfer_verdict,
     figure=lambda n, p: line_figure({a: {int(k): v for k, v in pts.items()} for a, pts in n["fewshot"].items()}, p,
                                     "Few-shot linear accuracy on held-out classes", "shots per class", logx=True),
 )
@@ -440,7 +460,7 @@ def _labels(b: Budget) -> list[int]:
 
 def mpp_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    pre, fine = b.pick(300, 4000), b.pick(150, 1000)
+    pre, fine = b.pick(300, 800), b.pick(150, 250)
     data = b.pick(("data.name=digits", "data.image_size=16", "model.patch_size=2", *SMALL_VIT), SMALL_VIT)
     out = []
     for s in range(b.n_seeds):
@@ -485,7 +505,7 @@ MPP = Study(
 
 def inside_runs(b: Budget) -> list[RunSpec]:
     recipe, common, batch = base(b)
-    steps = b.pick(500, 4000)
+    steps = b.pick(500, 1000)
     over = (*common, "model.posemb=learned", "model.pool=token")  # a learned table to inspect, a class token to roll out
     return [RunSpec("inside", f"vit-s{s}", recipe, over + run_args(steps, s), (("arm", "vit"), ("seed", s)))
             for s in range(b.n_seeds)]
@@ -540,7 +560,7 @@ INSIDE = Study(
            "regions that matter for the class (figure 6)."),
     rule=verdicts.inside.__doc__,
     setup=lambda b: (f"the small ViT with a learned 1-D position embedding and a class token, trained for "
-                     f"{b.pick(500, 4000)} steps; measured on 128 test images: the cosine similarity of position "
+                     f"{b.pick(500, 1000)} steps; measured on 128 test images: the cosine similarity of position "
                      f"embeddings, the mean attention distance of every head, and the share of the rollout map on the "
                      f"object's patches (brighter than the image's mean); {b.n_seeds} seed(s)."),
     runs=inside_runs, summarize=inside_summary, decide=lambda n: verdicts.inside(n["seeds"]),

@@ -227,22 +227,34 @@ def inside(seeds: list[dict]) -> Verdict:
 
 
 def transfer(pre: dict[int, list[float]], rand: dict[int, list[float]], finetuned: list[float],
-             scratch: list[float]) -> Verdict:
+             scratch: list[float], other: tuple[str, dict[int, list[float]], dict[int, list[float]]] | None = None
+             ) -> Verdict:
     """Study 7: held if the pre-trained features beat a random initialisation's beyond noise at every shot count, the
     advantage at the fewest shots is at least that at the most, and fine-tuning the pre-trained model is not below
     training from scratch beyond noise; did not hold if the pre-trained features beat random ones at no shot count,
-    or fine-tuning is below scratch beyond noise; otherwise inconclusive."""
+    or fine-tuning is below scratch beyond noise; otherwise inconclusive. With a second target (`other`: its name, the
+    pre-trained and the random features' few-shot accuracy on it), "held" also needs the pre-trained features to beat
+    random ones there at every shot count, and beating them there at none is "did not hold"."""
     ks = sorted(pre)
     gain = {k: mean_spread(pre[k])[0] - mean_spread(rand[k])[0] for k in ks}
     said = (", ".join(f"{k}-shot {fmt(pre[k])} vs {fmt(rand[k])} random" for k in ks) +
             f"; fine-tuned {fmt(finetuned)} vs scratch {fmt(scratch)}")
     wins = [compare(pre[k], rand[k]) > 0 for k in ks]
     tune = compare(finetuned, scratch)
+    there = [True]
+    if other is not None:
+        name, pre2, rand2 = other
+        there = [compare(pre2[k], rand2[k]) > 0 for k in sorted(pre2)]
+        said += "; on " + name + ": " + ", ".join(f"{k}-shot {fmt(pre2[k])} vs {fmt(rand2[k])}" for k in sorted(pre2))
     if not any(wins):
         return Verdict(NOT_HELD, f"{said}: the pre-trained features are no better than random ones")
     if tune < 0:
         return Verdict(NOT_HELD, f"{said}: fine-tuning the pre-trained model is worse than training from scratch")
-    if all(wins) and gain[ks[0]] >= gain[ks[-1]]:
+    if not any(there):
+        return Verdict(NOT_HELD, f"{said}: on {other[0]} the pre-trained features are no better than random ones")
+    if all(wins) and gain[ks[0]] >= gain[ks[-1]] and all(there):
         return Verdict(HELD, f"{said}: the representation transfers, the more so the fewer the labels")
+    if not all(there):
+        return Verdict(INCONCLUSIVE, f"{said}: on {other[0]} the pre-trained features win at some shot counts only")
     return Verdict(INCONCLUSIVE, f"{said}: " + ("the advantage grows with the labels" if all(wins)
                                                 else "the pre-trained features win at some shot counts only"))
