@@ -54,38 +54,36 @@ def assert_same(got: dict[int, float], ref: dict[int, float], steps) -> None:
         assert abs(got[s] - ref[s]) < 1e-5, (s, got[s], ref[s])
 
 
-@pytest.mark.parametrize("first, then", [
-    ((2, "ddp"), (1, "ddp")),  # a DDP checkpoint resumes in one process
-    ((1, "ddp"), (2, "ddp")),  # and a single process's in DDP
-    ((2, "fsdp"), (1, "ddp")),  # sharded (DCP) state resumes on another world size
-    ((1, "ddp"), (2, "fsdp")),  # and full state resumes sharded
-])
-def test_parallel_runs_match_one_process_and_resume_across_world_sizes(reference, tmp_path, first, then):
+# one run carried across every change of world size and parallelism the checkpoints must survive, stopping at a step
+# after each leg: (processes, parallelism, the step it stops at, extra settings)
+LEGS = [
+    (2, "fsdp", 2, ()),  # sharded (DCP) state ...
+    (1, "ddp", 4, ()),  # ... resumes in one process; a single process's state ...
+    (2, "ddp", 6, ()),  # ... resumes in DDP; a DDP checkpoint ...
+    (1, "ddp", 7, ()),  # ... in one process; and full state resumes sharded, with activation checkpointing and
+    (2, "fsdp", STEPS, ("train.activation_checkpointing=true", "train.micro_batch_size=8")),  # accumulation
+]
+
+
+def test_parallel_runs_match_one_process_and_resume_across_world_sizes(reference, tmp_path):
     out = tmp_path / "run"
-    (n1, p1), (n2, p2) = first, then
-    res = run(n1, "train", *TINY, "--set", f"train.steps={STEPS}", "--set", f"train.parallel={p1}",
-              "--set", "train.stop_at_step=4", "--out", str(out))
-    assert "stopped at step 4" in res.stdout
-    assert torch.load(checkpoint_dir(out) / "state.pt", weights_only=True)["world"] == n1
-    run(n2, "train", "--resume", str(out), "--set", f"train.parallel={p2}")
+    for i, (n, parallel, stop, extra) in enumerate(LEGS):
+        sets = [a for s in (f"train.parallel={parallel}", *extra) for a in ("--set", s)]
+        if stop < STEPS:
+            sets += ["--set", f"train.stop_at_step={stop}"]
+        start = [*TINY, "--set", f"train.steps={STEPS}", "--out", str(out)] if i == 0 else ["--resume", str(out)]
+        res = run(n, "train", *start, *sets)
+        if stop < STEPS:
+            assert f"stopped at step {stop}" in res.stdout, (i, res.stdout[-2000:])
+            assert torch.load(checkpoint_dir(out) / "state.pt", weights_only=True)["world"] == n
     got = losses(out)
-    assert sorted(got) == list(range(1, STEPS + 1))  # one line per step: only rank 0 logs
+    assert sorted(got) == list(range(1, STEPS + 1))  # one line per step: only rank 0 logs, no step repeated
     assert_same(got, reference, range(1, STEPS + 1))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] == 899 and metrics["steps"] == STEPS  # evaluation covers every test image once
     from vitkit import load_model
 
     load_model(out)  # the final model is one ordinary vitkit checkpoint
-
-
-def test_fsdp_with_activation_checkpointing_matches(reference, tmp_path):
-    out = tmp_path / "run"
-    run(2, "train", *TINY, "--set", "train.steps=3", "--set", "train.parallel=fsdp",
-        "--set", "train.activation_checkpointing=true", "--set", "train.micro_batch_size=8", "--out", str(out))
-    # a shorter schedule changes the LR from step 1 on only through warm-up and decay; compare with its own reference
-    ref = tmp_path / "ref"
-    run(1, "train", *TINY, "--set", "train.steps=3", "--out", str(ref))
-    assert_same(losses(out), losses(ref), range(1, 4))
 
 
 def _children(pid: int) -> list[int]:
