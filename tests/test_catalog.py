@@ -28,7 +28,12 @@ def test_the_packaged_table_is_the_model_codes(monkeypatch):
     """catalog.json (what `vitkit models` prints without torch) was counted from the model code as it is now."""
     packaged = json.loads(catalog.PACKAGED.read_text())
     assert packaged["key"] == catalog.key(), "the architectures changed: run `python -m vitkit.models.catalog` and commit catalog.json"
-    assert packaged["rows"] == catalog.count()
+    from vitkit.models.registry import describe, list_models
+
+    assert [r["name"] for r in packaged["rows"]] == list_models()
+    rows = {r["name"]: r for r in packaged["rows"]}
+    for name in ("ViT-Ti/16", "ViT-H/14", "R50+ViT-B/16", "R50x1", "Axial-ViT-B/32"):  # one of each family, counted now
+        assert rows[name] == describe(name), name
 
 
 def test_the_table_is_cached_and_read_back_without_torch(tmp_path, monkeypatch):

@@ -47,6 +47,14 @@ def test_console_script_and_module_entry_points():
         assert verb in out
 
 
+def test_a_closed_pipe_ends_quietly():
+    """`vitkit models | head -1`: the reader gone before the table is written, no "Broken pipe" error, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
 def test_convert_round_trip_and_report(tmp_path, capsys):
     import torch
 

@@ -234,14 +234,6 @@ time.sleep(300)
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows (the run directory is not locked there)")
 def test_a_second_process_on_a_run_is_refused_naming_the_holder(tmp_path, capsys):
-    if os.environ.get("VITKIT_ISOLATED") != "1":
-        # in a fresh interpreter: after ~590 other tests in one process, this one's process died of SIGSEGV three
-        # times (2026-12-01; alone or after the last 300 tests it passes; cause not found yet, see that session's note)
-        name = f"{__file__}::test_a_second_process_on_a_run_is_refused_naming_the_holder"
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
-                             env={**os.environ, "VITKIT_ISOLATED": "1"}, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
-        return
     run = _stopped(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
     try:

@@ -679,6 +679,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal: one line for the job
             print(f"vitkit {args.verb}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`vitkit models | head`): stop quietly, as other command-line tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to fail
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe's reader closed
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line for what a user can cause
         line = error_line(err)
         if line is None:  # a bug: the traceback, and how to report it
