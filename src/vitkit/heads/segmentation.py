@@ -1,0 +1,149 @@
+"""Semantic segmentation on a ViT encoder, as SETR (Zheng et al. 2021, "Rethinking Semantic Segmentation from a
+Sequence-to-Sequence Perspective with Transformers", section 3.3) compares its decoders.
+
+The encoder's patch tokens (after its final LayerNorm, prefix tokens dropped) are laid back on their grid,
+(B, D, H/P, W/P), and a head turns them into per-pixel class logits (B, K, H, W) at the input's size:
+- "linear": one linear map per token to K logits, bilinearly upsampled to the pixels (Segmenter's linear decoder; SETR's
+  naive decoder is this with a 1x1 conv + BN + ReLU before it);
+- "progressive": SETR-PUP, conv 3x3 + norm + ReLU then x2 bilinear upsampling, repeated until the encoder's stride is
+  undone (4 times for patch 16), then a 1x1 conv to the K classes. A stride that is no power of two is finished by
+  one last bilinear resize.
+
+Resolution: the encoder runs at the size its config holds (PatchEmbed refuses others); `set_image_size` moves it to
+another, the position embeddings resampled over the new grid as for fine-tuning (paper section 3.2). The heads hold no
+grid-sized weight, so one trained head serves any size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitkit.data.masks import IGNORE_INDEX
+
+HEADS = ("linear", "progressive")
+NORMS = ("batch", "group")
+
+
+def encoder_stride(encoder: nn.Module) -> int:
+    """Input pixels per patch token along a side: the patch size, times a hybrid's ResNet stride."""
+    cfg = encoder.config
+    resnet = getattr(cfg, "resnet", None)
+    return cfg.patch_size * (resnet.stride if resnet is not None else 1)
+
+
+class LinearHead(nn.Module):
+    """K logits per patch token, upsampled bilinearly to the pixels."""
+
+    def __init__(self, width: int, num_classes: int):
+        super().__init__()
+        self.proj = nn.Conv2d(width, num_classes, 1)  # a Linear per token, on the grid
+
+    def forward(self, grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        logits = self.proj(grid)  # (B, K, h, w)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)  # (B, K, H, W)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)  # SETR's (synchronised across GPUs there)
+    return nn.GroupNorm(min(32, channels), channels)  # independent of the batch
+
+
+class ProgressiveHead(nn.Module):
+    """SETR-PUP: (conv 3x3 + norm + ReLU, x2 bilinear) per halving of the stride, then a 1x1 conv to the classes."""
+
+    def __init__(self, width: int, num_classes: int, stride: int, channels: int = 256, norm: str = "batch"):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"segmentation head norm={norm!r} is not one of {NORMS}")
+        self.ups = max(stride.bit_length() - 1, 0)  # floor(log2(stride)) x2 steps
+        stages = []
+        for i in range(max(self.ups, 1)):
+            stages.append(nn.Sequential(nn.Conv2d(width if i == 0 else channels, channels, 3, padding=1, bias=False),
+                                        _norm(norm, channels), nn.ReLU(inplace=True)))
+        self.stages = nn.ModuleList(stages)
+        self.classify = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = grid  # (B, D, h, w)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)  # (B, C, h * 2^i, w * 2^i)
+            if i < self.ups:
+                x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        logits = self.classify(x)  # (B, K, h * 2^ups, w * 2^ups)
+        if logits.shape[-2:] != size:  # a stride that is no power of two
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+
+class SegmentationModel(nn.Module):
+    """A ViT encoder (VisionTransformer, a hybrid, Axial-ViT: anything with forward_features, num_prefix_tokens and a
+    config with patch_size and grid) and a segmentation head: `model(images) -> logits (B, K, H, W)`.
+
+    The encoder's classifier (and pre-logits layer) is removed: it takes no part in dense prediction, and parameters
+    without gradients break DistributedDataParallel. The head's last layer starts at zero, as a fine-tuning head does
+    (paper section 3.2): every pixel starts at the uniform prediction."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head: str = "linear", channels: int = 256, norm: str = "batch"):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"segmentation head={head!r} is not one of {HEADS}")
+        if num_classes < 1:
+            raise ValueError(f"segmentation num_classes={num_classes}: one class at least (the background counts)")
+        if not all(hasattr(encoder, a) for a in ("forward_features", "num_prefix_tokens", "config")):
+            raise TypeError(f"{type(encoder).__name__} is not a token encoder: a segmentation head reads the patch tokens of a "
+                            f"ViT (VisionTransformer, a hybrid, Axial-ViT)")
+        if getattr(encoder.config, "representation_size", None):
+            encoder.drop_pre_logits()
+        if getattr(encoder.config, "num_classes", 0):
+            encoder.reset_head(0)
+        self.encoder, self.num_classes, self.head_kind = encoder, num_classes, head
+        width = encoder.config.width
+        if head == "linear":
+            self.head = LinearHead(width, num_classes)
+            last = self.head.proj
+        else:
+            self.head = ProgressiveHead(width, num_classes, encoder_stride(encoder), channels, norm)
+            last = self.head.classify
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        return self.encoder.config.image_size
+
+    @torch.no_grad()
+    def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
+        """Run at another resolution: the encoder's position embeddings resampled over the new grid (its own
+        `set_image_size`); the head needs nothing."""
+        self.encoder.set_image_size(image_size, mode)
+
+    def patch_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch tokens of images (B, C, H, W), after the final LayerNorm, on their grid: (B, D, H/P, W/P)."""
+        enc = self.encoder
+        tokens = enc.forward_features(x)  # (B, prefix + N, D)
+        if getattr(enc.config, "fc_norm", False):  # the final LayerNorm comes after pooling there: apply it per token
+            tokens = enc.norm(tokens)
+        tokens = tokens[:, enc.num_prefix_tokens:]  # (B, N, D)
+        stride = encoder_stride(enc)
+        h, w = x.shape[-2] // stride, x.shape[-1] // stride
+        if tokens.shape[1] != h * w:
+            raise ValueError(f"the encoder gave {tokens.shape[1]} patch tokens for a {x.shape[-2]}x{x.shape[-1]} input, "
+                             f"not the {h}x{w} grid of stride {stride}")
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (B, D, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.patch_grid(x), tuple(x.shape[-2:]))  # (B, K, H, W)
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy (B, K, H, W) vs (B, H, W), the mean over the pixels that are not
+    `ignore_index` (0, not NaN, for a batch with none). Logits at another size than the masks are resized to them
+    bilinearly first."""
+    logits = logits.float()
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    masks = masks.long()
+    total = F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum")
+    return total / (masks != ignore_index).sum().clamp(min=1)
