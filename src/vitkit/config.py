@@ -245,14 +245,33 @@ class MppConfig:
 
 
 @dataclass
+class MaeConfig:
+    """Masked autoencoding (He et al. 2021) and its denoising variant (objectives/mae.py); used when objective == "mae"."""
+
+    # the fraction of each image's patches hidden from the encoder (round(ratio * patches), the same for every image)
+    mask_ratio: float = ranged(0.75, ge=0, lt=1, note="0: none hidden, pure denoising with mae.noise_std > 0")
+    target: Literal["norm", "pixels"] = "norm"  # norm: each patch's pixels standardised by its own mean and variance | pixels: as input
+    # denoising: Gaussian noise of this std (in the normalised input's units) added to the input; the clean patches
+    # are predicted, and every patch is scored (none was seen clean)
+    noise_std: float = ranged(0.0, ge=0, note="0: off")
+    decoder_width: int = ranged(128, ge=1)
+    decoder_depth: int = ranged(2, ge=1)
+    decoder_heads: int = ranged(4, ge=1)
+    decoder_mlp_dim: int = ranged(0, ge=0, note="0: 4 x mae.decoder_width")
+    decoder_posemb: Literal["sincos2d", "learned"] = "sincos2d"  # the decoder's own position embeddings: fixed 2-D sin-cos | learned
+
+
+@dataclass
 class Config:
     recipe: str = "quickstart"
-    objective: Literal["classification", "mpp"] = "classification"  # classification | mpp (masked patch prediction)
+    # classification | mpp (masked patch prediction) | mae (masked autoencoding, or denoising)
+    objective: Literal["classification", "mpp", "mae"] = "classification"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mpp: MppConfig = field(default_factory=MppConfig)
+    mae: MaeConfig = field(default_factory=MaeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -395,7 +414,7 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from its JSON form (e.g. a run's config.json), checking every key and every value's type: a
     record, so model.name beside model.init is what it records."""
     if not isinstance(d, dict):
-        raise ValueError(f"a config is a JSON object of sections (data, model, optim, train, mpp), not a {type(d).__name__}")
+        raise ValueError(f"a config is a JSON object of sections (data, model, optim, train, mpp, mae), not a {type(d).__name__}")
     cfg = Config()
     flat: dict[str, Any] = {}
 
@@ -468,6 +487,10 @@ def validate(cfg: Config) -> Config:
     if cfg.mpp.mask_frac + cfg.mpp.random_frac > 1:
         raise ValueError(f"mpp.mask_frac={cfg.mpp.mask_frac:g} + mpp.random_frac={cfg.mpp.random_frac:g} is over 1: they are "
                          f"fractions of the same corrupted patches")
+    if cfg.objective == "mae":
+        from vitkit.objectives.mae import check_options
+
+        check_options(cfg.mae)
     from vitkit.data.datasets import check_classes, check_source
     from vitkit.models.registry import model_config
 
@@ -491,8 +514,12 @@ def validate(cfg: Config) -> Config:
     except (KeyError, ValueError) as err:
         raise ValueError(f"model.name={m.name!r}: {str(err).strip(chr(39))}") from None
     try:
-        model_config(m.name, image_size=cfg.data.image_size, **m.overrides())
+        chosen = model_config(m.name, image_size=cfg.data.image_size, **m.overrides())
     except ValueError as err:
         given = "".join(f", model.{k}={v!r}" for k, v in m.overrides().items())
         raise ValueError(f"model.name={m.name!r} at data.image_size={cfg.data.image_size}{given}: {err}") from None
+    if cfg.objective == "mae":  # the model it trains (with model.init: when the checkpoint is read, objectives/mae.py)
+        from vitkit.objectives.mae import check_setup
+
+        check_setup(chosen, cfg.mae, m.name)
     return cfg

@@ -10,7 +10,7 @@ import torch.nn as nn
 from vitkit.config import Config
 from vitkit.objectives.classification import classification_loss, hard_labels
 
-OBJECTIVES = ("classification", "mpp")
+OBJECTIVES = ("classification", "mpp", "mae")
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -39,4 +39,8 @@ def build_objective(cfg: Config, model: nn.Module) -> Objective:
         from vitkit.objectives.mpp import MaskedPatchPrediction
 
         return MaskedPatchPrediction.from_config(cfg, model)
+    if cfg.objective == "mae":
+        from vitkit.objectives.mae import MaskedAutoencoder
+
+        return MaskedAutoencoder.from_config(cfg, model)
     raise ValueError(f"objective={cfg.objective!r} is not one of {OBJECTIVES}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vitkit.config import Config
+from vitkit.recipes.mae import mae
 from vitkit.recipes.mpp import mpp_fashion_mnist, mpp_paper
 from vitkit.recipes.paper import imagenet1k, imagenet21k, jft
 from vitkit.recipes.small import cifar10, fashion_mnist, quickstart
@@ -17,6 +18,7 @@ RECIPES: dict[str, Callable[[], Config]] = {
     "imagenet1k": imagenet1k,
     "mpp-fashion-mnist": mpp_fashion_mnist,
     "mpp-paper": mpp_paper,
+    "mae": mae,
 }
 
 

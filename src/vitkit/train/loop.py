@@ -423,18 +423,21 @@ def run_steps(r: Run) -> tuple[int, float, int]:
     return stop, time.perf_counter() - t0, seen
 
 
-def _compute(model_cfg: Any, image_size: int, seen: int) -> dict[str, Any]:
+def _compute(model_cfg: Any, image_size: int, seen: int, objective: Any = None) -> dict[str, Any]:
     """The training compute of a run (the paper's Figure 5 axis): forward + backward FLOPs of one image at the training
     resolution (models/registry.py train_flops: the model's; an objective's own small head, e.g. masked patch
-    prediction's, is not counted) times the images the steps saw, across resumes."""
+    prediction's, is not counted) times the images the steps saw, across resumes. An objective that changes what the
+    model computes (masked autoencoding: the encoder on the visible patches, a decoder) counts itself (`train_flops`)."""
     from vitkit.models.registry import train_flops
 
+    count = getattr(objective, "train_flops", None) or train_flops
     try:
-        per_image = train_flops(model_cfg, image_size)
+        per_image = count(model_cfg, image_size)
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel: no count
         return {"error": f"not counted ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"}
+    counted = getattr(objective, "flops_counted", "forward + backward of the model per image (torch FlopCounterMode), x images seen")
     return {"train_flops": per_image * seen, "exaflops": per_image * seen / 1e18, "flops_per_image": per_image,
-            "images_seen": seen, "counted": "forward + backward of the model per image (torch FlopCounterMode), x images seen"}
+            "images_seen": seen, "counted": counted}
 
 
 def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
@@ -457,7 +460,7 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
     results: dict[str, Any] = {"recipe": cfg.recipe, "steps": total, "epochs": total / r.batches.steps_per_epoch,
                                "train_wall_s": wall, "train_img_per_s": seen / wall if wall > 0 else 0.0,
                                "precision": cfg.train.precision, "hardware": r.hardware}
-    results["compute"] = _compute(r.model.config, cfg.data.image_size, seen)
+    results["compute"] = _compute(r.model.config, cfg.data.image_size, seen, r.objective)
     for split_name, split in (("val", r.ds.val), ("test", r.ds.test)):
         if len(split):
             results[split_name] = r.evaluate(split)
