@@ -1,9 +1,14 @@
 """Suite-wide: the per-machine kernel verdicts (models/kernels.py) are measured once per test session into a
 temporary cache, never into the user's ~/.cache; subprocesses inherit it."""
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("VITKIT_CACHE_DIR", tempfile.mkdtemp(prefix="vitkit-test-cache-"))
+if "torch" not in sys.modules:  # the `vitkit` command's thread settings (a passive OpenMP wait: no spinning on a busy machine)
+    from vitkit.runtime import configure_threads_env
+
+    configure_threads_env()
 
 
 def pytest_collection_modifyitems(config, items):
