@@ -110,6 +110,7 @@ def test_a_set_text_is_honoured_or_refused_naming_its_key(key, text):
 POSITIVE, NATURAL = (lambda v: v >= 1), (lambda v: v >= 0)
 OPTIONS = [  # (argv before the option, option, type, what the issue asks of a value)
     (["predict", "M", "x.png"], "--top-k", int, POSITIVE),
+    (["predict", "M", "x.png"], "--alpha", float, lambda v: math.isfinite(v) and 0 <= v <= 1),
     (["fewshot", "M", "--data", "digits"], "--seeds", int, POSITIVE),
     (["fewshot", "M", "--data", "digits"], "--l2", float, lambda v: math.isfinite(v) and v > 0),
     (["fewshot", "M", "--data", "digits"], "--resolution", int, POSITIVE),

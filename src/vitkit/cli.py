@@ -21,6 +21,7 @@ from vitkit.config import ARGUMENTS, argument_parser
 
 # --- options and output shared by several verbs ---------------------------------------------------------
 
+ALPHA = 0.5  # predict's overlay: the class colours' opacity
 NAMES = ("or a published name, downloaded once into the cache: hf-hub:ORG/NAME[@REV], timm's MODEL.TAG, Google's google:PATH "
          "(`vitkit models --pretrained` lists them)")
 
@@ -336,6 +337,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
+    if "miou" in res:  # a segmentation model: per-pixel scores
+        print(f"{args.src} on {args.data} ({args.split}, {res['n']} images, {res['pixels']:,} pixels scored): mIoU "
+              f"{res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean class acc {res['mean_acc']:.4f}  loss {res['loss']:.4f}")
+        print(f"{'class':<20} {'IoU':>7} {'acc':>7}")
+        show = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731 - None: the class is in neither targets nor predictions
+        for name in res["classes"]:
+            print(f"{name:<20} {show(res['iou'][name]):>7} {show(res['acc'][name]):>7}")
+        if args.confusion:
+            print(f"confusion matrix: {res['confusion_figure']}")
+        return 0
     print(f"{args.src} on {args.data} ({args.split}, {res['n']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
     if "real_top1" in res:
         print(f"ReaL top-1 {res['real_top1']:.4f} ({res['real_n']} images with a ReaL label, {res['real_skipped']} without)")
@@ -348,10 +359,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_parser(sub: Any) -> None:
-    p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split",
-                       description="Evaluate any checkpoint load_model reads on a dataset split (resize, no crop).")
+    p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split (a segmentation model: mIoU)",
+                       description="Evaluate any checkpoint load_model reads on a dataset split (resize, no crop). A "
+                                   "segmentation model on a segmentation dataset: mIoU, per-class IoU, pixel accuracy "
+                                   "(a run directory's own data settings apply when --data names its dataset).")
     p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
-    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH")
+    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH; "
+                                                 "segmentation: canvas, seg:PATH")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R",
@@ -440,8 +454,25 @@ def _fewshot_parser(sub: Any) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit import engines
-    from vitkit.evaluate.predict import check_images, predict_with
+    from vitkit.convert.load import read_arch
+    from vitkit.evaluate.predict import check_images, predict_masks, predict_with
 
+    if read_arch(args.src) == "segmentation":  # a class per pixel: mask and overlay PNGs
+        if args.engine not in ("auto", "torch"):
+            raise ValueError(f"--engine {args.engine} with a segmentation model: it runs on PyTorch; drop --engine")
+        res = predict_masks(args.src, args.images, args.out, overwrite=args.force, alpha=args.alpha,
+                            precision=args.precision, device=args.device)
+        if args.json:
+            print(json.dumps(res, indent=2))
+            return 0
+        for r in res:
+            top = ", ".join(f"{name} {share:.1%}" for name, share in list(r["classes"].items())[:args.top_k])
+            print(f"{r['image']}: {top}\n  -> {r['overlay']}, {r['mask']}")
+        return 0
+    for given, option in ((args.out, "--out"), (args.force, "--force"), (args.alpha != ALPHA, "--alpha")):
+        if given:
+            raise ValueError(f"{option} is for segmentation models (it places their mask images); {args.src} is a "
+                             f"classifier: drop {option}")
     model = engines.load_engine(args.src, args.engine, args.precision, args.device, batch_size=len(args.images),
                          images=len(check_images(args.images)))
     _say_engine({"engine": model.describe()})
@@ -457,11 +488,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_parser(sub: Any) -> None:
-    p = sub.add_parser("predict", help="top-k classes of image files",
-                       description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained.")
+    p = sub.add_parser("predict", help="top-k classes of image files (a segmentation model: mask and overlay PNGs)",
+                       description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained. "
+                                   "A segmentation model writes per image STEM.mask.png (the class indices, a palette PNG) "
+                                   "and STEM.overlay.png (the classes' colours over the image), at the image's size, beside "
+                                   "it or in --out; an existing file is refused unless --force.")
     p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=argument_parser("top_k"), default=5)
+    p.add_argument("--top-k", type=argument_parser("top_k"), default=5, help="classes shown (segmentation: by pixel share)")
+    p.add_argument("--out", type=_directory, metavar="DIR", help="segmentation: write the PNGs here (default: beside each image)")
+    p.add_argument("--alpha", type=argument_parser("alpha"), default=ALPHA,
+                   help=f"segmentation: the class colours' opacity over the image (default {ALPHA})")
+    p.add_argument("--force", action="store_true", help="segmentation: replace existing mask / overlay PNGs")
     _precision_device(p, engine=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -92,6 +92,7 @@ ARGUMENTS: dict[str, tuple[type, Range]] = {
     "num_classes": (int, Range(ge=0, note="0: no head")),
     "opset": (int, Range(ge=1)),
     "lr": (float, Range(gt=0)),
+    "alpha": (float, Range(ge=0, le=1)),
 }
 
 
@@ -117,8 +118,26 @@ def argument_parser(name: str) -> Callable[[str], Any]:
 
 
 @dataclass
+class CanvasConfig:
+    """The canvas task (data.name=canvas, data/canvas.py): Fashion-MNIST and digits items placed at random on a black
+    canvas, with their per-pixel class masks; every canvas a pure function of (seed, split, index)."""
+
+    size: int = ranged(96, ge=8, le=1024)  # the canvas side in pixels (meant for 64-128); resized to data.image_size
+    sources: str = "fashion-mnist,digits"  # the items' datasets, comma-separated: fashion-mnist and/or digits
+    items_min: int = ranged(1, ge=1, le=255)  # items per canvas, drawn uniformly in [items_min, items_max]
+    items_max: int = ranged(4, ge=1, le=255)
+    max_overlap: float = ranged(0.2, ge=0, le=1, note="0: items never overlap")  # of the smaller of two items' boxes
+    train: int = ranged(5000, ge=1)  # canvases per split
+    val: int = ranged(500, ge=0, note="0: no validation")
+    test: int = ranged(1000, ge=1)
+    seed: int = ranged(0, ge=0, le=2**63 - 1)  # the canvases' draw, apart from the training seed
+
+
+@dataclass
 class DataConfig:
-    name: str = "digits"  # digits | fashion-mnist | mnist | cifar10 | cifar100 | folder:PATH (class-per-folder tree)
+    # digits | fashion-mnist | mnist | cifar10 | cifar100 | folder:PATH (class-per-folder tree); with
+    # objective=segmentation: canvas (data.canvas) | seg:PATH (images and PNG masks of class indices, data/masks.py)
+    name: str = "digits"
     data_dir: str | None = None  # where the files are (else $VITKIT_DATA, Debian's dataset packages, a download)
     image_size: int = ranged(32, ge=1)  # the model's input size; images are resized to it
     val_fraction: float = ranged(0.1, ge=0, lt=1)  # carved from train for model selection; test stays untouched
@@ -141,6 +160,12 @@ class DataConfig:
     random_erasing: float = ranged(0.0, ge=0, le=1)  # probability per image
     in_memory: bool | None = None  # None: automatic (small datasets are held as tensors, augmented per batch)
     workers: int = ranged(0, ge=0, note="0: in this process")  # DataLoader workers for the per-image path
+    # segmentation: the mask value no loss or metric counts (VOC's object borders)
+    ignore_index: int = ranged(255, ge=0, le=65535)
+    # segmentation: mask value 0 ignored and every other value v read as class v - 1 (ADE20K's "other"); None: on for
+    # ADE20K's layout only
+    reduce_zero_label: bool | None = None
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
 
 @dataclass
@@ -262,16 +287,29 @@ class MaeConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """Semantic segmentation (heads/segmentation.py: SETR's decoders on the patch tokens); used when
+    objective == "segmentation"."""
+
+    head: Literal["linear", "progressive"] = "linear"  # linear: K logits per token, upsampled | progressive: SETR-PUP
+    channels: int = ranged(256, ge=1)  # progressive: the convolutions' channels
+    # progressive: the convolutions' norm; group: the same results whatever the micro-batch and the number of
+    # processes | batch: SETR's (SyncBatchNorm across GPUs; per process on the CPU)
+    norm: Literal["batch", "group"] = "group"
+
+
+@dataclass
 class Config:
     recipe: str = "quickstart"
-    # classification | mpp (masked patch prediction) | mae (masked autoencoding, or denoising)
-    objective: Literal["classification", "mpp", "mae"] = "classification"
+    # classification | mpp (masked patch prediction) | mae (masked autoencoding, or denoising) | segmentation
+    objective: Literal["classification", "mpp", "mae", "segmentation"] = "classification"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mpp: MppConfig = field(default_factory=MppConfig)
     mae: MaeConfig = field(default_factory=MaeConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -414,7 +452,7 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from its JSON form (e.g. a run's config.json), checking every key and every value's type: a
     record, so model.name beside model.init is what it records."""
     if not isinstance(d, dict):
-        raise ValueError(f"a config is a JSON object of sections (data, model, optim, train, mpp, mae), not a {type(d).__name__}")
+        raise ValueError(f"a config is a JSON object of sections (data, model, optim, train, mpp, mae, segmentation), not a {type(d).__name__}")
     cfg = Config()
     flat: dict[str, Any] = {}
 
@@ -492,9 +530,16 @@ def validate(cfg: Config) -> Config:
 
         check_options(cfg.mae)
     from vitkit.data.datasets import check_classes, check_source
+    from vitkit.data.dense import check_data, is_dense
     from vitkit.models.registry import model_config
 
-    check_source(cfg.data.name, "data.name")
+    if cfg.objective == "segmentation":
+        check_data(cfg.data)  # canvas or seg:PATH, the canvas settings, no classification-only option
+    elif is_dense(cfg.data.name):
+        raise ValueError(f"data.name={cfg.data.name!r} is a segmentation task (images with per-pixel masks); set "
+                         f"objective=segmentation (e.g. --recipe seg-canvas)")
+    else:
+        check_source(cfg.data.name, "data.name")
     if cfg.objective == "classification":
         check_classes(cfg.data.name, "data.name")
     if m.init:  # the architecture is the checkpoint's (overriding it: apply_overrides); model.name only records it
@@ -522,4 +567,8 @@ def validate(cfg: Config) -> Config:
         from vitkit.objectives.mae import check_setup
 
         check_setup(chosen, cfg.mae, m.name)
+    if cfg.objective == "segmentation":  # with model.init: when the checkpoint is read (train/loop.py build_model)
+        from vitkit.objectives.segmentation import check_encoder
+
+        check_encoder(chosen, f"model.name={m.name!r}")
     return cfg

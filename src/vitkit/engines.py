@@ -648,6 +648,10 @@ def load_engine(src: str | Path, engine: str = "auto", precision: str = "auto", 
         if dev.type != "cpu":
             raise ValueError(f"--engine {engine} runs on the CPU here; pass --device cpu, or --engine torch on {dev}")
     model, card = load(src, image_size=resolution)
+    if getattr(model.config, "arch", None) == "segmentation":  # logits per pixel, not per image
+        raise ValueError(f"{src} is a segmentation model (a class per pixel): `vitkit eval {src} --data canvas|seg:PATH` "
+                         f"scores it and `vitkit predict {src} IMAGE` writes its masks; for its encoder's features, "
+                         f"fine-tune it (`vitkit finetune {src} --data ...`)")
     batch = max(1, min(batch_size, images or batch_size))
     # refused before anything runs when it cannot fit (the CPU engines' graphs hold every head's T x T weights)
     memory.check_inference(model.config, batch, dev, str(src), explicit_attention=engine in ("onnxruntime", "openvino"))

@@ -216,6 +216,27 @@ def read_preprocess(path: str | Path, fmt: str = "auto") -> dict | None:
     return None
 
 
+def read_arch(path: str | Path) -> str | None:
+    """The architecture a vitkit checkpoint (a run directory, its directory or .safetensors) records: "vit", "bit",
+    "axial_vit", "axial_resnet", "segmentation"; None for what vitkit's record does not describe (other formats,
+    published names, a path that is not there). Reads the record only, never the tensors."""
+    try:
+        p = resolve_run_dir(Path(path))
+        if p.is_dir() and (p / CONFIG).exists():
+            info = read_json(p / CONFIG)
+        elif p.suffix == ".safetensors" and p.is_file():
+            meta = safetensors_header(p)[1]
+            info = json.loads(meta["vitkit"]) if "vitkit" in meta else {}
+        else:
+            return None
+    except (OSError, CheckpointError, json.JSONDecodeError):
+        return None
+    if info.get("format") != "vitkit":  # a Hugging Face config.json, say
+        return None
+    model = info.get("model")
+    return model.get("arch", "vit") if isinstance(model, dict) else None
+
+
 # --- writing ---------------------------------------------------------------------------------------
 
 

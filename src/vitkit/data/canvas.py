@@ -197,15 +197,20 @@ class CanvasTask:
         return torch.from_numpy(image)[None], {"mask": torch.from_numpy(mask).long(), "boxes": torch.from_numpy(boxes),
                                                "labels": torch.from_numpy(labels), "instances": torch.from_numpy(inst)}
 
-    def materialise(self, split: str, n: int, start: int = 0) -> DenseData:
-        """Canvases start..start+n-1 of `split` as one DenseData (boxes padded to the most items a canvas can hold)."""
+    def materialise(self, split: str, n: int, start: int = 0, progress: bool = False) -> DenseData:
+        """Canvases start..start+n-1 of `split` as one DenseData (boxes padded to the most items a canvas can hold);
+        `progress`: a progress bar (on the main process, for a thousand canvases or more)."""
+        from vitkit import progress as bars
+        from vitkit.runtime import is_main_process
+
         S, M = self.spec.size, self.spec.items[1]
         images = np.zeros((n, 1, S, S), np.uint8)
         masks = np.zeros((n, S, S), np.uint8)
         insts = np.zeros((n, S, S), np.uint8)
         boxes = np.zeros((n, M, 4), np.float32)
         labels = np.zeros((n, M), np.int64)
-        for k in range(n):
+        for k in bars.bar(range(n), desc=f"drawing {split} canvases", unit="canvas",
+                          enabled=progress and n >= 1000 and is_main_process()):
             images[k, 0], masks[k], insts[k], b, y = self.draw(split, start + k)
             boxes[k, :len(y)], labels[k, :len(y)] = b, y
         t = torch.from_numpy
@@ -229,11 +234,12 @@ class CanvasDataset(TorchDataset):
 
 
 def canvas_dataset(spec: CanvasSpec | None = None, train: int = 5000, val: int = 500, test: int = 1000,
-                   data_dir: str | None = None, download: bool = False, task: CanvasTask | None = None) -> DenseDataset:
-    """The canvas task's splits in memory: `train` / `val` / `test` canvases each."""
+                   data_dir: str | None = None, download: bool = False, task: CanvasTask | None = None,
+                   progress: bool = False) -> DenseDataset:
+    """The canvas task's splits in memory: `train` / `val` / `test` canvases each (`progress`: bars while drawing)."""
     task = task or CanvasTask.load(spec, data_dir, download)
     spec = task.spec
-    splits = [task.materialise(split, n) for split, n in zip(SPLITS, (train, val, test))]
+    splits = [task.materialise(split, n, progress=progress) for split, n in zip(SPLITS, (train, val, test))]
     sizes = {s: "-".join(str(v) for v in (spec.fashion_size if s == "fashion-mnist" else spec.digits_size)) for s in spec.sources}
     source = (f"canvas task: {' + '.join(spec.sources)} items on {spec.size} px canvases "
               f"({spec.items[0]}-{spec.items[1]} items, sides {', '.join(f'{s} {v}' for s, v in sizes.items())} px, seed {spec.seed})")

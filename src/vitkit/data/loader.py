@@ -15,6 +15,7 @@ from torch.utils.data import default_collate
 
 from vitkit.config import DataConfig
 from vitkit.data.datasets import ArrayData, DatasetError, FileData, Split, load_image
+from vitkit.data.masks import DenseData, MaskFiles, resize_dense
 from vitkit.data.transforms import BatchAugment, eval_batch, eval_transform, match_channels, mix_batch, resize_batch, train_transform
 
 
@@ -35,6 +36,13 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
 def prepare_arrays(split: ArrayData, cfg: DataConfig, channels: int) -> ArrayData:
     """In-memory images at the model's size and channel count, once, so batches only augment."""
     return ArrayData(resize_batch(match_channels(split.images, channels), cfg.image_size), split.labels)
+
+
+def prepare_dense(split: DenseData, cfg: DataConfig, channels: int) -> DenseData:
+    """An in-memory dense split at the model's size (masks nearest, DenseData's `resize_dense`) and channel count,
+    once, so batches only augment."""
+    d = resize_dense(split, cfg.image_size)
+    return DenseData(match_channels(d.images, channels), d.masks, d.boxes, d.labels, d.instances)
 
 
 class EpochOrder:
@@ -59,20 +67,30 @@ class EpochOrder:
 
 
 class StepBatches(TorchDataset):
-    """Item `step` is that step's augmented batch (x normalised float, y labels or soft labels)."""
+    """Item `step` is that step's augmented batch (x normalised float, y labels or soft labels; for a dense split
+    (DenseData, MaskFiles) y is the masks (B, H, W) int64, moved with their images by the same crop and flip)."""
 
-    def __init__(self, split: Split, cfg: DataConfig, channels: int, num_classes: int, batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+    def __init__(self, split: Split | DenseData | MaskFiles, cfg: DataConfig, channels: int, num_classes: int,
+                 batch_size: int, seed: int, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
         """`device`: where in-memory images live and are augmented (a GPU for GPU training: the whole batch is
         augmented there; the random draws are made on the CPU generator, so the batches are the same)."""
-        self.split = prepare_arrays(split, cfg, channels) if isinstance(split, ArrayData) else split
-        if isinstance(self.split, ArrayData) and torch.device(device).type != "cpu":
-            self.split = ArrayData(self.split.images.to(device), self.split.labels.to(device))
+        if isinstance(split, ArrayData):
+            self.split = prepare_arrays(split, cfg, channels)
+        elif isinstance(split, DenseData):
+            self.split = prepare_dense(split, cfg, channels)
+        else:
+            self.split = split
+        if torch.device(device).type != "cpu":
+            if isinstance(self.split, ArrayData):
+                self.split = ArrayData(self.split.images.to(device), self.split.labels.to(device))
+            elif isinstance(self.split, DenseData):
+                self.split = DenseData(self.split.images.to(device), self.split.masks.to(device))
         self.cfg, self.channels, self.num_classes, self.seed = cfg, channels, num_classes, seed
         self.rank, self.world = rank, world
         self.order = EpochOrder(len(split), batch_size, seed)
-        self.augment = BatchAugment(cfg) if isinstance(self.split, ArrayData) else None
-        self.transform = None if isinstance(self.split, ArrayData) else train_transform(cfg, channels)
+        batched = isinstance(self.split, (ArrayData, DenseData, MaskFiles))  # dense files: per image, by BatchAugment
+        self.augment = BatchAugment(cfg) if batched else None
+        self.transform = None if batched else train_transform(cfg, channels)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -84,27 +102,42 @@ class StepBatches(TorchDataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's slice of the step's global batch, augmented exactly as in a one-process run: in-memory
         batches are augmented whole (they are cheap) and sliced; files are read per rank, each image's
-        augmentation seeded by its place in the global batch (Mixup/CutMix then pair images within the rank)."""
+        augmentation seeded by its place in the global batch (Mixup/CutMix then pair images within the rank). A
+        dense split's masks take their images' crops and flips."""
         state = torch.get_rng_state()
         try:
-            if isinstance(self.split, ArrayData):
+            if isinstance(self.split, (ArrayData, DenseData)):
                 idx = self.order.indices(step)
                 torch.manual_seed(step_seed(self.seed, step, salt=2))
-                x, y = mix_batch(self.augment(self.split.images[idx]), self.split.labels[idx], self.num_classes, self.cfg)
+                if isinstance(self.split, DenseData):  # images and masks moved together
+                    x, y = self.augment.dense(self.split.images[idx], self.split.masks[idx], self.cfg.ignore_index)
+                else:
+                    x, y = mix_batch(self.augment(self.split.images[idx]), self.split.labels[idx], self.num_classes, self.cfg)
                 per = len(idx) // self.world
                 return x[self.rank * per:(self.rank + 1) * per], y[self.rank * per:(self.rank + 1) * per]
             idx = self.order.indices(step, self.rank, self.world)
             offset = self.rank * len(idx)
             xs, ys = [], []
             for j, i in enumerate(idx.tolist()):
-                path, label = self.split.files[i]
                 torch.manual_seed(step_seed(self.seed, step, salt=1000 + offset + j))
-                xs.append(self.transform(load_image(path, self.channels)))
-                ys.append(label)
+                x, y = self._file(i)
+                xs.append(x)
+                ys.append(y)
+            if isinstance(self.split, MaskFiles):
+                return torch.stack(xs), torch.stack(ys)
             torch.manual_seed(step_seed(self.seed, step, salt=2 + self.rank))
             return mix_batch(torch.stack(xs), torch.tensor(ys, dtype=torch.long), self.num_classes, self.cfg)
         finally:
             torch.set_rng_state(state)
+
+    def _file(self, i: int) -> tuple[torch.Tensor, Any]:
+        """Image i of a split on disk, augmented: (C, H, W) and its label, or its mask (H, W) moved with it."""
+        if isinstance(self.split, MaskFiles):
+            image, mask = self.split[i]  # at data.image_size (MaskFiles' size)
+            x, y = self.augment.dense(match_channels(image, self.channels)[None], mask[None], self.cfg.ignore_index)
+            return x[0], y[0]
+        path, label = self.split.files[i]
+        return self.transform(load_image(path, self.channels)), label
 
 
 @dataclass
@@ -149,7 +182,7 @@ def train_stream(batches: StepBatches, start: int, stop: int, workers: int = 0,
                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches for steps start..stop-1, prepared by `workers` processes ahead of the training step (data held
     on a GPU is augmented in this process); `pin_memory` for copies to a GPU that overlap compute."""
-    if workers <= 0 or isinstance(batches.split, ArrayData) and batches.split.images.device.type != "cpu":
+    if workers <= 0 or isinstance(batches.split, (ArrayData, DenseData)) and batches.split.images.device.type != "cpu":
         for step in range(start, stop):
             yield batches[step]
         return
@@ -169,18 +202,32 @@ class _EvalFiles(TorchDataset):
         return self.transform(load_image(path, self.channels)), label
 
 
-def eval_stream(split: Split, cfg: DataConfig, channels: int, batch_size: int, workers: int = 0,
+class _EvalMasks(TorchDataset):
+    def __init__(self, split: MaskFiles, cfg: DataConfig, channels: int):
+        self.split, self.cfg, self.channels = split, cfg, channels
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.split[i]  # at data.image_size (MaskFiles' size)
+        return eval_batch(match_channels(image, self.channels)[None], self.cfg)[0], mask
+
+
+def eval_stream(split: Split | DenseData | MaskFiles, cfg: DataConfig, channels: int, batch_size: int, workers: int = 0,
                 rank: int = 0, world: int = 1, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every image of a split once, in order, resized (no crop) and normalised; rank r of w gets
-    every w-th batch."""
-    if isinstance(split, ArrayData):
-        data = prepare_arrays(split, cfg, channels)
+    every w-th batch. A dense split's targets are its masks at the same size (nearest), int64."""
+    if isinstance(split, (ArrayData, DenseData)):
+        dense = isinstance(split, DenseData)
+        data = prepare_dense(split, cfg, channels) if dense else prepare_arrays(split, cfg, channels)
         for b, start in enumerate(range(0, len(data), batch_size)):
             if b % world == rank:
-                yield eval_batch(data.images[start:start + batch_size], cfg), data.labels[start:start + batch_size]
+                y = data.masks[start:start + batch_size].long() if dense else data.labels[start:start + batch_size]
+                yield eval_batch(data.images[start:start + batch_size], cfg), y
         return
     # this rank's batches by index: only its own images are read and decoded
     mine = [i for b, start in enumerate(range(0, len(split), batch_size)) if b % world == rank
             for i in range(start, min(start + batch_size, len(split)))]
-    yield from _loader(Subset(_EvalFiles(split, cfg, channels), mine), workers, batch_size=batch_size, shuffle=False,
-                       pin_memory=pin_memory)
+    files = _EvalMasks(split, cfg, channels) if isinstance(split, MaskFiles) else _EvalFiles(split, cfg, channels)
+    yield from _loader(Subset(files, mine), workers, batch_size=batch_size, shuffle=False, pin_memory=pin_memory)

@@ -102,11 +102,34 @@ class BatchAugment:
         self.erase = v2.RandomErasing(p=cfg.random_erasing) if cfg.random_erasing > 0 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
         if self.randaugment is not None:
             x = torch.stack([self.randaugment(img) for img in x])
-        B, _, H, W = x.shape
         xf = x.float() / 255.0
+        theta = self._theta(*x.shape[-4:])
+        if theta is not None:
+            xf = self._warp(xf, theta, "nearest" if self.cfg.crop != "inception" else "bilinear")
+        return self._finish(xf)
+
+    def dense(self, x: torch.Tensor, masks: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 batch (B, C, H, W) and its class-index masks (B, H, W), moved by the same crop and flip: the mask
+        sampled nearest (an index is never blended), pixels from outside the image `ignore_index` (the image's are
+        black). Returns (normalised float images, int64 masks). RandAugment is refused for dense tasks
+        (data/dense.py): its geometric ops would move the image alone."""
+        if self.randaugment is not None:
+            raise ValueError("data.randaugment with a dense task: its rotations and shears would move the image and not its mask")
+        xf = x.float() / 255.0
+        m = masks.long()
+        theta = self._theta(*x.shape[-4:])
+        if theta is not None:
+            xf = self._warp(xf, theta, "nearest" if self.cfg.crop != "inception" else "bilinear")
+            shifted = self._warp((m + 1).float()[:, None], theta, "nearest")[:, 0].round().long()  # 0: outside the image
+            m = torch.where(shifted > 0, shifted - 1, ignore_index)
+        return self._finish(xf), m
+
+    def _theta(self, B: int, C: int, H: int, W: int) -> torch.Tensor | None:
+        """The affine sampling grid's parameters (B, 2, 3) of this batch's random crops and flips, drawn on the CPU
+        generator (the same on any device); None when nothing moves."""
+        cfg = self.cfg
         theta = torch.zeros(B, 2, 3)
         theta[:, 0, 0] = 1.0
         theta[:, 1, 1] = 1.0
@@ -131,11 +154,17 @@ class BatchAugment:
             flip = torch.rand(B) < 0.5
             theta[flip, 0, 0] *= -1
             moved = moved or bool(flip.any())
-        if moved:
-            grid = F.affine_grid(theta.to(xf.device), list(xf.shape), align_corners=False)  # draws made on the CPU: the same on any device
-            mode = "nearest" if cfg.crop != "inception" else "bilinear"
-            xf = F.grid_sample(xf, grid, mode=mode, padding_mode="zeros", align_corners=False)
-        xf = normalize(xf, cfg.normalize)
+        return theta if moved else None
+
+    @staticmethod
+    def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
+        """Float images (B, C, H, W) resampled by `theta`, zeros outside."""
+        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+    def _finish(self, xf: torch.Tensor) -> torch.Tensor:
+        """Normalised, then randomly erased (when on)."""
+        xf = normalize(xf, self.cfg.normalize)
         if self.erase is not None:
             xf = torch.stack([self.erase(img) for img in xf])
         return xf

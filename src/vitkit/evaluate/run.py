@@ -57,12 +57,20 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
     auto, torch, onnxruntime, openvino) what computes, recorded as "engine". `real_labels`: ImageNet ReaL's real.json,
     for ReaL accuracy of a folder of ImageNet validation images ("real_top1": evaluate/real.py)."""
     from vitkit import engines
+    from vitkit.convert.load import read_arch
+    from vitkit.data.dense import is_dense
     from vitkit.evaluate.real import RealLabelsError, read_real, real_accuracy
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split {split!r}: choose train, val or test")
     check_argument("batch_size", batch_size)
     check_argument("resolution", resolution)
+    if is_dense(data) or read_arch(src) == "segmentation":  # per-pixel classes: mIoU (eval_segmentation)
+        for given, option in ((real_labels, "--real-labels"), (compile, "--compile"), (engine not in ("auto", "torch"), "--engine")):
+            if given:
+                raise ValueError(f"{option} with a segmentation {'dataset' if is_dense(data) else 'model'}: segmentation is "
+                                 f"evaluated by PyTorch, without it; drop {option}")
+        return eval_segmentation(src, data, split, data_dir, batch_size, resolution, precision, normalize, device)
     real = read_real(real_labels) if real_labels else None  # a bad file is refused before anything is read
     if real is not None and not data.startswith("folder:"):
         raise RealLabelsError(f"--real-labels: ReaL labels ImageNet's validation images; evaluate a folder of them "
@@ -88,6 +96,73 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
     res["engine"] = model.describe()
     conf = res["confusion"]
     res["per_class"] = {c: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else float("nan")) for i, c in enumerate(ds.classes)}
+    return res
+
+
+def _dense_data_config(src: str | Path, data: str, data_dir: str | None) -> DataConfig:
+    """The data settings of dataset `data` for evaluation: a run directory's own (its canvas, ignore index, splits)
+    when its config.json names the same dataset, else the defaults."""
+    import dataclasses
+
+    from vitkit.config import load_config
+
+    run = Path(src) / "config.json"
+    if run.is_file():
+        try:
+            cfg = load_config(run).data
+        except ValueError:  # a checkpoint's record, not a run's config
+            cfg = None
+        if cfg is not None and cfg.name == data:
+            return dataclasses.replace(cfg, data_dir=data_dir or cfg.data_dir)
+    return _dataset_config(data, data_dir)
+
+
+def eval_segmentation(src: str | Path, data: str, split: str = "test", data_dir: str | None = None, batch_size: int = 256,
+                      resolution: int | None = None, precision: str = "auto", normalize: str | None = None,
+                      device: str = "auto") -> dict:
+    """mIoU, per-class IoU and accuracy (by class name), pixel accuracy, mean class accuracy, loss and the confusion
+    matrix of a segmentation model on a split of a dense dataset (canvas, seg:PATH), scored at the model's input size
+    (`resolution`: another, the position embeddings resampled) with the masks resized to it (nearest), as training
+    scores them. When `src` is a run directory whose config names `data`, the run's data settings apply (its canvas,
+    ignore index and validation carve), so its test split is the run's."""
+    import dataclasses
+
+    from vitkit.convert.load import load
+    from vitkit.data.dense import is_dense, load_dense
+    from vitkit.evaluate.segmentation import evaluate_segmentation
+    from vitkit.heads.segmentation import SegmentationModel
+    from vitkit.models.fast import accelerate
+    from vitkit.runtime import resolve_device
+    from vitkit.train.precision import resolve
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split {split!r}: choose train, val or test")
+    check_argument("batch_size", batch_size)
+    check_argument("resolution", resolution)
+    if not is_dense(data):
+        raise ValueError(f"{src} is a segmentation model; evaluate it on a segmentation dataset (--data canvas or "
+                         f"seg:PATH), not {data!r}")
+    dev = resolve_device(device)
+    precision = resolve(precision, dev, "--precision")
+    model, card = load(src, image_size=resolution)
+    if not isinstance(model, SegmentationModel):
+        raise ValueError(f"{src}: a {type(model).__name__}, not a segmentation model; {data} scores per-pixel classes: train "
+                         f"one with objective=segmentation (`vitkit train --recipe seg-canvas`), or evaluate this one on a "
+                         f"classification dataset")
+    own = data_config_for(card.preprocess, data, data_dir, normalize=normalize)  # the model's size and normalisation
+    cfg = dataclasses.replace(_dense_data_config(src, data, data_dir), image_size=own.image_size, normalize=own.normalize)
+    ds = load_dense(cfg)
+    if model.num_classes != ds.num_classes:
+        raise ValueError(f"{src}: the model has {model.num_classes} classes but {data} has {ds.num_classes}; train it on "
+                         f"{data} (model.init={src} with objective=segmentation)")
+    warn_class_names(src, card.class_names, ds.classes)
+    part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
+    accelerate(model.to(dev))  # the fast blocks, as training evaluates
+    stream = eval_stream(part, cfg, model.config.in_chans, batch_size, pin_memory=dev.type == "cuda")
+    bar = progress.bar(stream, total=-(-len(part) // batch_size), desc=f"eval {data} ({split})", unit="batch")
+    res = evaluate_segmentation(model, bar, ds.num_classes, ds.ignore_index, precision, ds.classes)
+    res.update({"device": str(dev), "classes": ds.classes, "precision": precision,
+                "engine": {"engine": "torch", "precision": precision}})
     return res
 
 

@@ -100,7 +100,8 @@ def evaluate_segmentation(model: nn.Module, batches: Iterable[tuple[torch.Tensor
                           ignore_index: int = IGNORE_INDEX, precision: str = "fp32",
                           class_names: list[str] | None = None) -> dict:
     """`segmentation_scores` of a model (images -> logits (B, K, H, W)) over (images, masks) batches, plus "loss" (the
-    mean cross-entropy over the scored pixels) and "n" (images), on the model's device."""
+    mean cross-entropy over the scored pixels), "n" (images) and "confusion" (the K x K pixel counts, rows = target),
+    on the model's device."""
     from vitkit.data.loader import to_device
     from vitkit.heads.segmentation import segmentation_loss
 
@@ -127,6 +128,7 @@ def evaluate_segmentation(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     finally:
         model.train(was_training)
     out = cm.compute(class_names)
+    out["confusion"] = cm.matrix.cpu().tolist()
     out["loss"] = float(loss_sum / pixels.clamp(min=1)) if n else float("nan")
     out["n"] = n
     return out

@@ -12,17 +12,72 @@ The encoder's patch tokens (after its final LayerNorm, prefix tokens dropped) ar
 Resolution: the encoder runs at the size its config holds (PatchEmbed refuses others); `set_image_size` moves it to
 another, the position embeddings resampled over the new grid as for fine-tuning (paper section 3.2). The heads hold no
 grid-sized weight, so one trained head serves any size.
+
+A SegmentationModel's `config` is a `SegmentationModelConfig` (arch "segmentation": the encoder's own config, its head),
+registered with models/registry.py, so that vitkit's format saves and loads it as any model: the record holds both,
+the weights keep the module's names (encoder.*, head.*).
 """
 from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vitkit.data.masks import IGNORE_INDEX
+from vitkit.models.registry import ARCHS, build_model, config_from_dict, config_to_dict
 
 HEADS = ("linear", "progressive")
 NORMS = ("batch", "group")
+
+
+@dataclass
+class SegmentationModelConfig:
+    """A SegmentationModel's architecture (arch "segmentation"): the encoder's config (without a classifier) and the
+    head's. The encoder's size, channels and name are the model's."""
+
+    encoder: Any  # ViTConfig (a plain ViT or a hybrid) or AxialViTConfig
+    num_classes: int
+    head: str = "linear"
+    channels: int = 256  # progressive: the convolutions' channels
+    norm: str = "batch"  # progressive: the convolutions' norm
+    arch = "segmentation"  # the record's kind (models/registry.py ARCHS), not a field
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        return self.encoder.image_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.encoder.in_chans
+
+    @property
+    def name(self) -> str | None:
+        return getattr(self.encoder, "name", None)
+
+    def at_size(self, image_size: int | tuple[int, int]) -> "SegmentationModelConfig":
+        """This architecture at another input size (its encoder's grid resized)."""
+        return dataclasses.replace(self, encoder=dataclasses.replace(self.encoder, image_size=image_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "encoder": config_to_dict(self.encoder), "num_classes": self.num_classes,
+                "head": self.head, "channels": self.channels, "norm": self.norm}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SegmentationModelConfig":
+        valid = {f.name for f in dataclasses.fields(cls)} | {"arch"}
+        bad = sorted(set(d) - valid)
+        if bad or "encoder" not in d or "num_classes" not in d:
+            raise ValueError(f"a segmentation model's record holds {sorted(valid)} (encoder and num_classes at least), "
+                             f"not {sorted(d)}")
+        if d.get("head", "linear") not in HEADS or d.get("norm", "batch") not in NORMS:
+            raise ValueError(f"segmentation head={d.get('head')!r}, norm={d.get('norm')!r}: heads are {HEADS}, norms {NORMS}")
+        return cls(config_from_dict(d["encoder"]), int(d["num_classes"]), d.get("head", "linear"),
+                   int(d.get("channels", 256)), d.get("norm", "batch"))
 
 
 def encoder_stride(encoder: nn.Module) -> int:
@@ -47,7 +102,7 @@ class LinearHead(nn.Module):
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)  # SETR's (synchronised across GPUs there)
-    return nn.GroupNorm(min(32, channels), channels)  # independent of the batch
+    return nn.GroupNorm(math.gcd(32, channels), channels)  # independent of the batch; 32 groups where they divide
 
 
 class ProgressiveHead(nn.Module):
@@ -91,7 +146,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"segmentation head={head!r} is not one of {HEADS}")
         if num_classes < 1:
             raise ValueError(f"segmentation num_classes={num_classes}: one class at least (the background counts)")
-        if not all(hasattr(encoder, a) for a in ("forward_features", "num_prefix_tokens", "config")):
+        if not all(hasattr(encoder, a) for a in ("forward_features", "num_prefix_tokens", "config", "set_image_size")):
             raise TypeError(f"{type(encoder).__name__} is not a token encoder: a segmentation head reads the patch tokens of a "
                             f"ViT (VisionTransformer, a hybrid, Axial-ViT)")
         if getattr(encoder.config, "representation_size", None):
@@ -99,15 +154,39 @@ class SegmentationModel(nn.Module):
         if getattr(encoder.config, "num_classes", 0):
             encoder.reset_head(0)
         self.encoder, self.num_classes, self.head_kind = encoder, num_classes, head
-        width = encoder.config.width
-        if head == "linear":
-            self.head = LinearHead(width, num_classes)
+        self.config = SegmentationModelConfig(encoder.config, num_classes, head, channels, norm)
+        self.reset_head(num_classes)
+
+    @classmethod
+    def from_config(cls, cfg: SegmentationModelConfig) -> "SegmentationModel":
+        return cls(build_model(cfg.encoder), cfg.num_classes, cfg.head, cfg.channels, cfg.norm)
+
+    @torch.no_grad()
+    def reset_head(self, num_classes: int | None = None, zero: bool = True) -> None:
+        """A new head of `num_classes` (the same kind, channels and norm), its last layer zero-initialised (`zero`;
+        else PyTorch's default initialisation)."""
+        cfg = self.config
+        cfg.num_classes = self.num_classes = cfg.num_classes if num_classes is None else num_classes
+        if cfg.num_classes < 1:
+            raise ValueError(f"segmentation num_classes={cfg.num_classes}: one class at least (the background counts)")
+        width = self.encoder.config.width
+        if cfg.head == "linear":
+            self.head = LinearHead(width, cfg.num_classes)
             last = self.head.proj
         else:
-            self.head = ProgressiveHead(width, num_classes, encoder_stride(encoder), channels, norm)
+            self.head = ProgressiveHead(width, cfg.num_classes, encoder_stride(self.encoder), cfg.channels, cfg.norm)
             last = self.head.classify
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        p = next(self.encoder.parameters())
+        self.head.to(p.device)
+        if zero:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The encoder's blocks recomputed in backward (the head is small)."""
+        if not hasattr(self.encoder, "set_grad_checkpointing"):
+            raise ValueError(f"{type(self.encoder).__name__} has no checkpointed blocks; set train.activation_checkpointing=false")
+        self.encoder.set_grad_checkpointing(enable)
 
     @property
     def image_size(self) -> int | tuple[int, int]:
@@ -135,6 +214,9 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.patch_grid(x), tuple(x.shape[-2:]))  # (B, K, H, W)
+
+
+ARCHS["segmentation"] = (SegmentationModelConfig, SegmentationModel.from_config, "segmentation model")
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import importlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -202,7 +203,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfigs:
 
 def config_to_dict(cfg: ModelConfigs) -> dict[str, Any]:
     """A JSON-ready dict of a model config (the inverse of `config_from_dict`)."""
-    if isinstance(cfg, NAMED):
+    if hasattr(cfg, "to_dict"):  # ViT, Axial-ViT, and a model with a head on one (heads/)
         return cfg.to_dict()
     d = dataclasses.asdict(cfg)
     d["layers"] = list(d["layers"])
@@ -217,8 +218,15 @@ ARCHS = {"vit": (ViTConfig, VisionTransformer, "ViT"), "bit": (BiTConfig, BiTRes
          "axial_resnet": (AxialResNetConfig, AxialResNet, "AxialResNet")}
 
 
+# Models that put a head on one of these encoders, defined outside models/: arch -> the module, which adds itself to
+# ARCHS when imported (on reading a record that names it)
+HEADED = {"segmentation": "vitkit.heads.segmentation"}
+
+
 def config_from_dict(d: dict[str, Any]) -> ModelConfigs:
     arch = d.get("arch", "vit")
+    if arch in HEADED and arch not in ARCHS:
+        importlib.import_module(HEADED[arch])
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; vitkit builds {', '.join(repr(a) for a in ARCHS)}")
     cls, _, what = ARCHS[arch]

@@ -10,7 +10,7 @@ import torch.nn as nn
 from vitkit.config import Config
 from vitkit.objectives.classification import classification_loss, hard_labels
 
-OBJECTIVES = ("classification", "mpp", "mae")
+OBJECTIVES = ("classification", "mpp", "mae", "segmentation")
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -32,7 +32,8 @@ class Classification:
         return loss, {"acc": acc}
 
 
-def build_objective(cfg: Config, model: nn.Module) -> Objective:
+def build_objective(cfg: Config, model: nn.Module, classes: list[str] | None = None) -> Objective:
+    """The objective of `cfg` for `model`; `classes`: the data's class names (segmentation scores each by name)."""
     if cfg.objective == "classification":
         return Classification(cfg.optim.loss, cfg.optim.label_smoothing)
     if cfg.objective == "mpp":
@@ -43,4 +44,8 @@ def build_objective(cfg: Config, model: nn.Module) -> Objective:
         from vitkit.objectives.mae import MaskedAutoencoder
 
         return MaskedAutoencoder.from_config(cfg, model)
+    if cfg.objective == "segmentation":
+        from vitkit.objectives.segmentation import Segmentation
+
+        return Segmentation(model.num_classes, cfg.data.ignore_index, classes)
     raise ValueError(f"objective={cfg.objective!r} is not one of {OBJECTIVES}")

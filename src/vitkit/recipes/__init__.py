@@ -7,6 +7,7 @@ from vitkit.config import Config
 from vitkit.recipes.mae import mae
 from vitkit.recipes.mpp import mpp_fashion_mnist, mpp_paper
 from vitkit.recipes.paper import imagenet1k, imagenet21k, jft
+from vitkit.recipes.segmentation import seg_canvas
 from vitkit.recipes.small import cifar10, fashion_mnist, quickstart
 
 RECIPES: dict[str, Callable[[], Config]] = {
@@ -19,6 +20,7 @@ RECIPES: dict[str, Callable[[], Config]] = {
     "mpp-fashion-mnist": mpp_fashion_mnist,
     "mpp-paper": mpp_paper,
     "mae": mae,
+    "seg-canvas": seg_canvas,
 }
 
 

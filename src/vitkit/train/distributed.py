@@ -103,11 +103,17 @@ PARALLEL = ("ddp", "fsdp")
 def wrap(module: nn.Module, env: Env, parallel: str, precision: str = "fp32") -> nn.Module:
     """DDP: a wrapper that all-reduces gradients. FSDP: parameters, gradients and optimizer state sharded
     across ranks, one unit per transformer block (or ResNet stage) plus the rest; `module` itself becomes
-    the sharded module, so build the optimizer after this. One process: `module` unchanged."""
+    the sharded module, so build the optimizer after this. On GPUs any BatchNorm becomes SyncBatchNorm (statistics
+    of the global batch). One process: `module` unchanged."""
     if parallel not in PARALLEL:
         raise ValueError(f"train.parallel={parallel!r} is not available; choose one of {PARALLEL}")
     if not env.active:
         return module
+    if env.device.type == "cuda":  # BatchNorm (a segmentation head's) over the global batch, as SETR trains it
+        nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place below the root; the same parameters
+    elif env.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        print("note: BatchNorm statistics per process (SyncBatchNorm needs GPUs); segmentation.norm=group is independent "
+              "of the batch")
     if parallel == "ddp":
         return nn.parallel.DistributedDataParallel(module)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -21,6 +21,7 @@ from vitkit.config import Config
 from vitkit.config import validate as validate_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
 from vitkit.data.loader import StepBatches, eval_stream, step_seed, to_device, train_stream
+from vitkit.data.masks import DenseDataset
 from vitkit.models.fast import accelerate
 from vitkit.models.registry import create_model
 from vitkit.objectives import build_objective
@@ -32,17 +33,24 @@ from vitkit.train.optim import build_optimizer, build_schedule
 from vitkit.train.precision import autocast, configure_matmul, grad_scaler, resolve
 
 
-def build_model(cfg: Config, ds: Dataset) -> nn.Module:
+def build_model(cfg: Config, ds: Dataset | DenseDataset) -> nn.Module:
     """From scratch by name, or from any checkpoint (`model.init`) with a new zero-initialised head
-    and position embeddings resampled to the data's resolution."""
+    and position embeddings resampled to the data's resolution; for segmentation, an encoder with a segmentation
+    head (`_segmentation_model`)."""
     m = cfg.model
+    if cfg.objective == "segmentation":
+        return _segmentation_model(cfg, ds)
     if m.init:
         from vitkit.convert.load import load
         from vitkit.evaluate.run import warn_class_names
 
         model, card = load(m.init, num_classes=ds.num_classes, image_size=cfg.data.image_size, drop_pre_logits=True,
                            **{k: v for k, v in m.overrides().items() if k in ("dropout", "attn_dropout", "drop_path")})
-        if m.zero_head and hasattr(model, "reset_head"):  # a new zero-initialised head, as section 3.2 fine-tunes
+        if getattr(model.config, "arch", None) == "segmentation":  # a segmentation run's encoder, a new classifier
+            model = model.encoder
+            model.reset_head(ds.num_classes, zero=True)
+            print(f"{m.init}: its encoder with a new zero-initialised {ds.num_classes}-class head", file=sys.stderr)
+        elif m.zero_head and hasattr(model, "reset_head"):  # a new zero-initialised head, as section 3.2 fine-tunes
             model.reset_head(ds.num_classes, zero=True)
             print(f"{m.init}: a new zero-initialised {ds.num_classes}-class head (model.zero_head=true)", file=sys.stderr)
         else:  # as many classes: the head is kept (as timm and transformers keep it), named otherwise: a warning
@@ -52,6 +60,35 @@ def build_model(cfg: Config, ds: Dataset) -> nn.Module:
         k = ds.num_classes if cfg.objective == "classification" else 0
         model = create_model(m.name, num_classes=k, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
     return model
+
+
+def _segmentation_model(cfg: Config, ds: DenseDataset) -> nn.Module:
+    """An encoder with cfg.segmentation's head of the data's classes: the encoder from scratch (no classifier), or
+    model.init's (a classifier's, its head dropped; a segmentation run's, its head kept when it is the one asked for
+    and model.zero_head is not set), its position embeddings resampled to data.image_size."""
+    from vitkit.heads.segmentation import SegmentationModel
+    from vitkit.objectives.segmentation import check_encoder
+
+    m, s, k = cfg.model, cfg.segmentation, ds.num_classes
+    if not m.init:
+        encoder = create_model(m.name, num_classes=0, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
+        return SegmentationModel(encoder, k, s.head, s.channels, s.norm)
+    from vitkit.convert.load import load
+    from vitkit.evaluate.run import warn_class_names
+
+    model, card = load(m.init, image_size=cfg.data.image_size, drop_pre_logits=True,
+                       **{key: v for key, v in m.overrides().items() if key in ("dropout", "attn_dropout", "drop_path")})
+    if isinstance(model, SegmentationModel):
+        c = model.config
+        if (c.head, c.channels, c.norm, c.num_classes) == (s.head, s.channels, s.norm, k) and not m.zero_head:
+            warn_class_names(m.init, card.class_names, ds.classes)
+            return model
+        encoder = model.encoder
+    else:
+        check_encoder(model.config, f"model.init={m.init!r}")
+        encoder = model
+    print(f"{m.init}: its encoder with a new {s.head} segmentation head of {k} classes", file=sys.stderr)
+    return SegmentationModel(encoder, k, s.head, s.channels, s.norm)
 
 
 @dataclass
@@ -141,7 +178,7 @@ class Run:
     env: Any  # distributed.Env
     dev: torch.device
     run_dir: Path
-    ds: Dataset
+    ds: Dataset | DenseDataset
     model: nn.Module
     objective: Any
     module: TrainModule
@@ -166,8 +203,9 @@ class Run:
     lock: RunLock | None = None  # rank 0's hold on the run directory, until the run ends
 
     def card(self) -> ModelCard:
-        """What the checkpoint records beside the weights: the preprocessing and, for a classifier, the class names."""
-        names = self.ds.classes if self.cfg.objective == "classification" else None
+        """What the checkpoint records beside the weights: the preprocessing and, for a classifier or a segmentation
+        model, the class names."""
+        names = self.ds.classes if self.cfg.objective in ("classification", "segmentation") else None
         return ModelCard(Preprocess(self.cfg.data.image_size, self.model.config.in_chans, self.cfg.data.normalize), names)
 
     def export_model(self) -> nn.Module:
@@ -181,8 +219,8 @@ class Run:
         with distributed.gathered(self.module):  # FSDP: full parameters for the whole evaluation, however many batches a rank has
             res = self.objective.evaluate(self.export_model(), ((to_device(x, dev), to_device(y, dev)) for x, y in batches),
                                           cfg.train.precision)
-        res = distributed.reduce_eval(res, env)
-        return {k: v for k, v in res.items() if isinstance(v, (int, float))}
+        res = getattr(self.objective, "reduce_eval", distributed.reduce_eval)(res, env)  # segmentation: confusion summed
+        return {k: v for k, v in res.items() if isinstance(v, (int, float, dict))}  # dicts: per-class scores by name
 
     def validate(self, step: int) -> dict:
         res = self.evaluate(self.ds.val)
@@ -291,9 +329,14 @@ def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, 
     configure_matmul(cfg.train.precision, dev, cfg.train.tf32)
     hardware = runtime.describe() if env.is_main else {}
 
-    ds = load_dataset(cfg.data)
+    if cfg.objective == "segmentation":  # images with per-pixel masks: canvas or seg:PATH
+        from vitkit.data.dense import load_dense
+
+        ds = load_dense(cfg.data)
+    else:
+        ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
-    objective = build_objective(cfg, model)
+    objective = build_objective(cfg, model, ds.classes)
     module = TrainModule(model, objective)
     batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
     # in-memory data lives and is augmented on the training device (whole batches; draws on the CPU generator)
