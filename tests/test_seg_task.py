@@ -115,10 +115,11 @@ def test_trains_from_a_classifier_at_another_size(tmp_path):
                               num_classes=10)
     vitkit.save_model(clf, tmp_path / "clf")
     keep = [s for s in TINY if not s.startswith("model.")]
-    r = setup(build("seg-canvas", [*keep, f"model.init={tmp_path / 'clf'}", "train.steps=2"]), out=tmp_path / "run")
+    r = setup(build("seg-canvas", [*keep, f"model.init={tmp_path / 'clf'}", "train.steps=2", "segmentation.head=linear"]),
+              out=tmp_path / "run")
     try:
         enc = r.model.encoder
-        assert enc.config.image_size == 32 and enc.pos_embed.shape == (1, 1 + 8 * 8, 32)
+        assert r.model.config.head == "linear" and enc.config.image_size == 32 and enc.pos_embed.shape == (1, 1 + 8 * 8, 32)
         assert torch.allclose(enc.pos_embed, resample_posemb(clf.pos_embed.data, (8, 8), (4, 4), 1))
         assert torch.equal(enc.blocks[0].mlp.fc1.weight, clf.blocks[0].mlp.fc1.weight)
         stop, wall, seen = run_steps(r)
@@ -168,7 +169,7 @@ def _write_folder(root, n=10, side=24):
 def test_a_mask_folder_trains_and_its_ignore_index_counts_nowhere(tmp_path, in_memory):
     _write_folder(tmp_path / "data")
     extra = [f"data.name=seg:{tmp_path / 'data'}", "data.image_size=24", "train.steps=2", "train.eval_every=0",
-             "train.ckpt_every=0", f"data.in_memory={in_memory}"]
+             "train.ckpt_every=0", f"data.in_memory={in_memory}", "segmentation.norm=batch"]  # SETR's BatchNorm
     out = tmp_path / "run"
     assert main(["train", "--recipe", "seg-canvas", "--out", str(out), *sets(*extra)]) == 0
     test = json.loads((out / "metrics.json").read_text())["test"]
@@ -212,3 +213,30 @@ def test_the_augmentation_moves_each_mask_with_its_image():
     assert not torch.equal(y, masks.long())  # moved, not left in place
     x2, y2 = batches[0]
     assert torch.equal(x, x2) and torch.equal(y, y2)  # a pure function of the step
+
+
+def test_several_processes_score_their_summed_confusion(monkeypatch):
+    """A distributed run's mIoU comes from the confusion matrices summed over processes (no mean of per-rank mIoUs):
+    rank 1's share captured, then added to rank 0's by a stand-in all_reduce."""
+    import torch.distributed as dist
+
+    from vitkit.evaluate.segmentation import segmentation_scores
+    from vitkit.objectives.segmentation import Segmentation
+    from vitkit.train import distributed
+    from vitkit.train.distributed import Env
+
+    names = ["a", "b", "c"]
+    cms = [torch.tensor([[5, 1, 0], [0, 3, 0], [0, 0, 0]]), torch.tensor([[0, 0, 0], [1, 2, 0], [0, 0, 4]])]
+    ranks = [{**segmentation_scores(cm, names), "confusion": cm.tolist(), "loss": loss, "n": n}
+             for cm, loss, n in zip(cms, (0.5, 1.0), (2, 3))]
+    objective, env = Segmentation(3, 255, names), Env(rank=0, world=2)
+    monkeypatch.setattr(distributed, "comm_device", lambda: torch.device("cpu"))
+    shares = []
+    monkeypatch.setattr(dist, "all_reduce", lambda t: shares.append(t.clone()))
+    objective.reduce_eval(ranks[1], env)
+    monkeypatch.setattr(dist, "all_reduce", lambda t: t.add_(shares[0]))
+    got = objective.reduce_eval(ranks[0], env)
+    want = segmentation_scores(cms[0] + cms[1], names)
+    assert got["miou"] == pytest.approx(want["miou"]) and got["iou"] == pytest.approx(want["iou"])
+    assert got["miou"] != pytest.approx((ranks[0]["miou"] + ranks[1]["miou"]) / 2)
+    assert got["n"] == 5 and got["pixels"] == 16 and got["loss"] == pytest.approx((0.5 * 9 + 1.0 * 7) / 16)
