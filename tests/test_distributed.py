@@ -196,3 +196,28 @@ def test_masked_patch_prediction_runs_sharded(tmp_path):
     from vitkit import load_model
 
     assert load_model(out).config.num_classes == 0  # the encoder alone; the [mask] token and head stay in the objective
+
+
+def test_only_a_segmentation_heads_batchnorm_is_synchronised(capsys):
+    """On GPUs SETR's head trains BatchNorm over the global batch; an AxialResNet classifier's BatchNorm keeps its
+    per-process statistics (what it always had: a classifier's results do not change under DDP)."""
+    import torch.nn as nn
+
+    import vitkit
+    from vitkit.heads.segmentation import SegmentationModel
+    from vitkit.train.distributed import Env, sync_batchnorm
+
+    seg = SegmentationModel(vitkit.create_model("ViT-Ti/16", image_size=32, width=32, depth=1, heads=2, mlp_dim=64),
+                            3, head="progressive", channels=32, norm="batch")
+    both = nn.ModuleDict({"seg": seg, "classifier": nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))})
+    weight = seg.head.stages[0][1].weight
+    assert sync_batchnorm(both, Env(rank=0, world=2, device=torch.device("cuda"))) == [seg.head]
+    kinds = {name: type(m).__name__ for name, m in both.named_modules() if "BatchNorm" in type(m).__name__}
+    assert kinds == {**{f"seg.head.stages.{i}.1": "SyncBatchNorm" for i in range(4)}, "classifier.1": "BatchNorm2d"}
+    assert seg.head.stages[0][1].weight is weight  # the same parameters, converted in place
+    fresh = SegmentationModel(vitkit.create_model("ViT-Ti/16", image_size=32, width=32, depth=1, heads=2, mlp_dim=64),
+                              3, head="progressive", channels=32, norm="batch")
+    capsys.readouterr()
+    sync_batchnorm(fresh, Env(rank=0, world=2))  # CPU processes: no SyncBatchNorm (gloo), a note instead
+    assert type(fresh.head.stages[0][1]).__name__ == "BatchNorm2d" and "per process" in capsys.readouterr().out
+    assert sync_batchnorm(nn.Sequential(nn.BatchNorm2d(4)), Env(rank=0, world=2, device=torch.device("cuda"))) == []

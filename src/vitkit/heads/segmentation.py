@@ -108,6 +108,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ProgressiveHead(nn.Module):
     """SETR-PUP: (conv 3x3 + norm + ReLU, x2 bilinear) per halving of the stride, then a 1x1 conv to the classes."""
 
+    sync_batchnorm = True  # with norm="batch", statistics of the global batch under DDP on GPUs (train/distributed.wrap)
+
     def __init__(self, width: int, num_classes: int, stride: int, channels: int = 256, norm: str = "batch"):
         super().__init__()
         if norm not in NORMS:

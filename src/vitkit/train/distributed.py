@@ -100,20 +100,33 @@ def broadcast_path(path: Path, env: Env) -> Path:
 PARALLEL = ("ddp", "fsdp")
 
 
+def sync_batchnorm(module: nn.Module, env: Env) -> list[nn.Module]:
+    """On GPUs, the BatchNorms below the modules that ask for it (`sync_batchnorm = True`: a segmentation head) become
+    SyncBatchNorm, in place (the same parameters); elsewhere a note that their statistics stay per process. Returns
+    the modules that asked."""
+    synced = [m for m in module.modules() if getattr(m, "sync_batchnorm", False)
+              and any(isinstance(b, nn.modules.batchnorm._BatchNorm) for b in m.modules())]
+    if synced and env.device.type == "cuda":  # a segmentation head's BatchNorm over the global batch, as SETR trains it
+        for m in synced:
+            for name, child in list(m.named_children()):
+                setattr(m, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    elif synced and env.is_main:
+        print("note: BatchNorm statistics per process (SyncBatchNorm needs GPUs); segmentation.norm=group is independent "
+              "of the batch")
+    return synced
+
+
 def wrap(module: nn.Module, env: Env, parallel: str, precision: str = "fp32") -> nn.Module:
     """DDP: a wrapper that all-reduces gradients. FSDP: parameters, gradients and optimizer state sharded
     across ranks, one unit per transformer block (or ResNet stage) plus the rest; `module` itself becomes
-    the sharded module, so build the optimizer after this. On GPUs any BatchNorm becomes SyncBatchNorm (statistics
-    of the global batch). One process: `module` unchanged."""
+    the sharded module, so build the optimizer after this. On GPUs the BatchNorms of the modules that ask for it (a
+    `sync_batchnorm = True` attribute: SETR's segmentation head) become SyncBatchNorm (statistics of the global batch);
+    every other BatchNorm (an AxialResNet's) keeps per-process statistics, as before. One process: `module` unchanged."""
     if parallel not in PARALLEL:
         raise ValueError(f"train.parallel={parallel!r} is not available; choose one of {PARALLEL}")
     if not env.active:
         return module
-    if env.device.type == "cuda":  # BatchNorm (a segmentation head's) over the global batch, as SETR trains it
-        nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place below the root; the same parameters
-    elif env.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-        print("note: BatchNorm statistics per process (SyncBatchNorm needs GPUs); segmentation.norm=group is independent "
-              "of the batch")
+    sync_batchnorm(module, env)
     if parallel == "ddp":
         return nn.parallel.DistributedDataParallel(module)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
