@@ -95,10 +95,10 @@ def test_targets_worked_by_hand():
     t = patchify(x, 2)
     assert t.shape == (1, 4, 4) and t[0, 0].tolist() == [1.0, 2.0, 3.0, 4.0] and t[0, 1].tolist() == [5.0] * 4
     norm = normalise_patches(t)
-    s = math.sqrt(1.25 + 1e-6)  # mean 2.5, population variance 1.25
+    s = math.sqrt(5 / 3 + 1e-6)  # mean 2.5, sample variance (2.25 + 0.25 + 0.25 + 2.25) / 3, as the MAE reference
     torch.testing.assert_close(norm[0, 0], torch.tensor([-1.5, -0.5, 0.5, 1.5]) / s)
     assert norm[0, 1].tolist() == [0.0] * 4  # a constant patch: all zero (the eps keeps it finite)
-    torch.testing.assert_close(norm[0, 2], (torch.tensor([0.0, 0, 0, 8]) - 2) / math.sqrt(12 + 1e-6))
+    torch.testing.assert_close(norm[0, 2], (torch.tensor([0.0, 0, 0, 8]) - 2) / math.sqrt(16 + 1e-6))  # 48 / 3
     # channels last within a pixel, pixels row by row: the flattened patches of eq. 1
     rgb = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
     want = [rgb[0, c, i, 2 + j].item() for i in range(2) for j in range(2) for c in range(2)]

@@ -84,9 +84,10 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def normalise_patches(t: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """Each patch (last dim) standardised by its own mean and (population) variance: (t - mean) / sqrt(var + eps)."""
+    """Each patch (last dim) standardised by its own mean and sample variance (n - 1 in the denominator, as the MAE
+    reference code's `target.var`): (t - mean) / sqrt(var + eps)."""
     mean = t.mean(dim=-1, keepdim=True)
-    var = t.var(dim=-1, keepdim=True, correction=0)
+    var = t.var(dim=-1, keepdim=True, correction=1)
     return (t - mean) / (var + eps).sqrt()
 
 
