@@ -111,6 +111,7 @@ POSITIVE, NATURAL = (lambda v: v >= 1), (lambda v: v >= 0)
 OPTIONS = [  # (argv before the option, option, type, what the issue asks of a value)
     (["predict", "M", "x.png"], "--top-k", int, POSITIVE),
     (["predict", "M", "x.png"], "--alpha", float, lambda v: math.isfinite(v) and 0 <= v <= 1),
+    (["predict", "M", "x.png"], "--min-score", float, lambda v: math.isfinite(v) and 0 <= v <= 1),
     (["fewshot", "M", "--data", "digits"], "--seeds", int, POSITIVE),
     (["fewshot", "M", "--data", "digits"], "--l2", float, lambda v: math.isfinite(v) and v > 0),
     (["fewshot", "M", "--data", "digits"], "--resolution", int, POSITIVE),

@@ -22,6 +22,7 @@ from vitkit.config import ARGUMENTS, argument_parser
 # --- options and output shared by several verbs ---------------------------------------------------------
 
 ALPHA = 0.5  # predict's overlay: the class colours' opacity
+MIN_SCORE = 0.5  # predict's boxes: the lowest score kept (evaluate/predict.py predict_boxes)
 NAMES = ("or a published name, downloaded once into the cache: hf-hub:ORG/NAME[@REV], timm's MODEL.TAG, Google's google:PATH "
          "(`vitkit models --pretrained` lists them)")
 
@@ -325,8 +326,12 @@ def _train_parser(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from vitkit.convert.load import read_arch
     from vitkit.evaluate.run import eval_model, plot_confusion
 
+    if args.confusion and (read_arch(args.src) == "detection" or args.data.startswith("coco:")):
+        raise ValueError("--confusion draws a classifier's or a segmentation model's confusion matrix; a detector's "
+                         "scores are COCO's mAP per class: drop --confusion")
     res = eval_model(args.src, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                      resolution=args.resolution, precision=args.precision, normalize=args.normalize, compile=args.compile,
                      device=args.device, engine=args.engine, real_labels=args.real_labels)
@@ -337,11 +342,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
+    show = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731 - None: nothing to score (no such class or size)
+    if "map" in res:  # a detector: COCO's box mAP
+        print(f"{args.src} on {args.data} ({args.split}, {res['n']} images): mAP {show(res['map'])}  mAP@50 "
+              f"{show(res['map_50'])}  mAP@75 {show(res['map_75'])}  AR@100 {show(res['mar_100'])}")
+        print(f"{'class':<20} {'AP':>7} {'AR@100':>7}")
+        for name in res["classes"][1:]:  # the background is no class to score
+            scores = res["per_class"].get(name, {})
+            print(f"{name:<20} {show(scores.get('map')):>7} {show(scores.get('mar_100')):>7}")
+        return 0
     if "miou" in res:  # a segmentation model: per-pixel scores
         print(f"{args.src} on {args.data} ({args.split}, {res['n']} images, {res['pixels']:,} pixels scored): mIoU "
               f"{res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean class acc {res['mean_acc']:.4f}  loss {res['loss']:.4f}")
         print(f"{'class':<20} {'IoU':>7} {'acc':>7}")
-        show = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731 - None: the class is in neither targets nor predictions
         for name in res["classes"]:
             print(f"{name:<20} {show(res['iou'][name]):>7} {show(res['acc'][name]):>7}")
         if args.confusion:
@@ -359,13 +372,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_parser(sub: Any) -> None:
-    p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split (a segmentation model: mIoU)",
+    p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split (a segmentation model: mIoU; "
+                                    "a detector: COCO mAP)",
                        description="Evaluate any checkpoint load_model reads on a dataset split (resize, no crop). A "
-                                   "segmentation model on a segmentation dataset: mIoU, per-class IoU, pixel accuracy "
-                                   "(a run directory's own data settings apply when --data names its dataset).")
+                                   "segmentation model on a segmentation dataset: mIoU, per-class IoU, pixel accuracy; a "
+                                   "detector on a detection dataset: COCO's box mAP (map, map_50, map_75, per class) in the "
+                                   "images' own pixels (a run directory's own data settings apply when --data names its "
+                                   "dataset).")
     p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
     p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH; "
-                                                 "segmentation: canvas, seg:PATH")
+                                                 "segmentation: canvas, seg:PATH; detection: canvas, coco:PATH")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R",
@@ -455,9 +471,25 @@ def _fewshot_parser(sub: Any) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit import engines
     from vitkit.convert.load import read_arch
-    from vitkit.evaluate.predict import check_images, predict_masks, predict_with
+    from vitkit.evaluate.predict import check_images, predict_boxes, predict_masks, predict_with
 
-    if read_arch(args.src) == "segmentation":  # a class per pixel: mask and overlay PNGs
+    arch = read_arch(args.src)
+    if arch == "detection":  # boxes: a JSON and a drawn PNG per image
+        for given, option in ((args.engine not in ("auto", "torch"), f"--engine {args.engine}"), (args.alpha != ALPHA, "--alpha")):
+            if given:
+                raise ValueError(f"{option} with a detection model: it runs on PyTorch and draws boxes, not a blend; drop {option.split()[0]}")
+        res = predict_boxes(args.src, args.images, args.out, overwrite=args.force, min_score=args.min_score,
+                            precision=args.precision, device=args.device)
+        if args.json:
+            print(json.dumps(res, indent=2))
+            return 0
+        for r in res:
+            found = ", ".join(f"{b['class']} {b['score']:.2f}" for b in r["boxes"][:args.top_k]) or f"no box scoring {args.min_score:g} or more"
+            print(f"{r['image']}: {len(r['boxes'])} box(es): {found}\n  -> {r['png']}, {r['json']}")
+        return 0
+    if args.min_score != MIN_SCORE:
+        raise ValueError(f"--min-score is for detection models (the boxes kept); {args.src} is not one: drop --min-score")
+    if arch == "segmentation":  # a class per pixel: mask and overlay PNGs
         if args.engine not in ("auto", "torch"):
             raise ValueError(f"--engine {args.engine} with a segmentation model: it runs on PyTorch; drop --engine")
         res = predict_masks(args.src, args.images, args.out, overwrite=args.force, alpha=args.alpha,
@@ -471,7 +503,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     for given, option in ((args.out, "--out"), (args.force, "--force"), (args.alpha != ALPHA, "--alpha")):
         if given:
-            raise ValueError(f"{option} is for segmentation models (it places their mask images); {args.src} is a "
+            raise ValueError(f"{option} is for segmentation and detection models (it places their images); {args.src} is a "
                              f"classifier: drop {option}")
     model = engines.load_engine(args.src, args.engine, args.precision, args.device, batch_size=len(args.images),
                          images=len(check_images(args.images)))
@@ -488,18 +520,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_parser(sub: Any) -> None:
-    p = sub.add_parser("predict", help="top-k classes of image files (a segmentation model: mask and overlay PNGs)",
+    p = sub.add_parser("predict", help="top-k classes of image files (a segmentation model: mask and overlay PNGs; a "
+                                       "detector: boxes as JSON and drawn on a PNG)",
                        description="Any image file (JPEG, PNG, grayscale, RGBA, any size), resized as the model was trained. "
                                    "A segmentation model writes per image STEM.mask.png (the class indices, a palette PNG) "
-                                   "and STEM.overlay.png (the classes' colours over the image), at the image's size, beside "
-                                   "it or in --out; an existing file is refused unless --force.")
+                                   "and STEM.overlay.png (the classes' colours over the image), at the image's size; a "
+                                   "detector STEM.boxes.json (class, score, box x0, y0, x1, y1 in the image's pixels) and "
+                                   "STEM.boxes.png (the boxes drawn on the image); beside it or in --out; an existing file "
+                                   "is refused unless --force.")
     p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=argument_parser("top_k"), default=5, help="classes shown (segmentation: by pixel share)")
-    p.add_argument("--out", type=_directory, metavar="DIR", help="segmentation: write the PNGs here (default: beside each image)")
+    p.add_argument("--top-k", type=argument_parser("top_k"), default=5,
+                   help="classes shown (segmentation: by pixel share; detection: boxes named, best first)")
+    p.add_argument("--out", type=_directory, metavar="DIR",
+                   help="segmentation, detection: write the files here (default: beside each image)")
     p.add_argument("--alpha", type=argument_parser("alpha"), default=ALPHA,
                    help=f"segmentation: the class colours' opacity over the image (default {ALPHA})")
-    p.add_argument("--force", action="store_true", help="segmentation: replace existing mask / overlay PNGs")
+    p.add_argument("--min-score", type=argument_parser("min_score"), default=MIN_SCORE, metavar="S",
+                   help=f"detection: the boxes kept, those scoring S or more (default {MIN_SCORE})")
+    p.add_argument("--force", action="store_true", help="segmentation, detection: replace existing output files")
     _precision_device(p, engine=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

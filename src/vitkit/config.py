@@ -93,6 +93,7 @@ ARGUMENTS: dict[str, tuple[type, Range]] = {
     "opset": (int, Range(ge=1)),
     "lr": (float, Range(gt=0)),
     "alpha": (float, Range(ge=0, le=1)),
+    "min_score": (float, Range(ge=0, le=1)),
 }
 
 
@@ -136,7 +137,8 @@ class CanvasConfig:
 @dataclass
 class DataConfig:
     # digits | fashion-mnist | mnist | cifar10 | cifar100 | folder:PATH (class-per-folder tree); with
-    # objective=segmentation: canvas (data.canvas) | seg:PATH (images and PNG masks of class indices, data/masks.py)
+    # objective=segmentation: canvas (data.canvas) | seg:PATH (images and PNG masks of class indices, data/masks.py);
+    # with objective=detection: canvas | coco:PATH (a COCO-format annotations JSON and its images, data/coco.py)
     name: str = "digits"
     data_dir: str | None = None  # where the files are (else $VITKIT_DATA, Debian's dataset packages, a download)
     image_size: int = ranged(32, ge=1)  # the model's input size; images are resized to it
@@ -299,10 +301,29 @@ class SegmentationConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """Object detection (heads/detection.py: ViTDet's simple feature pyramid into torchvision's FCOS or Faster R-CNN);
+    used when objective == "detection"."""
+
+    kind: Literal["fcos", "faster_rcnn"] = "fcos"  # torchvision's detector on the pyramid
+    # the pyramid's levels as scales of the patch grid, comma-separated, each of 4, 2, 1, 0.5 (ViTDet's four: strides
+    # P/4, P/2, P, 2P); every level's stride a whole number of pixels and its map whole
+    scales: str = "4,2,1,0.5"
+    out_channels: int = ranged(256, ge=1)  # the pyramid's (and the heads') channels; FCOS: a multiple of 32 (its GroupNorm)
+    norm: Literal["layer", "group"] = "layer"  # the pyramid's norm: layer (ViTDet's LayerNorm over channels) | group
+    # anchor sizes in pixels, one per level, comma-separated; None: FCOS one point of the level's stride, Faster
+    # R-CNN 8x the stride (torchvision's FPN proportions)
+    anchor_sizes: str | None = None
+    representation_size: int = ranged(1024, ge=1)  # Faster R-CNN: the two-layer box head's width (torchvision's 1024)
+    score_thresh: float | None = ranged(None, ge=0, le=1, note="None: torchvision's, FCOS 0.2, Faster R-CNN 0.05")  # kept detections
+    detections_per_img: int | None = ranged(None, ge=1, note="None: torchvision's 100")  # the most detections per image
+
+
+@dataclass
 class Config:
     recipe: str = "quickstart"
-    # classification | mpp (masked patch prediction) | mae (masked autoencoding, or denoising) | segmentation
-    objective: Literal["classification", "mpp", "mae", "segmentation"] = "classification"
+    # classification | mpp (masked patch prediction) | mae (masked autoencoding, or denoising) | segmentation | detection
+    objective: Literal["classification", "mpp", "mae", "segmentation", "detection"] = "classification"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -310,6 +331,7 @@ class Config:
     mpp: MppConfig = field(default_factory=MppConfig)
     mae: MaeConfig = field(default_factory=MaeConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -452,7 +474,8 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from its JSON form (e.g. a run's config.json), checking every key and every value's type: a
     record, so model.name beside model.init is what it records."""
     if not isinstance(d, dict):
-        raise ValueError(f"a config is a JSON object of sections (data, model, optim, train, mpp, mae, segmentation), not a {type(d).__name__}")
+        raise ValueError(f"a config is a JSON object of sections (data, model, optim, train, mpp, mae, segmentation, "
+                         f"detection), not a {type(d).__name__}")
     cfg = Config()
     flat: dict[str, Any] = {}
 
@@ -529,15 +552,22 @@ def validate(cfg: Config) -> Config:
         from vitkit.objectives.mae import check_options
 
         check_options(cfg.mae)
+    if cfg.objective == "detection":  # the section alone (with model.init too); with the encoder: check_setup below
+        from vitkit.objectives.detection import check_options as check_detection
+
+        check_detection(cfg.detection)
     from vitkit.data.datasets import check_classes, check_source
     from vitkit.data.dense import check_data, is_dense
     from vitkit.models.registry import model_config
 
-    if cfg.objective == "segmentation":
-        check_data(cfg.data)  # canvas or seg:PATH, the canvas settings, no classification-only option
+    if cfg.objective in ("segmentation", "detection"):
+        check_data(cfg.data, cfg.objective)  # canvas, seg:PATH or coco:PATH, the canvas settings, no classification-only option
     elif is_dense(cfg.data.name):
-        raise ValueError(f"data.name={cfg.data.name!r} is a segmentation task (images with per-pixel masks); set "
-                         f"objective=segmentation (e.g. --recipe seg-canvas)")
+        task = "detection task (images with boxes)" if cfg.data.name.startswith("coco:") else "segmentation task (images with per-pixel masks)"
+        hint = "objective=detection (e.g. --recipe det-canvas)" if cfg.data.name.startswith("coco:") else (
+            "objective=segmentation (e.g. --recipe seg-canvas) or objective=detection (--recipe det-canvas)"
+            if cfg.data.name == "canvas" else "objective=segmentation (e.g. --recipe seg-canvas)")
+        raise ValueError(f"data.name={cfg.data.name!r} is a {task}; set {hint}")
     else:
         check_source(cfg.data.name, "data.name")
     if cfg.objective == "classification":
@@ -571,4 +601,8 @@ def validate(cfg: Config) -> Config:
         from vitkit.objectives.segmentation import check_encoder
 
         check_encoder(chosen, f"model.name={m.name!r}")
+    if cfg.objective == "detection":  # the detector built on the meta device: every section value checked, keys named
+        from vitkit.objectives.detection import check_setup
+
+        check_setup(chosen, cfg, f"model.name={m.name!r}")
     return cfg

@@ -648,6 +648,10 @@ def load_engine(src: str | Path, engine: str = "auto", precision: str = "auto", 
         if dev.type != "cpu":
             raise ValueError(f"--engine {engine} runs on the CPU here; pass --device cpu, or --engine torch on {dev}")
     model, card = load(src, image_size=resolution)
+    if getattr(model.config, "arch", None) == "detection":  # boxes, not logits per image
+        raise ValueError(f"{src} is a detection model (boxes): `vitkit eval {src} --data canvas|coco:PATH` scores it and "
+                         f"`vitkit predict {src} IMAGE` writes its boxes; for its encoder's features, fine-tune it "
+                         f"(`vitkit finetune {src} --data ...`)")
     if getattr(model.config, "arch", None) == "segmentation":  # logits per pixel, not per image
         raise ValueError(f"{src} is a segmentation model (a class per pixel): `vitkit eval {src} --data canvas|seg:PATH` "
                          f"scores it and `vitkit predict {src} IMAGE` writes its masks; for its encoder's features, "

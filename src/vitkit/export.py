@@ -169,6 +169,9 @@ def export_model(src: str | Path, out: str | Path, to: str = "onnx", resolution:
         [f"checking against PyTorch with {name}"] if checking else [])
     with progress.Stages(f"export {to}", stages) as bar:
         model, card = load(src, image_size=resolution)
+        if getattr(model.config, "arch", None) == "detection":
+            raise ValueError(f"{src} is a detection model: an export's graph gives logits per image (N, K) and "
+                             f"pre_logits, which it has not; serve it with `vitkit predict` (PyTorch)")
         if getattr(model.config, "arch", None) == "segmentation":
             raise ValueError(f"{src} is a segmentation model: an export's graph gives logits per image (N, K) and "
                              f"pre_logits, which it has not; serve it with `vitkit predict` (PyTorch)")

@@ -151,7 +151,7 @@ class RunDir:
             if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents:
                 raise FileExistsError(f"--out {run} is the working directory or one above it; --force will not remove it")
             for path in keep:
-                read = Path(str(path).removeprefix("folder:").removeprefix("seg:")).resolve() if path else None
+                read = Path(str(path).removeprefix("folder:").removeprefix("seg:").removeprefix("coco:")).resolve() if path else None
                 if read is not None and (read == here or here in read.parents):
                     raise FileExistsError(f"--out {run} holds {path}, which this run reads; --force will not remove it: "
                                           f"choose another --out")

@@ -218,7 +218,7 @@ def read_preprocess(path: str | Path, fmt: str = "auto") -> dict | None:
 
 def read_arch(path: str | Path) -> str | None:
     """The architecture a vitkit checkpoint (a run directory, its directory or .safetensors) records: "vit", "bit",
-    "axial_vit", "axial_resnet", "segmentation"; None for what vitkit's record does not describe (other formats,
+    "axial_vit", "axial_resnet", "segmentation", "detection"; None for what vitkit's record does not describe (other formats,
     published names, a path that is not there). Reads the record only, never the tensors."""
     try:
         p = resolve_run_dir(Path(path))

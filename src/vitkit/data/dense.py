@@ -1,9 +1,13 @@
 """The dense tasks' data by name, as datasets.py names classification's: data.name=canvas (the canvas task,
-data/canvas.py, set by data.canvas) or seg:PATH (a folder of images and PNG masks of class indices, data/masks.py).
+data/canvas.py, set by data.canvas: masks for segmentation, boxes for detection), seg:PATH (a folder of images and PNG
+masks of class indices, data/masks.py) or coco:PATH (a COCO-format annotations JSON and its images, data/coco.py).
 
 `check_data` refuses a bad name or setting before a run directory exists; `load_dense` reads the splits into a
 DenseDataset (a folder at data.image_size; the canvas at its own size, resized with the batches). A folder without a
 validation split gets one carved from train (data.val_fraction, a fixed draw), as classification's datasets do.
+A COCO folder's training split is read at data.image_size (a batch needs one size; boxes scaled with the images), its
+validation and test splits at the images' own sizes, so that their scores are COCO's own, in the images' pixels (the
+detector resizes each image itself and gives its boxes back in the input's pixels).
 """
 from __future__ import annotations
 
@@ -19,23 +23,31 @@ from vitkit.data.masks import DenseDataset, find_layout, segmentation_folder
 
 CANVAS = "canvas"
 SEG = "seg:"  # seg:PATH, a segmentation folder (told apart from folder:PATH, a class-per-folder tree)
+COCO = "coco:"  # coco:PATH, a COCO-format detection folder or annotations file
 DENSE_SOURCES = (CANVAS, f"{SEG}PATH")
+DETECTION_SOURCES = (CANVAS, f"{COCO}PATH")
 # classification's data options, which pick or blend images by their class label (a dense image has none) or move
-# the image alone (RandAugment's rotations, shears and translations would leave its mask behind)
+# the image alone (RandAugment's rotations, shears and translations would leave its mask or boxes behind)
 CLASSIFICATION_ONLY = {
-    "classes": "it keeps images of some classes; a segmentation image holds several",
-    "labels_per_class": "it keeps images per class label; a segmentation image has none",
+    "classes": "it keeps images of some classes; a dense task's image holds several",
+    "labels_per_class": "it keeps images per class label; a dense task's image has none",
     "train_subset": "it keeps images stratified by class label; set the canvas task's data.canvas.train instead",
     "val_size": "it holds out images stratified by class label; use data.val_fraction (or data.canvas.val)",
-    "mixup": "it blends two images' labels into soft ones; a mask's classes are per pixel",
-    "cutmix": "it blends two images' labels into soft ones; a mask's classes are per pixel",
-    "randaugment": "its rotations, shears and translations would move the image and not its mask",
+    "mixup": "it blends two images' labels into soft ones; a dense task's classes are per pixel or per box",
+    "cutmix": "it blends two images' labels into soft ones; a dense task's classes are per pixel or per box",
+    "randaugment": "its rotations, shears and translations would move the image and not its mask or boxes",
+}
+# what detection refuses besides: an augmentation that would leave the boxes wrong, segmentation's mask options
+DETECTION_REFUSES = {
+    "random_erasing": "it would erase objects and keep their boxes",
+    "ignore_index": "it marks unlabelled mask pixels, and detection has no masks",
+    "reduce_zero_label": "it shifts mask values, and detection has no masks",
 }
 
 
 def is_dense(name: str) -> bool:
-    """A dense task's data name (canvas, seg:PATH)."""
-    return name == CANVAS or name.startswith(SEG)
+    """A dense task's data name (canvas, seg:PATH, coco:PATH)."""
+    return name == CANVAS or name.startswith((SEG, COCO))
 
 
 def canvas_spec(c: CanvasConfig) -> CanvasSpec:
@@ -58,10 +70,47 @@ def seg_root(name: str, option: str = "data.name") -> Path:
     return root
 
 
-def check_data(cfg: DataConfig) -> None:
-    """A dense task's data settings, checked before anything is written: the name, the canvas or the folder's layout,
-    no classification-only option, an ignore index that is no class."""
+def coco_root(name: str, option: str = "data.name") -> Path:
+    """The folder or annotations file of coco:PATH, which must exist."""
+    root = Path(name[len(COCO):]).expanduser()
+    if not name[len(COCO):] or not root.exists():
+        raise DatasetError(f"{option} {name!r}: no such directory or file; coco:PATH names a COCO-format folder "
+                           f"(ROOT/annotations.json + ROOT/images, COCO's annotations/instances_*.json, split folders) "
+                           f"or an annotations .json file")
+    return root
+
+
+def _check_detection(cfg: DataConfig) -> None:
+    from vitkit.data.coco import find_coco_layout
+
     name = cfg.name
+    if name != CANVAS and not name.startswith(COCO):
+        hint = ("; a segmentation folder has masks, not boxes" if name.startswith(SEG)
+                else f"; a COCO-format folder is data.name=coco:{name[len(FOLDER):]}" if name.startswith(FOLDER) else "")
+        raise DatasetError(f"data.name={name!r} with objective=detection: detection learns from boxes; choose one of "
+                           f"{', '.join(DETECTION_SOURCES)}{hint}")
+    default = DataConfig()
+    for key, why in {**CLASSIFICATION_ONLY, **DETECTION_REFUSES}.items():
+        if getattr(cfg, key) != getattr(default, key):
+            raise ValueError(f"data.{key}={getattr(cfg, key)!r} with objective=detection: {why}; leave it at "
+                             f"{getattr(default, key)!r}")
+    if name == CANVAS:
+        canvas_spec(cfg.canvas)
+    else:
+        find_coco_layout(coco_root(name))
+
+
+def check_data(cfg: DataConfig, objective: str = "segmentation") -> None:
+    """A dense task's data settings, checked before anything is written: the name, the canvas or the folder's layout,
+    no classification-only option (nor, for detection, one that moves an image without its boxes), an ignore index
+    that is no class."""
+    if objective == "detection":
+        return _check_detection(cfg)
+    name = cfg.name
+    if name.startswith(COCO):
+        raise DatasetError(f"data.name={name!r} with objective=segmentation: a COCO-format folder holds boxes (read here "
+                           f"without masks); train a detector on it (objective=detection), or segment a mask folder "
+                           f"(data.name=seg:PATH)")
     if not is_dense(name):
         hint = (f"; a folder of images and masks is data.name=seg:{name[len(FOLDER):]}" if name.startswith(FOLDER)
                 else "")
@@ -81,9 +130,11 @@ def check_data(cfg: DataConfig) -> None:
         find_layout(seg_root(name))
 
 
-def load_dense(cfg: DataConfig) -> DenseDataset:
-    """The train / val / test splits of data.name (canvas or seg:PATH)."""
-    check_data(cfg)
+def load_dense(cfg: DataConfig, objective: str = "segmentation") -> DenseDataset:
+    """The train / val / test splits of data.name (canvas, seg:PATH, or for detection coco:PATH)."""
+    check_data(cfg, objective)
+    if cfg.name.startswith(COCO):
+        return _coco(cfg)
     if cfg.name == CANVAS:
         c = cfg.canvas
         ds = canvas_dataset(canvas_spec(c), c.train, c.val, c.test, cfg.data_dir, cfg.download, progress=True)
@@ -93,12 +144,30 @@ def load_dense(cfg: DataConfig) -> DenseDataset:
     if ds.ignore_index < ds.num_classes:
         raise DatasetError(f"data.ignore_index={ds.ignore_index} is one of {cfg.name}'s {ds.num_classes} classes "
                            f"(0-{ds.num_classes - 1}); set the value its masks mark unlabelled pixels with")
-    if len(ds.val) == 0 and cfg.val_fraction > 0:  # a fixed draw, as load_dataset carves classification's
-        n_val = max(1, int(round(len(ds.train) * cfg.val_fraction)))
-        if n_val >= len(ds.train):
-            raise DatasetError(f"{cfg.name}: {len(ds.train)} training image(s), too few to hold out data.val_fraction="
-                               f"{cfg.val_fraction:g} for validation; add images or set data.val_fraction=0")
-        perm = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        val, train = ds.train.take(perm[:n_val].sort().values), ds.train.take(perm[n_val:].sort().values)
-        ds = dataclasses.replace(ds, train=train, val=val, notes=ds.notes + [f"{n_val} training images held out for validation"])
+    return _carve_val(ds, cfg)
+
+
+def _carve_val(ds: DenseDataset, cfg: DataConfig) -> DenseDataset:
+    """`ds` with a validation split carved from train when it has none (data.val_fraction; a fixed draw, as
+    load_dataset carves classification's)."""
+    if len(ds.val) or cfg.val_fraction == 0:
+        return ds
+    n_val = max(1, int(round(len(ds.train) * cfg.val_fraction)))
+    if n_val >= len(ds.train):
+        raise DatasetError(f"{cfg.name}: {len(ds.train)} training image(s), too few to hold out data.val_fraction="
+                           f"{cfg.val_fraction:g} for validation; add images or set data.val_fraction=0")
+    perm = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val, train = ds.train.take(perm[:n_val].sort().values), ds.train.take(perm[n_val:].sort().values)
+    return dataclasses.replace(ds, train=train, val=val, notes=ds.notes + [f"{n_val} training images held out for validation"])
+
+
+def _coco(cfg: DataConfig) -> DenseDataset:
+    """A COCO-format folder's splits (module docstring: training at data.image_size, the others at their own sizes);
+    without a validation split, one carved from train (data.val_fraction, a fixed draw)."""
+    from vitkit.data.coco import coco_folder
+
+    ds = coco_folder(coco_root(cfg.name), size=None)
+    ds.train.size = cfg.image_size  # a batch of one size; boxes and areas scaled with the images
+    ds = _carve_val(ds, cfg)
+    ds.val.size = None  # scored in the images' own pixels
     return ds

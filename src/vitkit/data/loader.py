@@ -14,13 +14,19 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
 from vitkit.config import DataConfig
+from vitkit.data.coco import CocoDetection, detection_collate
 from vitkit.data.datasets import ArrayData, DatasetError, FileData, Split, load_image
 from vitkit.data.masks import DenseData, MaskFiles, resize_dense
 from vitkit.data.transforms import BatchAugment, eval_batch, eval_transform, match_channels, mix_batch, resize_batch, train_transform
 
 
-def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A batch on `device`: pinned and copied without blocking when it goes from the CPU to a GPU."""
+def to_device(x: Any, device: torch.device | str) -> Any:
+    """A batch on `device`: pinned and copied without blocking when it goes from the CPU to a GPU; a list or dict of
+    tensors (detection's per-image targets) moved item by item."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
     device = torch.device(device)
     if x.device == device:
         return x
@@ -68,12 +74,16 @@ class EpochOrder:
 
 class StepBatches(TorchDataset):
     """Item `step` is that step's augmented batch (x normalised float, y labels or soft labels; for a dense split
-    (DenseData, MaskFiles) y is the masks (B, H, W) int64, moved with their images by the same crop and flip)."""
+    (DenseData, MaskFiles) y is the masks (B, H, W) int64, moved with their images by the same crop and flip; for
+    detection (`boxes`, or a CocoDetection split) x is float in [0, 1], which the detector normalises itself, and y
+    a list of per-image targets {"boxes", "labels"} moved with their images, BatchAugment.detection)."""
 
-    def __init__(self, split: Split | DenseData | MaskFiles, cfg: DataConfig, channels: int, num_classes: int,
-                 batch_size: int, seed: int, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+    def __init__(self, split: Split | DenseData | MaskFiles | CocoDetection, cfg: DataConfig, channels: int,
+                 num_classes: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 device: torch.device | str = "cpu", boxes: bool = False):
         """`device`: where in-memory images live and are augmented (a GPU for GPU training: the whole batch is
-        augmented there; the random draws are made on the CPU generator, so the batches are the same)."""
+        augmented there; the random draws are made on the CPU generator, so the batches are the same); `boxes`: a
+        dense split's boxes are the targets (detection), not its masks."""
         if isinstance(split, ArrayData):
             self.split = prepare_arrays(split, cfg, channels)
         elif isinstance(split, DenseData):
@@ -83,12 +93,18 @@ class StepBatches(TorchDataset):
         if torch.device(device).type != "cpu":
             if isinstance(self.split, ArrayData):
                 self.split = ArrayData(self.split.images.to(device), self.split.labels.to(device))
-            elif isinstance(self.split, DenseData):
-                self.split = DenseData(self.split.images.to(device), self.split.masks.to(device))
+            elif isinstance(self.split, DenseData):  # boxes stay on the CPU, moved there (BatchAugment.detection)
+                d = self.split
+                self.split = DenseData(d.images.to(device), d.masks.to(device), d.boxes, d.labels, d.instances)
+        self.boxes = boxes or isinstance(split, CocoDetection)
+        if self.boxes and isinstance(self.split, DenseData) and self.split.boxes is None:
+            raise ValueError("detection needs boxes, and this dense split has none (a mask folder's); use the canvas task "
+                             "or a COCO-format folder (data.name=canvas or coco:PATH)")
         self.cfg, self.channels, self.num_classes, self.seed = cfg, channels, num_classes, seed
         self.rank, self.world = rank, world
         self.order = EpochOrder(len(split), batch_size, seed)
-        batched = isinstance(self.split, (ArrayData, DenseData, MaskFiles))  # dense files: per image, by BatchAugment
+        # dense files: per image, by BatchAugment
+        batched = isinstance(self.split, (ArrayData, DenseData, MaskFiles, CocoDetection))
         self.augment = BatchAugment(cfg) if batched else None
         self.transform = None if batched else train_transform(cfg, channels)
 
@@ -109,7 +125,9 @@ class StepBatches(TorchDataset):
             if isinstance(self.split, (ArrayData, DenseData)):
                 idx = self.order.indices(step)
                 torch.manual_seed(step_seed(self.seed, step, salt=2))
-                if isinstance(self.split, DenseData):  # images and masks moved together
+                if self.boxes:  # images and boxes moved together
+                    x, y = self.augment.detection(self.split.images[idx], [_boxes(self.split.targets(i)) for i in idx.tolist()])
+                elif isinstance(self.split, DenseData):  # images and masks moved together
                     x, y = self.augment.dense(self.split.images[idx], self.split.masks[idx], self.cfg.ignore_index)
                 else:
                     x, y = mix_batch(self.augment(self.split.images[idx]), self.split.labels[idx], self.num_classes, self.cfg)
@@ -123,6 +141,8 @@ class StepBatches(TorchDataset):
                 x, y = self._file(i)
                 xs.append(x)
                 ys.append(y)
+            if isinstance(self.split, CocoDetection):
+                return torch.stack(xs), ys
             if isinstance(self.split, MaskFiles):
                 return torch.stack(xs), torch.stack(ys)
             torch.manual_seed(step_seed(self.seed, step, salt=2 + self.rank))
@@ -131,13 +151,22 @@ class StepBatches(TorchDataset):
             torch.set_rng_state(state)
 
     def _file(self, i: int) -> tuple[torch.Tensor, Any]:
-        """Image i of a split on disk, augmented: (C, H, W) and its label, or its mask (H, W) moved with it."""
+        """Image i of a split on disk, augmented: (C, H, W) and its label, or its mask (H, W) or its boxes moved with it."""
+        if isinstance(self.split, CocoDetection):
+            image, target = self.split[i]  # at data.image_size (the training split's size), boxes scaled with it
+            x, y = self.augment.detection(match_channels(image, self.channels)[None], [_boxes(target)])
+            return x[0], y[0]
         if isinstance(self.split, MaskFiles):
             image, mask = self.split[i]  # at data.image_size (MaskFiles' size)
             x, y = self.augment.dense(match_channels(image, self.channels)[None], mask[None], self.cfg.ignore_index)
             return x[0], y[0]
         path, label = self.split.files[i]
         return self.transform(load_image(path, self.channels)), label
+
+
+def _boxes(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a detector trains on of a target: its boxes and labels (the canvas's mask, COCO's areas and crowds aside)."""
+    return {"boxes": target["boxes"], "labels": target["labels"]}
 
 
 @dataclass
@@ -164,15 +193,21 @@ class _Carrying(TorchDataset):
             return _Failure(str(err))
 
 
-def _collate(items: list) -> Any:
-    """default_collate, or the first _Failure of the batch."""
-    return next((x for x in items if isinstance(x, _Failure)), None) or default_collate(items)
+class _Collate:
+    """`collate` (default_collate), or the first _Failure of the batch."""
+
+    def __init__(self, collate: Any = default_collate):
+        self.collate = collate
+
+    def __call__(self, items: list) -> Any:
+        return next((x for x in items if isinstance(x, _Failure)), None) or self.collate(items)
 
 
-def _loader(dataset: TorchDataset, workers: int, **kwargs: Any) -> Iterator:
-    """DataLoader(dataset, ...) iterated; a DatasetError in a worker is raised here as itself: one line, naming the file."""
-    for item in DataLoader(_Carrying(dataset), num_workers=workers, collate_fn=_collate if kwargs.get("batch_size") else None,
-                           **kwargs):
+def _loader(dataset: TorchDataset, workers: int, collate: Any = default_collate, **kwargs: Any) -> Iterator:
+    """DataLoader(dataset, ...) iterated (batches by `collate`); a DatasetError in a worker is raised here as itself:
+    one line, naming the file."""
+    for item in DataLoader(_Carrying(dataset), num_workers=workers,
+                           collate_fn=_Collate(collate) if kwargs.get("batch_size") else None, **kwargs):
         if isinstance(item, _Failure):
             raise DatasetError(item.message)
         yield item
@@ -231,3 +266,23 @@ def eval_stream(split: Split | DenseData | MaskFiles, cfg: DataConfig, channels:
             for i in range(start, min(start + batch_size, len(split)))]
     files = _EvalMasks(split, cfg, channels) if isinstance(split, MaskFiles) else _EvalFiles(split, cfg, channels)
     yield from _loader(Subset(files, mine), workers, batch_size=batch_size, shuffle=False, pin_memory=pin_memory)
+
+
+def detection_stream(split: DenseData | CocoDetection, batch_size: int, workers: int = 0, rank: int = 0, world: int = 1,
+                     pin_memory: bool = False) -> Iterator[tuple[torch.Tensor | list[torch.Tensor], list[dict]]]:
+    """Every image of a detection split once, in order, as the detector takes it: uint8 (B, C, H, W) at the split's own
+    size (a list where the sizes differ: a COCO folder's), with its targets (boxes in those pixels; a COCO folder's
+    areas and crowd regions too, for COCO's scoring); rank r of w gets every w-th batch. No resize: the detector
+    resizes each image itself and gives its boxes back in the image's pixels, so the scores are in the data's own."""
+    if isinstance(split, DenseData):
+        if split.boxes is None:
+            raise ValueError("detection needs boxes, and this dense split has none (a mask folder's)")
+        for b, start in enumerate(range(0, len(split), batch_size)):
+            if b % world == rank:
+                stop = min(start + batch_size, len(split))
+                yield split.images[start:stop], [_boxes(split.targets(i)) for i in range(start, stop)]
+        return
+    mine = [i for b, start in enumerate(range(0, len(split), batch_size)) if b % world == rank
+            for i in range(start, min(start + batch_size, len(split)))]
+    yield from _loader(Subset(split, mine), workers, detection_collate, batch_size=batch_size, shuffle=False,
+                       pin_memory=pin_memory)

@@ -21,6 +21,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("google", "imagenet")
 CROPS = ("pad", "inception", "none")
+MIN_BOX_SIDE = 1.0  # px: a box cut narrower or shorter than this by a crop is dropped (torchvision's SanitizeBoundingBoxes)
 
 
 def norm_stats(kind: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -126,6 +127,23 @@ class BatchAugment:
             m = torch.where(shifted > 0, shifted - 1, ignore_index)
         return self._finish(xf), m
 
+    def detection(self, x: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, list[dict]]:
+        """A uint8 batch (B, C, H, W) and its per-image targets ({"boxes" (n, 4) x0, y0, x1, y1 on pixel edges,
+        "labels" (n,)}), moved by the same crop and flip (`move_boxes`): a box is clipped to the image, and dropped
+        with its label when less than MIN_BOX_SIDE px of it is left on either axis. Returns float images in [0, 1]
+        (not normalised: a detector normalises its input itself, heads/detection.py) and the moved targets.
+        RandAugment and random erasing are refused for detection (data/dense.py): the first would move the image
+        alone, the second erase objects and keep their boxes."""
+        if self.randaugment is not None or self.erase is not None:
+            raise ValueError("data.randaugment and data.random_erasing with detection: they would move or hide objects and "
+                             "not their boxes")
+        xf = x.float() / 255.0
+        theta = self._theta(*x.shape[-4:])
+        if theta is None:
+            return xf, [{"boxes": t["boxes"].float(), "labels": t["labels"]} for t in targets]
+        xf = self._warp(xf, theta, "nearest" if self.cfg.crop != "inception" else "bilinear")
+        return xf, [move_boxes(t, a, x.shape[-2:]) for t, a in zip(targets, theta)]
+
     def _theta(self, B: int, C: int, H: int, W: int) -> torch.Tensor | None:
         """The affine sampling grid's parameters (B, 2, 3) of this batch's random crops and flips, drawn on the CPU
         generator (the same on any device); None when nothing moves."""
@@ -168,6 +186,28 @@ class BatchAugment:
         if self.erase is not None:
             xf = torch.stack([self.erase(img) for img in xf])
         return xf
+
+
+def move_boxes(target: dict[str, torch.Tensor], theta: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """An image's {"boxes", "labels"} after `BatchAugment._warp` by `theta` (2, 3): the warp samples output point u
+    from input point theta @ (u, 1) in normalised coordinates (-1 and 1 the image's outer pixel edges,
+    align_corners=False), so a box's corners go the inverse way, u = (v - t) / a per axis (a < 0: a flip, the corners
+    swapped); then clipped to the image, and boxes left under MIN_BOX_SIDE px on an axis dropped."""
+    H, W = size
+    boxes = target["boxes"].double().reshape(-1, 4)
+    scale = torch.tensor([W, H, W, H], dtype=torch.float64) / 2
+    v = boxes / scale - 1  # (n, 4) normalised x0, y0, x1, y1
+    theta = theta.double().cpu()
+    a = torch.stack([theta[0, 0], theta[1, 1]]).repeat(2)  # (4,) ax, ay, ax, ay
+    t = torch.stack([theta[0, 2], theta[1, 2]]).repeat(2)
+    u = (v - t) / a
+    x0, x1 = torch.minimum(u[:, 0], u[:, 2]), torch.maximum(u[:, 0], u[:, 2])
+    y0, y1 = torch.minimum(u[:, 1], u[:, 3]), torch.maximum(u[:, 1], u[:, 3])
+    moved = (torch.stack([x0, y0, x1, y1], 1) + 1) * scale  # back to pixels
+    # on a 1/1024 px grid: theta's float32 rounding (~1e-7 px) gone, a whole-pixel shift whole again
+    moved = (torch.minimum(moved.clamp(min=0), 2 * scale) * 1024).round().float() / 1024
+    keep = ((moved[:, 2] - moved[:, 0]) >= MIN_BOX_SIDE) & ((moved[:, 3] - moved[:, 1]) >= MIN_BOX_SIDE)
+    return {"boxes": moved[keep], "labels": target["labels"][keep]}
 
 
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:

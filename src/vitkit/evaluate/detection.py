@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -107,15 +107,13 @@ def score_detections(predictions: list[dict[str, torch.Tensor]], targets: list[d
 
 
 @torch.inference_mode()
-def evaluate_detection(model: nn.Module, batches: Iterable[tuple], class_names: list[str] | None = None,
-                       precision: str = "fp32", per_class: bool = True, backend: str | None = None) -> dict:
-    """DetectionScores of a detector (torchvision's eval contract: images -> [{"boxes", "labels", "scores"}]) over
-    batches of (images, targets), or dense_collate's (images, masks, targets): the targets come last; images a batch
-    (B, C, H, W) or a list, moved to the model's device."""
+def detections(model: nn.Module, batches: Iterable[tuple], precision: str = "fp32") -> Iterator[tuple[list[dict], list[dict]]]:
+    """(predictions, targets) per batch of (images, targets), or dense_collate's (images, masks, targets): the targets
+    come last; images a batch (B, C, H, W) or a list, moved to the model's device; the predictions on the CPU. The
+    model runs in eval mode, its own mode restored after the last batch (or an error)."""
     from vitkit.data.loader import to_device
 
     dev = model_device(model)
-    scores = DetectionScores(per_class, backend)  # the backend checked before any image is run
     was_training = model.training
     model.eval()
     try:
@@ -124,7 +122,16 @@ def evaluate_detection(model: nn.Module, batches: Iterable[tuple], class_names: 
             images = list(to_device(images, dev)) if torch.is_tensor(images) else [to_device(x, dev) for x in images]
             with autocast(precision, dev.type):
                 predictions = model(images)
-            scores.update(predictions, targets)
+            yield [{k: v.detach().cpu() for k, v in p.items()} for p in predictions], targets
     finally:
         model.train(was_training)
+
+
+def evaluate_detection(model: nn.Module, batches: Iterable[tuple], class_names: list[str] | None = None,
+                       precision: str = "fp32", per_class: bool = True, backend: str | None = None) -> dict:
+    """DetectionScores of a detector (torchvision's eval contract: images -> [{"boxes", "labels", "scores"}]) over
+    batches of (images, targets) (`detections`)."""
+    scores = DetectionScores(per_class, backend)  # the backend checked before any image is run
+    for predictions, targets in detections(model, batches, precision):
+        scores.update(predictions, targets)
     return scores.compute(class_names)

@@ -1,5 +1,6 @@
 """`vitkit predict`: top-k classes of any image files, prepared as the model was trained; for a segmentation model,
-a class per pixel, written as a mask and an overlay PNG per image."""
+a class per pixel, written as a mask and an overlay PNG per image; for a detector, its boxes, written as JSON and
+drawn on the image as a PNG."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,16 +75,18 @@ def palette(num_classes: int) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def mask_paths(images: list[Path], out: str | Path | None, overwrite: bool = False) -> list[tuple[Path, Path]]:
-    """(mask, overlay) paths per image: STEM.mask.png and STEM.overlay.png beside it, or in `out`; refused before
-    anything is written when one exists (unless `overwrite`) or two images would write the same file."""
+def output_paths(images: list[Path], out: str | Path | None, suffixes: tuple[str, ...],
+                 overwrite: bool = False) -> list[tuple[Path, ...]]:
+    """The files each image's prediction writes, STEM + each of `suffixes`, beside it or in `out`; refused before
+    anything is written when one exists (unless `overwrite`), is one of the images, or two images would write the same
+    file."""
     seen: dict[Path, Path] = {}
     inputs = {p.resolve() for p in images}
-    pairs = []
+    outs = []
     for path in images:
         where = Path(out) if out is not None else path.parent
-        pair = (where / f"{path.stem}.mask.png", where / f"{path.stem}.overlay.png")
-        for target in pair:
+        files = tuple(where / f"{path.stem}{suffix}" for suffix in suffixes)
+        for target in files:
             if target in seen:
                 raise ValueError(f"{seen[target]} and {path} would both write {target}; give images of other names, or "
                                  f"predict them into separate --out directories")
@@ -92,8 +95,13 @@ def mask_paths(images: list[Path], out: str | Path | None, overwrite: bool = Fal
             if target.exists() and not overwrite:
                 raise FileExistsError(f"{target} already exists; choose another --out DIR, or pass --force to replace it")
             seen[target] = path
-        pairs.append(pair)
-    return pairs
+        outs.append(files)
+    return outs
+
+
+def mask_paths(images: list[Path], out: str | Path | None, overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """(mask, overlay) paths per image: STEM.mask.png and STEM.overlay.png (`output_paths`)."""
+    return output_paths(images, out, (".mask.png", ".overlay.png"), overwrite)
 
 
 @torch.inference_mode()
@@ -159,4 +167,67 @@ def predict_masks(src: str | Path, images: list[str | Path], out: str | Path | N
         shares = sorted(((names[i], c / (H * W)) for i, c in enumerate(counts) if c), key=lambda t: -t[1])
         results.append({"image": str(path), "size": [W, H], "mask": str(mask_path), "overlay": str(overlay_path),
                         "classes": dict(shares)})
+    return results
+
+
+# --- detection: boxes ----------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict_boxes(src: str | Path, images: list[str | Path], out: str | Path | None = None, overwrite: bool = False,
+                  min_score: float = 0.5, precision: str = "auto", device: str = "auto") -> list[dict]:
+    """A detector's boxes of each image, in the image's own pixels (the detector resizes it to its input size and maps
+    its boxes back), those scoring `min_score` or more, best first; the background (label 0) never one. Written as
+    STEM.boxes.json ({"image", "size" [width, height], "boxes": [{"class", "label", "score", "box" [x0, y0, x1, y1]}]})
+    and STEM.boxes.png (the image with each box drawn in its class's colour, named and scored: torchvision's
+    draw_bounding_boxes), beside each image or in `out`; an existing file is refused (before any is written) unless
+    `overwrite`. Returns per image that record, with "json" and "png" (the files)."""
+    import json
+
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    from vitkit import progress
+    from vitkit.atomic import atomic_path
+    from vitkit.convert.load import load
+    from vitkit.data.loader import to_device
+    from vitkit.models.fast import accelerate
+    from vitkit.runtime import resolve_device
+    from vitkit.train.precision import autocast, resolve
+
+    check_argument("min_score", min_score)
+    paths = check_images(images)
+    targets = output_paths(paths, out, (".boxes.json", ".boxes.png"), overwrite)
+    dev = resolve_device(device)
+    precision = resolve(precision, dev, "--precision")
+    model, card = load(src)
+    if getattr(model.config, "arch", None) != "detection":
+        raise ValueError(f"{src}: a {type(model).__name__}, not a detection model; `vitkit predict` without --out gives a "
+                         f"classifier's top-k classes")
+    accelerate(model.to(dev).eval())
+    k = model.num_classes
+    names = card.class_names or ["background"] + [str(i) for i in range(1, k)]
+    colours = [tuple(int(c) for c in rgb) for rgb in palette(k)]
+    results = []
+    for path, (json_path, png_path) in zip(images, progress.bar(targets, desc="detecting", unit="image")):
+        rgb = load_image(Path(path), 3)  # (3, H, W) uint8, upright (EXIF) as the model's input
+        H, W = rgb.shape[-2:]
+        x = load_image(Path(path), model.config.in_chans)
+        with autocast(precision, dev.type):
+            found = model([to_device(x, dev)])[0]
+        keep = (found["labels"] > 0) & (found["scores"] >= min_score)
+        boxes, labels, scores = (found[key][keep].float().cpu() for key in ("boxes", "labels", "scores"))
+        order = scores.argsort(descending=True)
+        boxes, labels, scores = boxes[order], labels[order].long(), scores[order]
+        record = {"image": str(path), "size": [W, H],
+                  "boxes": [{"class": names[c], "label": int(c), "score": float(sc), "box": [float(v) for v in b]}
+                            for b, c, sc in zip(boxes.tolist(), labels.tolist(), scores.tolist())]}
+        drawn = rgb if not len(boxes) else draw_bounding_boxes(
+            rgb, boxes, labels=[f"{names[c]} {sc:.2f}" for c, sc in zip(labels.tolist(), scores.tolist())],
+            colors=[colours[c] for c in labels.tolist()], width=max(1, round(min(H, W) / 160)))
+        with atomic_path(json_path, overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        with atomic_path(png_path, overwrite=overwrite) as tmp:
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        results.append({**record, "json": str(json_path), "png": str(png_path)})
     return results

@@ -65,12 +65,15 @@ def eval_model(src: str | Path, data: str, split: str = "test", data_dir: str | 
         raise ValueError(f"split {split!r}: choose train, val or test")
     check_argument("batch_size", batch_size)
     check_argument("resolution", resolution)
-    if is_dense(data) or read_arch(src) == "segmentation":  # per-pixel classes: mIoU (eval_segmentation)
+    arch = read_arch(src)
+    if is_dense(data) or arch in ("segmentation", "detection"):  # mIoU (eval_segmentation) or mAP (eval_detection)
+        task = "detection" if arch == "detection" or data.startswith("coco:") else "segmentation"
         for given, option in ((real_labels, "--real-labels"), (compile, "--compile"), (engine not in ("auto", "torch"), "--engine")):
             if given:
-                raise ValueError(f"{option} with a segmentation {'dataset' if is_dense(data) else 'model'}: segmentation is "
+                raise ValueError(f"{option} with a {task} {'dataset' if is_dense(data) else 'model'}: {task} is "
                                  f"evaluated by PyTorch, without it; drop {option}")
-        return eval_segmentation(src, data, split, data_dir, batch_size, resolution, precision, normalize, device)
+        run = eval_detection if task == "detection" else eval_segmentation
+        return run(src, data, split, data_dir, batch_size, resolution, precision, normalize, device)
     real = read_real(real_labels) if real_labels else None  # a bad file is refused before anything is read
     if real is not None and not data.startswith("folder:"):
         raise RealLabelsError(f"--real-labels: ReaL labels ImageNet's validation images; evaluate a folder of them "
@@ -161,6 +164,61 @@ def eval_segmentation(src: str | Path, data: str, split: str = "test", data_dir:
     stream = eval_stream(part, cfg, model.config.in_chans, batch_size, pin_memory=dev.type == "cuda")
     bar = progress.bar(stream, total=-(-len(part) // batch_size), desc=f"eval {data} ({split})", unit="batch")
     res = evaluate_segmentation(model, bar, ds.num_classes, ds.ignore_index, precision, ds.classes)
+    res.update({"device": str(dev), "classes": ds.classes, "precision": precision,
+                "engine": {"engine": "torch", "precision": precision}})
+    return res
+
+
+def eval_detection(src: str | Path, data: str, split: str = "test", data_dir: str | None = None, batch_size: int = 256,
+                   resolution: int | None = None, precision: str = "auto", normalize: str | None = None,
+                   device: str = "auto") -> dict:
+    """COCO's box mAP (map, map_50, map_75, by object size, recall at 1 / 10 / 100 detections, per class by name:
+    evaluate/detection.py) of a detector on a split of a detection dataset (canvas, coco:PATH), each image at its own
+    size (the detector resizes it to its input size, `resolution` for another, the position embeddings resampled, and
+    gives its boxes back in the image's pixels), as training scores it. When `src` is a run directory whose config
+    names `data`, the run's data settings apply (its canvas, validation carve), so its test split is the run's.
+    `normalize` overrides the normalisation the detector was built with."""
+    import dataclasses
+
+    from vitkit.convert.load import load
+    from vitkit.data.dense import is_dense, load_dense
+    from vitkit.data.loader import detection_stream
+    from vitkit.data.transforms import norm_stats
+    from vitkit.evaluate.detection import evaluate_detection
+    from vitkit.models.fast import accelerate
+    from vitkit.runtime import resolve_device
+    from vitkit.train.precision import resolve
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split {split!r}: choose train, val or test")
+    check_argument("batch_size", batch_size)
+    check_argument("resolution", resolution)
+    if not (data == "canvas" or data.startswith("coco:")):
+        what = "a segmentation dataset (per-pixel masks)" if is_dense(data) else "a classification dataset"
+        raise ValueError(f"{src} is a detection model; evaluate it on a detection dataset (--data canvas or coco:PATH), "
+                         f"not {data!r}, {what}")
+    dev = resolve_device(device)
+    precision = resolve(precision, dev, "--precision")
+    model, card = load(src, image_size=resolution)
+    if getattr(model.config, "arch", None) != "detection":
+        raise ValueError(f"{src}: a {type(model).__name__}, not a detection model; {data} scores boxes: train one with "
+                         f"objective=detection (`vitkit train --recipe det-canvas`)")
+    if normalize:
+        mean, std = norm_stats(normalize, model.config.in_chans)
+        model.transform.image_mean, model.transform.image_std = list(mean), list(std)
+    cfg = dataclasses.replace(_dense_data_config(src, data, data_dir), image_size=model.config.image_size)
+    ds = load_dense(cfg, "detection")
+    if model.num_classes != ds.num_classes:
+        raise ValueError(f"{src}: the model has {model.num_classes - 1} object classes but {data} has {ds.num_classes - 1}; "
+                         f"train it on {data} (model.init={src} with objective=detection)")
+    warn_class_names(src, card.class_names, ds.classes)
+    part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
+    if hasattr(part, "size"):  # a COCO folder's training split is read at the training size: score it at its own
+        part.size = None
+    accelerate(model.to(dev))  # the fast blocks, as training evaluates
+    stream = detection_stream(part, batch_size, pin_memory=dev.type == "cuda")
+    bar = progress.bar(stream, total=-(-len(part) // batch_size), desc=f"eval {data} ({split})", unit="batch")
+    res = evaluate_detection(model, bar, ds.classes, precision)
     res.update({"device": str(dev), "classes": ds.classes, "precision": precision,
                 "engine": {"engine": "torch", "precision": precision}})
     return res

@@ -21,11 +21,20 @@ position embeddings are resampled over the new grid, as for fine-tuning (paper s
 Labels: 0 is the background, objects are 1..K (the canvas task's classes, `coco_folder`'s), and `num_classes`
 counts the background: K + 1, torchvision's convention for both detectors (Faster R-CNN's softmax has a background
 column; FCOS's sigmoid channel 0 is never a target, so it learns to stay off, as torchvision's COCO FCOS with its 91).
+
+The built detector is torchvision's FCOS or Faster R-CNN itself (subclassed only to answer what vitkit asks of every
+model: `config`, `encoder`, `set_image_size`, `reset_head`, `set_grad_checkpointing`); its `config` is a
+`DetectionModelConfig` (arch "detection": the encoder's config and the builder's arguments, `spec`), registered with
+models/registry.py, so that vitkit's format saves and loads it as any model (weights under torchvision's own names).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -37,7 +46,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from vitkit.data.transforms import match_channels, norm_stats
-from vitkit.heads.segmentation import SegmentationModel, encoder_stride
+from vitkit.heads.segmentation import EncoderRecord, SegmentationModel, encoder_stride
+from vitkit.models.registry import ARCHS, build_model, config_from_dict, config_to_dict
 
 SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's: strides P/4 .. 2P (4, 8, 16, 32 for patch 16)
 NORMS = ("layer", "group")
@@ -151,6 +161,104 @@ class DetectionTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
+@dataclass
+class DetectionModelConfig(EncoderRecord):
+    """A detector's architecture (arch "detection"): the encoder's config (without a classifier) and `spec`, the
+    arguments of `build_detector` (kind, num_classes, scales, out_channels, norm, normalize, anchor_sizes,
+    representation_size and torchvision's options). The encoder's size, channels and name are the model's."""
+
+    encoder: Any  # ViTConfig (a plain ViT or a hybrid) or AxialViTConfig: the encoder's own, shared with it
+    spec: dict = field(default_factory=dict)
+    arch = "detection"  # the record's kind (models/registry.py ARCHS), not a field
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec["num_classes"]
+
+    @property
+    def kind(self) -> str:
+        return self.spec["kind"]
+
+    def at_size(self, image_size: int | tuple[int, int]) -> "DetectionModelConfig":
+        """This architecture at another input size (its encoder's grid resized)."""
+        return dataclasses.replace(self, encoder=dataclasses.replace(self.encoder, image_size=image_size), spec=dict(self.spec))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "encoder": config_to_dict(self.encoder), "spec": dict(self.spec)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectionModelConfig":
+        """From `to_dict`'s record; the encoder's dropouts (`load`'s overrides: dropout, attn_dropout, drop_path) go to the
+        encoder."""
+        d = dict(d)
+        encoder = d.pop("encoder", None)
+        spec = d.pop("spec", None)
+        d.pop("arch", None)
+        moved = {k: d.pop(k) for k in ("dropout", "attn_dropout", "drop_path") if k in d}
+        if d or not isinstance(encoder, dict) or not isinstance(spec, dict):
+            raise ValueError(f"a detection model's record holds arch, encoder and spec (objects), not {sorted(d) or 'this'}")
+        if spec.get("kind") not in KINDS or not isinstance(spec.get("num_classes"), int):
+            raise ValueError(f"a detection model's spec needs kind (one of {KINDS}) and num_classes (an integer), not "
+                             f"kind={spec.get('kind')!r}, num_classes={spec.get('num_classes')!r}")
+        return cls(config_from_dict({**encoder, **moved}), spec)
+
+
+class _OnViT:
+    """What vitkit asks of every model, on torchvision's detectors (ViTFCOS, ViTFasterRCNN)."""
+
+    config: DetectionModelConfig
+    spec: dict
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone.encoder
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec["num_classes"]
+
+    @torch.no_grad()
+    def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
+        """Run at another resolution: the encoder's position embeddings resampled over the new grid (its own
+        `set_image_size`); the pyramid, heads and anchors hold no grid-sized weight, and the transform resizes to the
+        encoder's size at every call."""
+        self.encoder.set_image_size(image_size, mode)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The encoder's blocks recomputed in backward (the pyramid and heads are small)."""
+        if not hasattr(self.encoder, "set_grad_checkpointing"):
+            raise ValueError(f"{type(self.encoder).__name__} has no checkpointed blocks; set train.activation_checkpointing=false")
+        self.encoder.set_grad_checkpointing(enable)
+
+    @torch.no_grad()
+    def reset_head(self, num_classes: int, zero: bool = True) -> None:
+        """A new last classification layer for `num_classes` (the background counts): FCOS's logits convolution at its
+        prior (every location starts at p = 0.01, RetinaNet's initialisation), Faster R-CNN's box predictor; the rest
+        kept. `zero` is accepted for the common signature: a detector's new layer is initialised as torchvision's."""
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"detector num_classes={num_classes!r}: the background (label 0) and one class at least")
+        device = next(self.parameters()).device
+        if isinstance(self, FCOS):
+            head = self.head.classification_head
+            old = head.cls_logits
+            new = nn.Conv2d(old.in_channels, old.out_channels // head.num_classes * num_classes, 3, padding=1)
+            nn.init.normal_(new.weight, std=0.01)
+            nn.init.constant_(new.bias, -math.log((1 - 0.01) / 0.01))
+            head.cls_logits, head.num_classes = new.to(device), num_classes
+        else:
+            rep = self.roi_heads.box_predictor.cls_score.in_features
+            self.roi_heads.box_predictor = FastRCNNPredictor(rep, num_classes).to(device)
+        self.spec["num_classes"] = num_classes
+
+
+class ViTFCOS(_OnViT, FCOS):
+    """torchvision's FCOS on a ViT's simple feature pyramid (`build_detector`)."""
+
+
+class ViTFasterRCNN(_OnViT, FasterRCNN):
+    """torchvision's Faster R-CNN on a ViT's simple feature pyramid (`build_detector`)."""
+
+
 def _check_options(cls: type, options: dict) -> None:
     valid = sorted(set(inspect.signature(cls.__init__).parameters) - BUILT - {"self"})
     wrong = sorted(set(options) - set(valid))
@@ -180,8 +288,7 @@ def build_detector(encoder: nn.Module, num_classes: int, kind: str = "fcos", sca
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"detector num_classes={num_classes!r}: the background (label 0) and the object classes 1..K, "
                          f"K + 1 >= 2 in all (the canvas task's and coco_folder's class lists count it)")
-    cls = FCOS if kind == "fcos" else FasterRCNN
-    _check_options(cls, options)
+    _check_options(FCOS if kind == "fcos" else FasterRCNN, options)
     if image_size is not None:
         encoder.set_image_size(image_size)
     backbone = SimpleFeaturePyramid(encoder, out_channels, scales, norm)
@@ -193,7 +300,7 @@ def build_detector(encoder: nn.Module, num_classes: int, kind: str = "fcos", sca
             raise ValueError(f"out_channels={out_channels}: FCOS's head normalises with GroupNorm(32, channels); a multiple of 32")
         sizes = tuple(anchor_sizes or strides)
         anchors = AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * len(sizes))
-        model = FCOS(backbone, num_classes, anchor_generator=anchors, **options)
+        model = ViTFCOS(backbone, num_classes, anchor_generator=anchors, **options)
     else:
         if any(s & (s - 1) for s in strides):
             raise ValueError(f"Faster R-CNN: pyramid strides {strides}; torchvision's RoI pooling infers each level's scale as a "
@@ -201,14 +308,23 @@ def build_detector(encoder: nn.Module, num_classes: int, kind: str = "fcos", sca
         sizes = tuple(anchor_sizes or (8 * s for s in strides))
         anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
         pool = MultiScaleRoIAlign(backbone.names, output_size=7, sampling_ratio=2)
-        model = FasterRCNN(backbone, None, rpn_anchor_generator=anchors, box_roi_pool=pool,
+        model = ViTFasterRCNN(backbone, None, rpn_anchor_generator=anchors, box_roi_pool=pool,
                            box_head=TwoMLPHead(out_channels * 7 * 7, representation_size),
                            box_predictor=FastRCNNPredictor(representation_size, num_classes), **options)
     model.transform = DetectionTransform(encoder.config, normalize)
     model.spec = dict(kind=kind, num_classes=num_classes, scales=list(backbone.scales), out_channels=out_channels, norm=norm,
                       normalize=normalize, anchor_sizes=None if anchor_sizes is None else list(anchor_sizes),
                       representation_size=representation_size, **options)
+    model.config = DetectionModelConfig(encoder.config, model.spec)  # one spec: reset_head updates both
     return model
+
+
+def detector_from_config(cfg: DetectionModelConfig) -> nn.Module:
+    """A detector from its record (weights freshly initialised): `build_detector(build_model(cfg.encoder), **cfg.spec)`."""
+    return build_detector(build_model(cfg.encoder), **cfg.spec)
+
+
+ARCHS["detection"] = (DetectionModelConfig, detector_from_config, "detection model")
 
 
 def detection_loss(losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -35,17 +35,11 @@ HEADS = ("linear", "progressive")
 NORMS = ("batch", "group")
 
 
-@dataclass
-class SegmentationModelConfig:
-    """A SegmentationModel's architecture (arch "segmentation"): the encoder's config (without a classifier) and the
-    head's. The encoder's size, channels and name are the model's."""
+class EncoderRecord:
+    """What a model with a head on an encoder answers from its encoder's config (`self.encoder`): the size, the
+    channels and the name are the encoder's (SegmentationModelConfig, detection's DetectionModelConfig)."""
 
-    encoder: Any  # ViTConfig (a plain ViT or a hybrid) or AxialViTConfig
-    num_classes: int
-    head: str = "linear"
-    channels: int = 256  # progressive: the convolutions' channels
-    norm: str = "batch"  # progressive: the convolutions' norm
-    arch = "segmentation"  # the record's kind (models/registry.py ARCHS), not a field
+    encoder: Any
 
     @property
     def image_size(self) -> int | tuple[int, int]:
@@ -58,6 +52,19 @@ class SegmentationModelConfig:
     @property
     def name(self) -> str | None:
         return getattr(self.encoder, "name", None)
+
+
+@dataclass
+class SegmentationModelConfig(EncoderRecord):
+    """A SegmentationModel's architecture (arch "segmentation"): the encoder's config (without a classifier) and the
+    head's. The encoder's size, channels and name are the model's."""
+
+    encoder: Any  # ViTConfig (a plain ViT or a hybrid) or AxialViTConfig
+    num_classes: int
+    head: str = "linear"
+    channels: int = 256  # progressive: the convolutions' channels
+    norm: str = "batch"  # progressive: the convolutions' norm
+    arch = "segmentation"  # the record's kind (models/registry.py ARCHS), not a field
 
     def at_size(self, image_size: int | tuple[int, int]) -> "SegmentationModelConfig":
         """This architecture at another input size (its encoder's grid resized)."""

@@ -220,7 +220,7 @@ ARCHS = {"vit": (ViTConfig, VisionTransformer, "ViT"), "bit": (BiTConfig, BiTRes
 
 # Models that put a head on one of these encoders, defined outside models/: arch -> the module, which adds itself to
 # ARCHS when imported (on reading a record that names it)
-HEADED = {"segmentation": "vitkit.heads.segmentation"}
+HEADED = {"segmentation": "vitkit.heads.segmentation", "detection": "vitkit.heads.detection"}
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfigs:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from vitkit.config import Config
 from vitkit.objectives.classification import classification_loss, hard_labels
 
-OBJECTIVES = ("classification", "mpp", "mae", "segmentation")
+OBJECTIVES = ("classification", "mpp", "mae", "segmentation", "detection")
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -33,7 +33,8 @@ class Classification:
 
 
 def build_objective(cfg: Config, model: nn.Module, classes: list[str] | None = None) -> Objective:
-    """The objective of `cfg` for `model`; `classes`: the data's class names (segmentation scores each by name)."""
+    """The objective of `cfg` for `model`; `classes`: the data's class names (segmentation and detection score each
+    by name)."""
     if cfg.objective == "classification":
         return Classification(cfg.optim.loss, cfg.optim.label_smoothing)
     if cfg.objective == "mpp":
@@ -48,4 +49,8 @@ def build_objective(cfg: Config, model: nn.Module, classes: list[str] | None = N
         from vitkit.objectives.segmentation import Segmentation
 
         return Segmentation(model.num_classes, cfg.data.ignore_index, classes)
+    if cfg.objective == "detection":
+        from vitkit.objectives.detection import Detection
+
+        return Detection(classes)
     raise ValueError(f"objective={cfg.objective!r} is not one of {OBJECTIVES}")

@@ -16,16 +16,17 @@ import torch.nn as nn
 from vitkit.heads.segmentation import segmentation_loss
 
 
-def check_encoder(model_cfg: Any, what: str) -> None:
-    """ValueError naming the option (`what`, e.g. "model.name='R50x1'") for a model no segmentation head can read
-    (called by config.validate, before anything is written, and by train/loop.py on a checkpoint's model): it needs
-    patch tokens on a grid."""
+def check_encoder(model_cfg: Any, what: str, objective: str = "segmentation") -> None:
+    """ValueError naming the option (`what`, e.g. "model.name='R50x1'") for a model no segmentation head (nor
+    detection's feature pyramid: `objective`) can read (called by config.validate, before anything is written, and by
+    train/loop.py on a checkpoint's model): it needs patch tokens on a grid."""
     from vitkit.models.axial import AxialViTConfig
     from vitkit.models.vit import ViTConfig
 
     if not isinstance(model_cfg, (ViTConfig, AxialViTConfig)):
         kind = type(model_cfg).__name__.removesuffix("Config")
-        raise ValueError(f"{what} with objective=segmentation: a segmentation head reads the patch tokens on their grid, "
+        reader = "a segmentation head" if objective == "segmentation" else "the feature pyramid"
+        raise ValueError(f"{what} with objective={objective}: {reader} reads the patch tokens on their grid, "
                          f"and a {kind} has none; choose a ViT, a hybrid or an Axial-ViT (e.g. model.name=ViT-Ti/16 or "
                          f"R50+ViT-B/16)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vitkit.config import Config
+from vitkit.recipes.detection import det_canvas
 from vitkit.recipes.mae import mae
 from vitkit.recipes.mpp import mpp_fashion_mnist, mpp_paper
 from vitkit.recipes.paper import imagenet1k, imagenet21k, jft
@@ -21,6 +22,7 @@ RECIPES: dict[str, Callable[[], Config]] = {
     "mpp-paper": mpp_paper,
     "mae": mae,
     "seg-canvas": seg_canvas,
+    "det-canvas": det_canvas,
 }
 
 

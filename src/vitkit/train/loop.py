@@ -20,7 +20,7 @@ from vitkit.errors import VitkitError
 from vitkit.config import Config
 from vitkit.config import validate as validate_config
 from vitkit.data.datasets import Dataset, describe_dataset, load_dataset
-from vitkit.data.loader import StepBatches, eval_stream, step_seed, to_device, train_stream
+from vitkit.data.loader import StepBatches, detection_stream, eval_stream, step_seed, to_device, train_stream
 from vitkit.data.masks import DenseDataset
 from vitkit.models.fast import accelerate
 from vitkit.models.registry import create_model
@@ -40,13 +40,16 @@ def build_model(cfg: Config, ds: Dataset | DenseDataset) -> nn.Module:
     m = cfg.model
     if cfg.objective == "segmentation":
         return _segmentation_model(cfg, ds)
+    if cfg.objective == "detection":
+        return _detection_model(cfg, ds)
     if m.init:
-        from vitkit.convert.load import load
+        from vitkit.convert.load import load, read_arch
         from vitkit.evaluate.run import warn_class_names
 
-        model, card = load(m.init, num_classes=ds.num_classes, image_size=cfg.data.image_size, drop_pre_logits=True,
-                           **{k: v for k, v in m.overrides().items() if k in ("dropout", "attn_dropout", "drop_path")})
-        if getattr(model.config, "arch", None) == "segmentation":  # a segmentation run's encoder, a new classifier
+        headed = read_arch(m.init) in ("segmentation", "detection")  # a dense run's encoder: its own head left aside
+        model, card = load(m.init, num_classes=None if headed else ds.num_classes, image_size=cfg.data.image_size,
+                           drop_pre_logits=True, **_dropouts(m))
+        if headed:  # a segmentation or detection run's encoder, a new classifier
             model = model.encoder
             model.reset_head(ds.num_classes, zero=True)
             print(f"{m.init}: its encoder with a new zero-initialised {ds.num_classes}-class head", file=sys.stderr)
@@ -76,8 +79,7 @@ def _segmentation_model(cfg: Config, ds: DenseDataset) -> nn.Module:
     from vitkit.convert.load import load
     from vitkit.evaluate.run import warn_class_names
 
-    model, card = load(m.init, image_size=cfg.data.image_size, drop_pre_logits=True,
-                       **{key: v for key, v in m.overrides().items() if key in ("dropout", "attn_dropout", "drop_path")})
+    model, card = load(m.init, image_size=cfg.data.image_size, drop_pre_logits=True, **_dropouts(m))
     if isinstance(model, SegmentationModel):
         c = model.config
         if (c.head, c.channels, c.norm, c.num_classes) == (s.head, s.channels, s.norm, k) and not m.zero_head:
@@ -85,10 +87,44 @@ def _segmentation_model(cfg: Config, ds: DenseDataset) -> nn.Module:
             return model
         encoder = model.encoder
     else:
-        check_encoder(model.config, f"model.init={m.init!r}")
-        encoder = model
+        encoder = model.encoder if getattr(model.config, "arch", None) == "detection" else model  # a detector's: its encoder
+        check_encoder(encoder.config, f"model.init={m.init!r}")
     print(f"{m.init}: its encoder with a new {s.head} segmentation head of {k} classes", file=sys.stderr)
     return SegmentationModel(encoder, k, s.head, s.channels, s.norm)
+
+
+def _dropouts(m: Any) -> dict[str, Any]:
+    """model.init's architecture is the checkpoint's; only these are set on it (config.INIT_KEEPS)."""
+    return {k: v for k, v in m.overrides().items() if k in ("dropout", "attn_dropout", "drop_path")}
+
+
+def _detection_model(cfg: Config, ds: DenseDataset) -> nn.Module:
+    """A ViTDet-style detector (heads/detection.py) of the data's classes (the background counts), cfg.detection's
+    kind and pyramid: on an encoder from scratch (no classifier), or model.init's (a classifier's, its head dropped;
+    a segmentation run's encoder; a detection run's detector, kept whole when it is the one asked for and
+    model.zero_head is not set, else its encoder), its position embeddings resampled to data.image_size."""
+    from vitkit.heads.detection import build_detector
+    from vitkit.objectives.detection import check_setup, detector_kwargs
+
+    m, k, kwargs = cfg.model, ds.num_classes, detector_kwargs(cfg)
+    if not m.init:
+        encoder = create_model(m.name, num_classes=0, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
+        return build_detector(encoder, k, **kwargs)
+    from vitkit.convert.load import load
+    from vitkit.evaluate.run import warn_class_names
+
+    model, card = load(m.init, image_size=cfg.data.image_size, drop_pre_logits=True, **_dropouts(m))
+    arch = getattr(model.config, "arch", None)
+    if arch == "detection":
+        wanted = {**kwargs, "num_classes": k, "scales": list(kwargs["scales"]),
+                  "anchor_sizes": None if kwargs["anchor_sizes"] is None else list(kwargs["anchor_sizes"])}
+        if model.spec == wanted and not m.zero_head:
+            warn_class_names(m.init, card.class_names, ds.classes)
+            return model
+    encoder = model.encoder if arch in ("detection", "segmentation") else model
+    check_setup(encoder.config, cfg, f"model.init={m.init!r}")
+    print(f"{m.init}: its encoder with a new {cfg.detection.kind} detector of {k - 1} classes", file=sys.stderr)
+    return build_detector(encoder, k, **kwargs)
 
 
 @dataclass
@@ -122,14 +158,15 @@ class TrainModule(nn.Module):
         return self.objective(self.model, x, y)
 
 
-def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor | list, optimizer: torch.optim.Optimizer,
                batching: Batching, clip_norm: float, precision: str, params: list[nn.Parameter],
                scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step over a (per-rank) batch, in micro-batches; returns its metrics. `precision` is
     resolved ("fp32", "bf16" or "fp16"); fp16 needs `scaler` (its loss is scaled, its gradients unscaled
     before clipping, and a step with non-finite gradients is skipped)."""
     sums: dict[str, torch.Tensor] = {}
-    chunks = list(zip(x.split(batching.micro), y.split(batching.micro)))
+    ys = y.split(batching.micro) if torch.is_tensor(y) else [y[i:i + batching.micro] for i in range(0, len(y), batching.micro)]
+    chunks = list(zip(x.split(batching.micro), ys))  # detection's y: a list of per-image targets, chunked alike
     for i, (xm, ym) in enumerate(chunks):
         last = i == len(chunks) - 1
         sync = contextlib.nullcontext()
@@ -203,9 +240,9 @@ class Run:
     lock: RunLock | None = None  # rank 0's hold on the run directory, until the run ends
 
     def card(self) -> ModelCard:
-        """What the checkpoint records beside the weights: the preprocessing and, for a classifier or a segmentation
-        model, the class names."""
-        names = self.ds.classes if self.cfg.objective in ("classification", "segmentation") else None
+        """What the checkpoint records beside the weights: the preprocessing and, for a classifier, a segmentation
+        model or a detector, the class names (a detector's: the background first)."""
+        names = self.ds.classes if self.cfg.objective in ("classification", "segmentation", "detection") else None
         return ModelCard(Preprocess(self.cfg.data.image_size, self.model.config.in_chans, self.cfg.data.normalize), names)
 
     def export_model(self) -> nn.Module:
@@ -214,13 +251,18 @@ class Run:
 
     def evaluate(self, split) -> dict:
         cfg, env, dev = self.cfg, self.env, self.dev
-        batches = eval_stream(split, cfg.data, self.model.config.in_chans, cfg.train.eval_batch_size, workers=cfg.data.workers,
-                              rank=env.rank, world=env.world, pin_memory=dev.type == "cuda")
+        if cfg.objective == "detection":  # uint8 images at the data's own size and their boxes: the detector resizes
+            batches = detection_stream(split, cfg.train.eval_batch_size, cfg.data.workers, env.rank, env.world,
+                                       pin_memory=dev.type == "cuda")
+        else:
+            batches = eval_stream(split, cfg.data, self.model.config.in_chans, cfg.train.eval_batch_size,
+                                  workers=cfg.data.workers, rank=env.rank, world=env.world, pin_memory=dev.type == "cuda")
         with distributed.gathered(self.module):  # FSDP: full parameters for the whole evaluation, however many batches a rank has
             res = self.objective.evaluate(self.export_model(), ((to_device(x, dev), to_device(y, dev)) for x, y in batches),
                                           cfg.train.precision)
         res = getattr(self.objective, "reduce_eval", distributed.reduce_eval)(res, env)  # segmentation: confusion summed
-        return {k: v for k, v in res.items() if isinstance(v, (int, float, dict))}  # dicts: per-class scores by name
+        # dicts: per-class scores by name; None: a score with nothing to score (COCO's -1, detection's map_small...)
+        return {k: v for k, v in res.items() if v is None or isinstance(v, (int, float, dict))}
 
     def validate(self, step: int) -> dict:
         res = self.evaluate(self.ds.val)
@@ -329,10 +371,10 @@ def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, 
     configure_matmul(cfg.train.precision, dev, cfg.train.tf32)
     hardware = runtime.describe() if env.is_main else {}
 
-    if cfg.objective == "segmentation":  # images with per-pixel masks: canvas or seg:PATH
+    if cfg.objective in ("segmentation", "detection"):  # images with masks or boxes: canvas, seg:PATH or coco:PATH
         from vitkit.data.dense import load_dense
 
-        ds = load_dense(cfg.data)
+        ds = load_dense(cfg.data, cfg.objective)
     else:
         ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
@@ -341,7 +383,7 @@ def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, 
     batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
     # in-memory data lives and is augmented on the training device (whole batches; draws on the CPU generator)
     batches = StepBatches(ds.train, cfg.data, model.config.in_chans, ds.num_classes, cfg.train.batch_size, cfg.train.seed,
-                          env.rank, env.world, device=dev if cfg.data.workers <= 0 else "cpu")
+                          env.rank, env.world, device=dev if cfg.data.workers <= 0 else "cpu", boxes=cfg.objective == "detection")
     total = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * batches.steps_per_epoch))
 
     module.to(dev)
@@ -517,7 +559,8 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
             print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "
                   f"({results['test']['n']} images; {wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
         elif "test" in results:
-            print(f"test {main_metric} {results['test'][main_metric]:.4f} ({results['test']['n']} images; "
+            score = results["test"].get(main_metric)  # None: nothing to score (a test split without boxes)
+            print(f"test {main_metric} {'-' if score is None else f'{score:.4f}'} ({results['test']['n']} images; "
                   f"{wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
         print(f"run directory: {r.run_dir}")
     distributed.teardown(env)
