@@ -46,7 +46,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from vitkit.data.transforms import match_channels, norm_stats
-from vitkit.heads.segmentation import EncoderRecord, SegmentationModel, encoder_stride
+from vitkit.heads.segmentation import EncoderRecord, SegmentationModel, encoder_stride, strip_classifier
 from vitkit.models.registry import ARCHS, build_model, config_from_dict, config_to_dict
 
 SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's: strides P/4 .. 2P (4, 8, 16, 32 for patch 16)
@@ -61,19 +61,6 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "layer":
         return LayerNorm2d(channels, eps=1e-6)  # over the channels at each position (ViTDet's)
     return nn.GroupNorm(min(32, channels), channels)
-
-
-def strip_classifier(encoder: nn.Module) -> nn.Module:
-    """The encoder without its classifier and pre-logits layer (dense tasks do not use them, and parameters without
-    gradients break DistributedDataParallel), as SegmentationModel does."""
-    if not all(hasattr(encoder, a) for a in ("forward_features", "num_prefix_tokens", "config")):
-        raise TypeError(f"{type(encoder).__name__} is not a token encoder: the feature pyramid reads the patch tokens of a "
-                        f"ViT (VisionTransformer, a hybrid, Axial-ViT)")
-    if getattr(encoder.config, "representation_size", None):
-        encoder.drop_pre_logits()
-    if getattr(encoder.config, "num_classes", 0):
-        encoder.reset_head(0)
-    return encoder
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -96,7 +83,7 @@ class SimpleFeaturePyramid(nn.Module):
             raise ValueError(f"feature pyramid scales={list(scales)}: each one of {list(SCALES)} (ViTDet's), one at least")
         if out_channels < 1:
             raise ValueError(f"feature pyramid out_channels={out_channels}: one channel at least")
-        self.encoder = strip_classifier(encoder)
+        self.encoder = strip_classifier(encoder, "the feature pyramid")
         P, D, grid = encoder_stride(encoder), encoder.config.width, encoder.config.grid
         for s in scales:
             if (P / s) % 1 or any((g * s) % 1 for g in grid):

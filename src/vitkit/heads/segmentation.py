@@ -94,6 +94,19 @@ def encoder_stride(encoder: nn.Module) -> int:
     return cfg.patch_size * (resnet.stride if resnet is not None else 1)
 
 
+def strip_classifier(encoder: nn.Module, reader: str = "a dense head") -> nn.Module:
+    """The encoder, in place, without its classifier and pre-logits layer (dense tasks do not use them, and parameters
+    without gradients break DistributedDataParallel); TypeError for a module that is no token encoder."""
+    if not all(hasattr(encoder, a) for a in ("forward_features", "num_prefix_tokens", "config", "set_image_size")):
+        raise TypeError(f"{type(encoder).__name__} is not a token encoder: {reader} reads the patch tokens of a "
+                        f"ViT (VisionTransformer, a hybrid, Axial-ViT)")
+    if getattr(encoder.config, "representation_size", None):
+        encoder.drop_pre_logits()
+    if getattr(encoder.config, "num_classes", 0):
+        encoder.reset_head(0)
+    return encoder
+
+
 class LinearHead(nn.Module):
     """K logits per patch token, upsampled bilinearly to the pixels."""
 
@@ -155,13 +168,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"segmentation head={head!r} is not one of {HEADS}")
         if num_classes < 1:
             raise ValueError(f"segmentation num_classes={num_classes}: one class at least (the background counts)")
-        if not all(hasattr(encoder, a) for a in ("forward_features", "num_prefix_tokens", "config", "set_image_size")):
-            raise TypeError(f"{type(encoder).__name__} is not a token encoder: a segmentation head reads the patch tokens of a "
-                            f"ViT (VisionTransformer, a hybrid, Axial-ViT)")
-        if getattr(encoder.config, "representation_size", None):
-            encoder.drop_pre_logits()
-        if getattr(encoder.config, "num_classes", 0):
-            encoder.reset_head(0)
+        strip_classifier(encoder, "a segmentation head")
         self.encoder, self.num_classes, self.head_kind = encoder, num_classes, head
         self.config = SegmentationModelConfig(encoder.config, num_classes, head, channels, norm)
         self.reset_head(num_classes)
