@@ -246,3 +246,25 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_one_run(tmp_path):
     assert all(torch.equal(v, sb["optim"]["state"][p][k]) for p, s in sa["optim"]["state"].items() for k, v in s.items())
     ma, mb = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
     assert ma["test"]["mae_mse"] == mb["test"]["mae_mse"]
+
+
+def test_with_ema_validation_scores_the_live_encoder_with_the_live_decoder(tmp_path):
+    """The decoder is not averaged: validation pairs it with the live encoder it was trained with (not the EMA one,
+    which the checkpoint holds), on the objective's fixed draw."""
+    from vitkit.data.loader import eval_stream
+    from vitkit.train.loop import run_steps, setup
+
+    cfg = tiny("train.steps=3", "train.batch_size=8", "train.eval_every=100", "train.ckpt_every=100", "train.threads=1",
+               "optim.lr=3e-3", "optim.ema=0.5", "data.val_size=16")
+    r = setup(cfg, tmp_path / "run")
+    try:
+        run_steps(r)
+        reported = r.evaluate(r.ds.val)
+
+        def by_hand(model):
+            batches = eval_stream(r.ds.val, cfg.data, 1, cfg.train.eval_batch_size)
+            return r.objective.evaluate(model, batches, "fp32")["mae_mse"]
+
+        assert reported["n"] == 16 and reported["mae_mse"] == by_hand(r.model) != by_hand(r.ema.module)
+    finally:
+        r.release()

@@ -183,6 +183,7 @@ BAD = [("segmentation.head=mlp", "segmentation.head='mlp'"), ("data.canvas.size=
        ("model.name=R50x1", "model.name='R50x1' with objective=segmentation"),
        ("data.canvas.sources=mnist", "data.canvas.sources='mnist'"), ("data.canvas.items_min=9", "data.canvas.items_min=9"),
        ("data.mixup=0.5", "data.mixup=0.5"), ("data.randaugment=2", "data.randaugment=2"),
+       ("data.random_erasing=0.5", "data.random_erasing=0.5"),  # it would erase the image and not its mask
        ("data.name=digits", "data.name='digits' with objective=segmentation"),
        ("data.name=folder:/nowhere", "data.name=seg:/nowhere"), ("data.name=seg:/nowhere", "no such directory"),
        ("objective=classification", "set objective=segmentation")]
@@ -195,6 +196,21 @@ def test_bad_values_are_refused_before_anything_is_written(tmp_path, capsys, bad
     assert main(["train", "--recipe", "seg-canvas", "--out", str(out), *[a for s in given for a in ("--set", s)]]) == 2
     assert said in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("images,bad,said", [(10, "data.ignore_index=1", ("/masks/", "values 255 are outside the 3 classes")),
+                                             (1, "data.val_fraction=0.2", ("training image(s), too few to hold out data.val_fraction",))])
+def test_what_only_reading_a_folder_finds_is_refused_before_anything_is_written(tmp_path, capsys, images, bad, said):
+    _write_folder(tmp_path / "data", n=images)
+    extra = [f"data.name=seg:{tmp_path / 'data'}", "data.image_size=24", "train.steps=1", "train.eval_every=0",
+             "train.ckpt_every=0"]
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "seg-canvas", "--out", str(out), *sets(*extra, bad)]) == 2
+    err = capsys.readouterr().err
+    assert all(part in err for part in said) and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    if images > 1:  # the same --out, without --force, once the setting is right
+        assert main(["train", "--recipe", "seg-canvas", "--out", str(out), *sets(*extra)]) == 0
 
 
 def test_the_augmentation_moves_each_mask_with_its_image():

@@ -26,8 +26,8 @@ SEG = "seg:"  # seg:PATH, a segmentation folder (told apart from folder:PATH, a 
 COCO = "coco:"  # coco:PATH, a COCO-format detection folder or annotations file
 DENSE_SOURCES = (CANVAS, f"{SEG}PATH")
 DETECTION_SOURCES = (CANVAS, f"{COCO}PATH")
-# classification's data options, which pick or blend images by their class label (a dense image has none) or move
-# the image alone (RandAugment's rotations, shears and translations would leave its mask or boxes behind)
+# classification's data options, which pick or blend images by their class label (a dense image has none) or change
+# the image alone (RandAugment's rotations, shears and translations, random erasing: its mask or boxes left as they were)
 CLASSIFICATION_ONLY = {
     "classes": "it keeps images of some classes; a dense task's image holds several",
     "labels_per_class": "it keeps images per class label; a dense task's image has none",
@@ -36,10 +36,10 @@ CLASSIFICATION_ONLY = {
     "mixup": "it blends two images' labels into soft ones; a dense task's classes are per pixel or per box",
     "cutmix": "it blends two images' labels into soft ones; a dense task's classes are per pixel or per box",
     "randaugment": "its rotations, shears and translations would move the image and not its mask or boxes",
+    "random_erasing": "it would erase part of the image and not of its mask or boxes",
 }
-# what detection refuses besides: an augmentation that would leave the boxes wrong, segmentation's mask options
+# what detection refuses besides: segmentation's mask options
 DETECTION_REFUSES = {
-    "random_erasing": "it would erase objects and keep their boxes",
     "ignore_index": "it marks unlabelled mask pixels, and detection has no masks",
     "reduce_zero_label": "it shifts mask values, and detection has no masks",
 }
@@ -102,8 +102,9 @@ def _check_detection(cfg: DataConfig) -> None:
 
 def check_data(cfg: DataConfig, objective: str = "segmentation") -> None:
     """A dense task's data settings, checked before anything is written: the name, the canvas or the folder's layout,
-    no classification-only option (nor, for detection, one that moves an image without its boxes), an ignore index
-    that is no class."""
+    no classification-only option (nor one that changes an image without its mask or boxes), an ignore index that is
+    no class of the canvas (a folder's classes and masks are read by `load_dense`, which train/loop.py calls before
+    the run directory exists)."""
     if objective == "detection":
         return _check_detection(cfg)
     name = cfg.name

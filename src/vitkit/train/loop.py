@@ -246,8 +246,15 @@ class Run:
         return ModelCard(Preprocess(self.cfg.data.image_size, self.model.config.in_chans, self.cfg.data.normalize), names)
 
     def export_model(self) -> nn.Module:
-        """What evaluation and the exported checkpoint use: the EMA average when there is one."""
+        """What the exported checkpoint holds: the EMA average when there is one."""
         return self.ema.module if self.ema is not None else self.model
+
+    def eval_model(self) -> nn.Module:
+        """What evaluation scores: the exported model, except with an objective of its own trained parameters (masked
+        patch prediction's head, masked autoencoding's decoder), which are not averaged: then the live model they were
+        trained with, so that the two agree (the checkpoint still holds the EMA encoder)."""
+        own = isinstance(self.objective, nn.Module) and next(self.objective.parameters(), None) is not None
+        return self.model if own else self.export_model()
 
     def evaluate(self, split) -> dict:
         cfg, env, dev = self.cfg, self.env, self.dev
@@ -258,7 +265,7 @@ class Run:
             batches = eval_stream(split, cfg.data, self.model.config.in_chans, cfg.train.eval_batch_size,
                                   workers=cfg.data.workers, rank=env.rank, world=env.world, pin_memory=dev.type == "cuda")
         with distributed.gathered(self.module):  # FSDP: full parameters for the whole evaluation, however many batches a rank has
-            res = self.objective.evaluate(self.export_model(), ((to_device(x, dev), to_device(y, dev)) for x, y in batches),
+            res = self.objective.evaluate(self.eval_model(), ((to_device(x, dev), to_device(y, dev)) for x, y in batches),
                                           cfg.train.precision)
         res = getattr(self.objective, "reduce_eval", distributed.reduce_eval)(res, env)  # segmentation: confusion summed
         # dicts: per-class scores by name; None: a score with nothing to score (COCO's -1, detection's map_small...)
@@ -343,6 +350,15 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     dev = distributed.device(env)
     # "auto" -> what this hardware does natively, recorded in config.json; a resumed run's value is checked here
     cfg.train.precision = resolve(cfg.train.precision, dev, "train.precision")
+    threads = cfg.train.threads or runtime.default_threads()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.train.seed)
+    configure_matmul(cfg.train.precision, dev, cfg.train.tf32)
+    # a dense task's data and model are read before the run directory exists: what only reading them finds (a folder's
+    # masks against its classes and ignore index, too few images to carve validation, model.init's architecture) is
+    # an error before anything is written
+    early = _data_and_model(cfg) if cfg.objective in ("segmentation", "detection") else None
     if not resume:
         reads = (cfg.model.init, cfg.data.name, cfg.data.data_dir)  # what --force must not remove
         run_dir = RunDir.new(out, cfg.recipe, replace=overwrite, keep=reads).path if env.is_main else Path(out or "")
@@ -355,29 +371,30 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
             RunDir(run_dir).last_checkpoint(repair=True)
             RunDir(run_dir).remove_stale()
         distributed.barrier(env)
-        return _build(cfg, env, dev, run_dir, bool(resume), lock)
+        return _build(cfg, env, dev, run_dir, bool(resume), lock, early)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, resume: bool, lock: RunLock | None) -> Run:
-    """setup's second half, once the run directory is this run's: data, model, objective, optimizer, checkpoint state."""
-    threads = cfg.train.threads or runtime.default_threads()
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg.train.seed)
-    configure_matmul(cfg.train.precision, dev, cfg.train.tf32)
-    hardware = runtime.describe() if env.is_main else {}
-
+def _data_and_model(cfg: Config) -> tuple[Dataset | DenseDataset, nn.Module]:
+    """The data and the model (at the seed setup has set); a dense task's are read before the run directory exists."""
     if cfg.objective in ("segmentation", "detection"):  # images with masks or boxes: canvas, seg:PATH or coco:PATH
         from vitkit.data.dense import load_dense
 
         ds = load_dense(cfg.data, cfg.objective)
     else:
         ds = load_dataset(cfg.data)
-    model = build_model(cfg, ds)
+    return ds, build_model(cfg, ds)
+
+
+def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, resume: bool, lock: RunLock | None,
+           early: tuple[Dataset | DenseDataset, nn.Module] | None = None) -> Run:
+    """setup's second half, once the run directory is this run's: data and model (unless setup read them, `early`),
+    objective, optimizer, checkpoint state."""
+    hardware = runtime.describe() if env.is_main else {}
+    ds, model = early or _data_and_model(cfg)
     objective = build_objective(cfg, model, ds.classes)
     module = TrainModule(model, objective)
     batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
