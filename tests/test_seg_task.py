@@ -97,9 +97,14 @@ def test_the_run_loads_and_round_trips(run, tmp_path):
     assert card.class_names == DIGIT_CANVAS and loaded.eval()(torch.randn(1, 1, 48, 48)).shape == (1, 11, 48, 48)
 
 
-def test_eval_reports_the_runs_test_scores(run, capsys):
+def test_eval_reports_the_runs_test_scores(run, capsys, monkeypatch):
+    from vitkit.data.canvas import CanvasTask
+
+    drawn, materialise = [], CanvasTask.materialise
+    monkeypatch.setattr(CanvasTask, "materialise", lambda self, split, n, **kw: drawn.append((split, n)) or materialise(self, split, n, **kw))
     capsys.readouterr()
     assert main(["eval", str(run), "--data", "canvas", "--precision", "fp32", "--json"]) == 0
+    assert [d for d in drawn if d[1]] == [("test", 16)]  # the split scored only: no training canvases drawn
     res = json.loads(capsys.readouterr().out)
     test = json.loads((run / "metrics.json").read_text())["test"]  # the run's canvas settings: the same 16 canvases
     assert res["n"] == test["n"] and res["miou"] == pytest.approx(test["miou"], abs=1e-9)

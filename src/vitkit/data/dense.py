@@ -131,14 +131,17 @@ def check_data(cfg: DataConfig, objective: str = "segmentation") -> None:
         find_layout(seg_root(name))
 
 
-def load_dense(cfg: DataConfig, objective: str = "segmentation") -> DenseDataset:
-    """The train / val / test splits of data.name (canvas, seg:PATH, or for detection coco:PATH)."""
+def load_dense(cfg: DataConfig, objective: str = "segmentation", only: str | None = None) -> DenseDataset:
+    """The train / val / test splits of data.name (canvas, seg:PATH, or for detection coco:PATH). `only` (a split's
+    name, vitkit eval's): the canvas draws that split alone, the others empty (each canvas is drawn from its split and
+    index alone, so it is the same split); a folder's are all read (its validation carve comes from train)."""
     check_data(cfg, objective)
     if cfg.name.startswith(COCO):
         return _coco(cfg)
     if cfg.name == CANVAS:
         c = cfg.canvas
-        ds = canvas_dataset(canvas_spec(c), c.train, c.val, c.test, cfg.data_dir, cfg.download, progress=True)
+        n = {s: k if only in (None, s) else 0 for s, k in (("train", c.train), ("val", c.val), ("test", c.test))}
+        ds = canvas_dataset(canvas_spec(c), n["train"], n["val"], n["test"], cfg.data_dir, cfg.download, progress=True)
         return dataclasses.replace(ds, ignore_index=cfg.ignore_index)
     ds = segmentation_folder(seg_root(cfg.name), size=cfg.image_size, ignore_index=cfg.ignore_index,
                              reduce_zero_label=cfg.reduce_zero_label, in_memory=cfg.in_memory)

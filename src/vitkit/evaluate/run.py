@@ -154,7 +154,7 @@ def eval_segmentation(src: str | Path, data: str, split: str = "test", data_dir:
                          f"classification dataset")
     own = data_config_for(card.preprocess, data, data_dir, normalize=normalize)  # the model's size and normalisation
     cfg = dataclasses.replace(_dense_data_config(src, data, data_dir), image_size=own.image_size, normalize=own.normalize)
-    ds = load_dense(cfg)
+    ds = load_dense(cfg, only=split)  # the canvas draws the scored split alone
     if model.num_classes != ds.num_classes:
         raise ValueError(f"{src}: the model has {model.num_classes} classes but {data} has {ds.num_classes}; train it on "
                          f"{data} (model.init={src} with objective=segmentation)")
@@ -207,7 +207,7 @@ def eval_detection(src: str | Path, data: str, split: str = "test", data_dir: st
         mean, std = norm_stats(normalize, model.config.in_chans)
         model.transform.image_mean, model.transform.image_std = list(mean), list(std)
     cfg = dataclasses.replace(_dense_data_config(src, data, data_dir), image_size=model.config.image_size)
-    ds = load_dense(cfg, "detection")
+    ds = load_dense(cfg, "detection", only=split)
     if model.num_classes != ds.num_classes:
         raise ValueError(f"{src}: the model has {model.num_classes - 1} object classes but {data} has {ds.num_classes - 1}; "
                          f"train it on {data} (model.init={src} with objective=detection)")

@@ -40,6 +40,8 @@ class Segmentation:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(x)  # (B, K, H, W)
+        # the mean over this micro-batch's valid pixels; train_step averages micro-batches equally, so with ignored
+        # pixels unevenly spread a step's loss depends slightly on train.micro_batch_size (as DDP's per-rank means)
         loss = segmentation_loss(logits, masks, self.ignore_index)
         valid = masks != self.ignore_index
         acc = ((logits.detach().argmax(1) == masks) & valid).sum() / valid.sum().clamp(min=1)  # pixel accuracy
