@@ -218,6 +218,15 @@ def test_what_only_reading_a_folder_finds_is_refused_before_anything_is_written(
         assert main(["train", "--recipe", "seg-canvas", "--out", str(out), *sets(*extra)]) == 0
 
 
+def test_a_model_init_without_patch_tokens_is_refused_before_anything_is_written(tmp_path, capsys):
+    cnn = tmp_path / "r50.safetensors"
+    vitkit.save_model(vitkit.create_model("R50x1", num_classes=10, image_size=32, in_chans=1, layers=(1, 1, 1, 1)), cnn)
+    out = tmp_path / "run"
+    given = [s for s in TINY if not s.startswith("model.")] + [f"model.init={cnn}"]  # the checkpoint's architecture
+    assert main(["train", "--recipe", "seg-canvas", "--out", str(out), *[a for s in given for a in ("--set", s)]]) == 2
+    assert "with objective=segmentation" in capsys.readouterr().err and not out.exists()
+
+
 def test_the_augmentation_moves_each_mask_with_its_image():
     """An image whose pixels are its mask's classes (x 20): after StepBatches' crops and flips, wherever the mask has a
     class the image shows it, and the pixels moved in from outside are black in the image and ignored in the mask."""
