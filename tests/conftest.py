@@ -23,7 +23,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-NEEDED_IN_CI = ("timm", "transformers", "sklearn", "onnx", "onnxscript", "onnxruntime", "openvino", "ruff", "hypothesis", "torchmetrics", "faster_coco_eval")
+NEEDED_IN_CI = ("timm", "transformers", "sklearn", "onnx", "onnxscript", "onnxruntime", "openvino", "ruff", "hypothesis",
+                "torchmetrics", "faster_coco_eval")
 
 
 def pytest_sessionstart(session):
