@@ -214,3 +214,17 @@ def test_similarity_analysis_reads_the_2d_table_and_refuses_relative():
     torch.testing.assert_close(pe[4], torch.cat([m.pos_embed_x[0, 1], m.pos_embed_y[0, 1]]).detach())
     with pytest.raises(ValueError, match="relative offsets"):
         position_embeddings(tiny(posemb="relative"))
+
+
+def test_set_posemb_none_is_the_choice_not_the_default():
+    """`--set model.posemb=none` trains without position embeddings (the choice "none"), not with the variant's default:
+    the string once parsed as null there (the reproduce study's "none" arm ran with learned embeddings)."""
+    from vitkit.models.registry import build_model, model_config
+    from vitkit.recipes import build
+
+    cfg = build("fashion-mnist", ["model.posemb=none", "model.width=32", "model.depth=1", "model.heads=2"])
+    assert cfg.model.posemb == "none"
+    model = build_model(model_config(cfg.model.name, image_size=28, num_classes=10, in_chans=1, **cfg.model.overrides()))
+    assert model.config.posemb == "none" and not any("pos" in n for n, _ in model.named_parameters())
+    assert build("fashion-mnist", ["model.posemb=null"]).model.posemb is None  # null: the variant's default
+    assert build("fashion-mnist", ["model.init=none"]).model.init is None  # "none" that is no choice: null, as before

@@ -389,7 +389,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     base, optional = _base(annotation)
     if isinstance(value, str):
         text = value
-        if optional and text.lower() in ("none", "null"):
+        choice = typing.get_origin(base) is Literal and text in typing.get_args(base)
+        if optional and text.lower() in ("none", "null") and not choice:  # "none" that is a choice (model.posemb) stays
             return None
         if typing.get_origin(base) is Literal or base is str:
             return text
