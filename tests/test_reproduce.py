@@ -142,6 +142,9 @@ def test_tiny_end_to_end_resumes(tmp_path, monkeypatch):
     html = (tmp_path / "r/report.html").read_text()
     assert "<table>" in html and "data:image/png;base64," in html and s["verdict"]["outcome"] in html and " cores, " in html
     assert json.loads((tmp_path / "r/results.json").read_text())["studies"]["resolution"]["numbers"] == s["numbers"]
+    walls = [json.loads(p.read_text())["train_wall_s"] for p in (tmp_path / "r/runs/resolution").glob("*/metrics.json")]
+    assert res["runs"]["finished"] == res["runs"]["planned"] == 4 and res["runs"]["train_s"] == pytest.approx(sum(walls))
+    assert "4 of 4 runs finished" in html
     # a second reproduce reuses every finished run, and runs again only the one whose metrics are gone
     kept = d / runs["finetune-16-s0"].dirname / "metrics.json"
     before = kept.stat().st_mtime_ns
