@@ -329,6 +329,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitkit.convert.load import read_arch
     from vitkit.evaluate.run import eval_model, plot_confusion
 
+    if read_arch(args.src) == "multitask":
+        return _eval_multitask(args)
+    if args.task:
+        raise ValueError(f"--task names a multitask model's tasks, and {args.src} is no multitask model; drop --task")
+    if not args.data:
+        raise ValueError(f"--data: name the dataset to evaluate {args.src} on (e.g. --data digits, --data canvas)")
     if args.confusion and (read_arch(args.src) == "detection" or args.data.startswith("coco:")):
         raise ValueError("--confusion draws a classifier's or a segmentation model's confusion matrix; a detector's "
                          "scores are COCO's mAP per class: drop --confusion")
@@ -371,6 +377,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_multitask(args: argparse.Namespace) -> int:
+    """`vitkit eval` of a multitask model: each task on its own data (--task / --data choose some)."""
+    from vitkit.evaluate.run import eval_multitask
+
+    for given, option in ((args.confusion, "--confusion"), (args.real_labels, "--real-labels"), (args.compile, "--compile"),
+                          (args.engine not in (None, "auto", "torch"), "--engine")):
+        if given:
+            raise ValueError(f"{option} with a multitask model: each task is scored by PyTorch, without it; drop {option}")
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()] if args.task else None
+    res = eval_multitask(args.src, tasks, args.data, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+                         resolution=args.resolution, precision=args.precision, normalize=args.normalize, device=args.device)
+    print(f"device: {res['device']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{args.src} ({args.split}): mean of the tasks' scores {res['score']:.4f}")
+    print(f"{'task':<16} {'kind':<14} {'data':<16} {'images':>7}  score")
+    for name, r in res["tasks"].items():
+        score = (f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}" if r["kind"] == "classification"
+                 else f"mIoU {r['miou']:.4f}  pixel acc {r['pixel_acc']:.4f}")
+        print(f"{name:<16} {r['kind']:<14} {r['data']:<16} {r['n']:>7}  {score}")
+    return 0
+
+
 def _eval_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="top-1 / top-5 of any loadable model on a dataset split (a segmentation model: mIoU; "
                                     "a detector: COCO mAP)",
@@ -380,8 +410,10 @@ def _eval_parser(sub: Any) -> None:
                                    "images' own pixels (a run directory's own data settings apply when --data names its "
                                    "dataset).")
     p.add_argument("src", help=f"run directory or checkpoint; {NAMES}")
-    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH; "
-                                                 "segmentation: canvas, seg:PATH; detection: canvas, coco:PATH")
+    p.add_argument("--data", help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, folder:PATH; "
+                                  "segmentation: canvas, seg:PATH; detection: canvas, coco:PATH (a multitask model: "
+                                  "optional, its tasks on that dataset only; default: every task on its own data)")
+    p.add_argument("--task", metavar="NAME[,NAME]", help="a multitask model: these tasks only (default: all)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     p.add_argument("--resolution", type=argument_parser("resolution"), metavar="R",
@@ -474,6 +506,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit.evaluate.predict import check_images, predict_boxes, predict_masks, predict_with
 
     arch = read_arch(args.src)
+    if arch == "multitask":
+        raise ValueError(f"{args.src} is a multitask model, with a head per task: `vitkit eval {args.src}` scores each task "
+                         f"on its data; to predict with one task, fine-tune a model of it (model.init={args.src})")
     if arch == "detection":  # boxes: a JSON and a drawn PNG per image
         for given, option in ((args.engine not in ("auto", "torch"), f"--engine {args.engine}"), (args.alpha != ALPHA, "--alpha")):
             if given:

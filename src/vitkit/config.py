@@ -320,10 +320,29 @@ class DetectionConfig:
 
 
 @dataclass
+class MultitaskConfig:
+    """Several tasks trained jointly on one encoder, a head each (heads/multitask.py, objectives/multitask.py); used
+    when objective == "multitask". The data section's settings (image size, normalisation, augmentation) apply to every
+    task (the classification-only ones, e.g. data.labels_per_class, to its classification tasks); data.name is unused."""
+
+    # the tasks, comma-separated, each DATA or NAME=DATA: a classification dataset (digits, fashion-mnist, mnist,
+    # cifar10, cifar100, folder:PATH) or a segmentation one (canvas, seg:PATH: its head is the segmentation section's);
+    # NAME (default: the data's name) names the task's head, metrics and scores
+    tasks: str = "fashion-mnist,digits,canvas"
+    # each task's share of every batch, comma-separated, one per task (e.g. "2,1,1": half the images from the first);
+    # None: equal shares. Every task has at least one image in every batch
+    weights: str | None = None
+    # each task's loss multiplier, comma-separated, one per task; None: 1 each (the loss is then the batch's mean
+    # over its images, each image's by its own task)
+    loss_weights: str | None = None
+
+
+@dataclass
 class Config:
     recipe: str = "quickstart"
     # classification | mpp (masked patch prediction) | mae (masked autoencoding, or denoising) | segmentation | detection
-    objective: Literal["classification", "mpp", "mae", "segmentation", "detection"] = "classification"
+    # | multitask (several tasks on one encoder: the multitask section)
+    objective: Literal["classification", "mpp", "mae", "segmentation", "detection", "multitask"] = "classification"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -332,6 +351,7 @@ class Config:
     mae: MaeConfig = field(default_factory=MaeConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -561,7 +581,11 @@ def validate(cfg: Config) -> Config:
     from vitkit.data.dense import check_data, is_dense
     from vitkit.models.registry import model_config
 
-    if cfg.objective in ("segmentation", "detection"):
+    if cfg.objective == "multitask":  # the tasks name their data (each checked as its kind checks it)
+        from vitkit.objectives.multitask import check_config
+
+        check_config(cfg)
+    elif cfg.objective in ("segmentation", "detection"):
         check_data(cfg.data, cfg.objective)  # canvas, seg:PATH or coco:PATH, the canvas settings, no classification-only option
     elif is_dense(cfg.data.name):
         task = "detection task (images with boxes)" if cfg.data.name.startswith("coco:") else "segmentation task (images with per-pixel masks)"
@@ -598,10 +622,10 @@ def validate(cfg: Config) -> Config:
         from vitkit.objectives.mae import check_setup
 
         check_setup(chosen, cfg.mae, m.name)
-    if cfg.objective == "segmentation":  # with model.init: when the checkpoint is read (train/loop.py build_model)
+    if cfg.objective in ("segmentation", "multitask"):  # with model.init: when the checkpoint is read (train/loop.py)
         from vitkit.objectives.segmentation import check_encoder
 
-        check_encoder(chosen, f"model.name={m.name!r}")
+        check_encoder(chosen, f"model.name={m.name!r}", cfg.objective)
     if cfg.objective == "detection":  # the detector built on the meta device: every section value checked, keys named
         from vitkit.objectives.detection import check_setup
 

@@ -656,6 +656,9 @@ def load_engine(src: str | Path, engine: str = "auto", precision: str = "auto", 
         raise ValueError(f"{src} is a segmentation model (a class per pixel): `vitkit eval {src} --data canvas|seg:PATH` "
                          f"scores it and `vitkit predict {src} IMAGE` writes its masks; for its encoder's features, "
                          f"fine-tune it (`vitkit finetune {src} --data ...`)")
+    if getattr(model.config, "arch", None) == "multitask":  # a head per task, not one classifier
+        raise ValueError(f"{src} is a multitask model (a head per task): `vitkit eval {src}` scores each task on its data; "
+                         f"for its encoder's features, fine-tune it (`vitkit finetune {src} --data ...`)")
     batch = max(1, min(batch_size, images or batch_size))
     # refused before anything runs when it cannot fit (the CPU engines' graphs hold every head's T x T weights)
     memory.check_inference(model.config, batch, dev, str(src), explicit_attention=engine in ("onnxruntime", "openvino"))

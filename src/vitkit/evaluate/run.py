@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from vitkit import progress
 from vitkit.config import DataConfig, check_argument
@@ -279,3 +280,78 @@ def fewshot_model(src: str | Path, data: str, shots: list[int], seeds: int = 3, 
     res.update({"model": str(src), "data": data, "precision": model.precision, "device": str(model_device(model)),
                 "engine": model.describe()})
     return res
+
+
+def eval_multitask(src: str | Path, tasks: list[str] | None = None, data: str | None = None, split: str = "test",
+                   data_dir: str | None = None, batch_size: int = 256, resolution: int | None = None,
+                   precision: str = "auto", normalize: str | None = None, device: str = "auto") -> dict:
+    """Each task of a multitask model scored on its own data's split (top-1 and top-5 for a classification, mIoU and
+    per-class IoU for a segmentation: what `eval_model` and `eval_segmentation` report for one task), by task name, and
+    "score", the mean of their main scores. `tasks`: these only (default: all); `data`: the tasks trained on that
+    dataset only. When `src` is a run directory, the run's data settings apply (its canvas, ignore index, validation
+    carve), so its test splits are the run's."""
+    import dataclasses
+
+    from vitkit.config import Config, load_config
+    from vitkit.convert.load import load
+    from vitkit.data.datasets import load_dataset
+    from vitkit.data.dense import load_dense
+    from vitkit.evaluate.segmentation import evaluate_segmentation
+    from vitkit.heads.multitask import MultitaskModel, TaskView
+    from vitkit.models.fast import accelerate
+    from vitkit.objectives.multitask import MAIN, TaskPlan, task_data
+    from vitkit.runtime import resolve_device
+    from vitkit.train.precision import resolve
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split {split!r}: choose train, val or test")
+    check_argument("batch_size", batch_size)
+    check_argument("resolution", resolution)
+    dev = resolve_device(device)
+    precision = resolve(precision, dev, "--precision")
+    model, card = load(src, image_size=resolution)
+    if not isinstance(model, MultitaskModel):
+        raise ValueError(f"{src}: a {type(model).__name__}, not a multitask model; --task names a multitask model's tasks")
+    names = [t.name for t in model.tasks]
+    chosen = [t for t in model.tasks if (not tasks or t.name in tasks) and (data is None or t.data == data)]
+    unknown = [t for t in tasks or [] if t not in names]
+    if unknown or not chosen:
+        what = f"--task {','.join(unknown)}" if unknown else f"--data {data}"
+        raise ValueError(f"{what}: {src} has no such task; its tasks are "
+                         + ", ".join(f"{t.name} ({t.kind} on {t.data or 'unrecorded data'})" for t in model.tasks))
+    run_cfg = Config()
+    config = Path(src) / "config.json"
+    if config.is_file():
+        try:
+            loaded = load_config(config)
+            run_cfg = loaded if loaded.objective == "multitask" else run_cfg
+        except ValueError:  # a checkpoint's record, not a run's config
+            pass
+    own = data_config_for(card.preprocess, "digits", data_dir, normalize=normalize)  # the model's size and normalisation
+    run_cfg = dataclasses.replace(run_cfg, data=dataclasses.replace(
+        run_cfg.data, image_size=own.image_size, normalize=own.normalize, data_dir=data_dir or run_cfg.data.data_dir))
+    accelerate(model.to(dev))
+    out: dict[str, Any] = {}
+    for t in chosen:
+        if not t.data:
+            raise ValueError(f"{src}: task {t.name!r} records no data to score it on")
+        cfg = task_data(run_cfg, TaskPlan(t.name, t.data, t.kind, 1.0, 1.0))
+        ds = load_dense(cfg, only=split) if t.kind == "segmentation" else load_dataset(cfg)
+        if ds.num_classes != t.num_classes:
+            raise ValueError(f"{src}: task {t.name!r} has {t.num_classes} classes but {t.data} has {ds.num_classes}")
+        warn_class_names(f"{src} ({t.name})", t.classes, ds.classes)
+        part = {"train": ds.train, "val": ds.val, "test": ds.test}[split]
+        stream = eval_stream(part, cfg, model.config.in_chans, batch_size, pin_memory=dev.type == "cuda")
+        bar = progress.bar(stream, total=-(-len(part) // batch_size), desc=f"eval {t.name} on {t.data} ({split})", unit="batch")
+        view = TaskView(model, t.name)
+        if t.kind == "segmentation":
+            res = evaluate_segmentation(view, bar, t.num_classes, ds.ignore_index, precision, ds.classes)
+        else:
+            res = evaluate(view, bar, precision)
+            conf = res["confusion"]
+            res["per_class"] = {c: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else float("nan")) for i, c in enumerate(ds.classes)}
+        res.update({"kind": t.kind, "data": t.data, "classes": ds.classes})
+        out[t.name] = res
+    mains = [out[t.name][MAIN[t.kind]] for t in chosen]
+    return {"tasks": out, "score": sum(mains) / len(mains), "n": sum(r["n"] for r in out.values()), "device": str(dev),
+            "precision": precision, "engine": {"engine": "torch", "precision": precision}}

@@ -107,6 +107,21 @@ def strip_classifier(encoder: nn.Module, reader: str = "a dense head") -> nn.Mod
     return encoder
 
 
+def token_grid(encoder: nn.Module, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An encoder's token states (B, prefix + N, D) of images of `size` (H, W) as its patch tokens on their grid,
+    after the final LayerNorm: (B, D, H/S, W/S), S the encoder's stride (the one owner of this layout: the segmentation
+    heads, detection's pyramid and multitask's heads read it)."""
+    if getattr(encoder.config, "fc_norm", False):  # the final LayerNorm comes after pooling there: apply it per token
+        tokens = encoder.norm(tokens)
+    tokens = tokens[:, encoder.num_prefix_tokens:]  # (B, N, D)
+    stride = encoder_stride(encoder)
+    h, w = size[0] // stride, size[1] // stride
+    if tokens.shape[1] != h * w:
+        raise ValueError(f"the encoder gave {tokens.shape[1]} patch tokens for a {size[0]}x{size[1]} input, "
+                         f"not the {h}x{w} grid of stride {stride}")
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (B, D, h, w)
+
+
 class LinearHead(nn.Module):
     """K logits per patch token, upsampled bilinearly to the pixels."""
 
@@ -154,6 +169,27 @@ class ProgressiveHead(nn.Module):
         return logits
 
 
+@torch.no_grad()
+def make_head(encoder: nn.Module, num_classes: int, head: str = "linear", channels: int = 256, norm: str = "batch",
+              zero: bool = True) -> nn.Module:
+    """A segmentation head of `head`'s kind for `encoder`'s tokens, on the encoder's device, its last layer
+    zero-initialised (`zero`; else PyTorch's default initialisation)."""
+    if head not in HEADS:
+        raise ValueError(f"segmentation head={head!r} is not one of {HEADS}")
+    width = encoder.config.width
+    if head == "linear":
+        module: nn.Module = LinearHead(width, num_classes)
+        last = module.proj
+    else:
+        module = ProgressiveHead(width, num_classes, encoder_stride(encoder), channels, norm)
+        last = module.classify
+    module.to(next(encoder.parameters()).device)
+    if zero:
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return module
+
+
 class SegmentationModel(nn.Module):
     """A ViT encoder (VisionTransformer, a hybrid, Axial-ViT: anything with forward_features, num_prefix_tokens and a
     config with patch_size and grid) and a segmentation head: `model(images) -> logits (B, K, H, W)`.
@@ -185,18 +221,7 @@ class SegmentationModel(nn.Module):
         cfg.num_classes = self.num_classes = cfg.num_classes if num_classes is None else num_classes
         if cfg.num_classes < 1:
             raise ValueError(f"segmentation num_classes={cfg.num_classes}: one class at least (the background counts)")
-        width = self.encoder.config.width
-        if cfg.head == "linear":
-            self.head = LinearHead(width, cfg.num_classes)
-            last = self.head.proj
-        else:
-            self.head = ProgressiveHead(width, cfg.num_classes, encoder_stride(self.encoder), cfg.channels, cfg.norm)
-            last = self.head.classify
-        p = next(self.encoder.parameters())
-        self.head.to(p.device)
-        if zero:
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+        self.head = make_head(self.encoder, cfg.num_classes, cfg.head, cfg.channels, cfg.norm, zero)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """The encoder's blocks recomputed in backward (the head is small)."""
@@ -216,17 +241,7 @@ class SegmentationModel(nn.Module):
 
     def patch_grid(self, x: torch.Tensor) -> torch.Tensor:
         """The patch tokens of images (B, C, H, W), after the final LayerNorm, on their grid: (B, D, H/P, W/P)."""
-        enc = self.encoder
-        tokens = enc.forward_features(x)  # (B, prefix + N, D)
-        if getattr(enc.config, "fc_norm", False):  # the final LayerNorm comes after pooling there: apply it per token
-            tokens = enc.norm(tokens)
-        tokens = tokens[:, enc.num_prefix_tokens:]  # (B, N, D)
-        stride = encoder_stride(enc)
-        h, w = x.shape[-2] // stride, x.shape[-1] // stride
-        if tokens.shape[1] != h * w:
-            raise ValueError(f"the encoder gave {tokens.shape[1]} patch tokens for a {x.shape[-2]}x{x.shape[-1]} input, "
-                             f"not the {h}x{w} grid of stride {stride}")
-        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (B, D, h, w)
+        return token_grid(self.encoder, self.encoder.forward_features(x), tuple(x.shape[-2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.patch_grid(x), tuple(x.shape[-2:]))  # (B, K, H, W)

@@ -220,7 +220,8 @@ ARCHS = {"vit": (ViTConfig, VisionTransformer, "ViT"), "bit": (BiTConfig, BiTRes
 
 # Models that put a head on one of these encoders, defined outside models/: arch -> the module, which adds itself to
 # ARCHS when imported (on reading a record that names it)
-HEADED = {"segmentation": "vitkit.heads.segmentation", "detection": "vitkit.heads.detection"}
+HEADED = {"segmentation": "vitkit.heads.segmentation", "detection": "vitkit.heads.detection",
+          "multitask": "vitkit.heads.multitask"}
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfigs:

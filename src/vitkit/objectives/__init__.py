@@ -10,7 +10,7 @@ import torch.nn as nn
 from vitkit.config import Config
 from vitkit.objectives.classification import classification_loss, hard_labels
 
-OBJECTIVES = ("classification", "mpp", "mae", "segmentation", "detection")
+OBJECTIVES = ("classification", "mpp", "mae", "segmentation", "detection", "multitask")
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -32,9 +32,9 @@ class Classification:
         return loss, {"acc": acc}
 
 
-def build_objective(cfg: Config, model: nn.Module, classes: list[str] | None = None) -> Objective:
+def build_objective(cfg: Config, model: nn.Module, classes: list[str] | dict[str, list[str]] | None = None) -> Objective:
     """The objective of `cfg` for `model`; `classes`: the data's class names (segmentation and detection score each
-    by name)."""
+    by name; multitask: each task's, by task name)."""
     if cfg.objective == "classification":
         return Classification(cfg.optim.loss, cfg.optim.label_smoothing)
     if cfg.objective == "mpp":
@@ -53,4 +53,10 @@ def build_objective(cfg: Config, model: nn.Module, classes: list[str] | None = N
         from vitkit.objectives.detection import Detection
 
         return Detection(classes)
+    if cfg.objective == "multitask":
+        from vitkit.objectives.multitask import Multitask, parse_tasks, quotas
+
+        plans = parse_tasks(cfg.multitask)
+        return Multitask(plans, quotas(plans, cfg.train.batch_size), cfg.data.ignore_index, cfg.optim.loss,
+                         cfg.optim.label_smoothing, classes if isinstance(classes, dict) else None)
     raise ValueError(f"objective={cfg.objective!r} is not one of {OBJECTIVES}")

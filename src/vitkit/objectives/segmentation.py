@@ -25,8 +25,9 @@ def check_encoder(model_cfg: Any, what: str, objective: str = "segmentation") ->
 
     if not isinstance(model_cfg, (ViTConfig, AxialViTConfig)):
         kind = type(model_cfg).__name__.removesuffix("Config")
-        reader = "a segmentation head" if objective == "segmentation" else "the feature pyramid"
-        raise ValueError(f"{what} with objective={objective}: {reader} reads the patch tokens on their grid, "
+        reader = {"segmentation": "a segmentation head reads", "multitask": "a multitask model's heads read"}.get(
+            objective, "the feature pyramid reads")
+        raise ValueError(f"{what} with objective={objective}: {reader} the patch tokens on their grid, "
                          f"and a {kind} has none; choose a ViT, a hybrid or an Axial-ViT (e.g. model.name=ViT-Ti/16 or "
                          f"R50+ViT-B/16)")
 

@@ -7,6 +7,7 @@ from vitkit.config import Config
 from vitkit.recipes.detection import det_canvas
 from vitkit.recipes.mae import mae
 from vitkit.recipes.mpp import mpp_fashion_mnist, mpp_paper
+from vitkit.recipes.multitask import multitask
 from vitkit.recipes.paper import imagenet1k, imagenet21k, jft
 from vitkit.recipes.segmentation import seg_canvas
 from vitkit.recipes.small import cifar10, fashion_mnist, quickstart
@@ -23,6 +24,7 @@ RECIPES: dict[str, Callable[[], Config]] = {
     "mae": mae,
     "seg-canvas": seg_canvas,
     "det-canvas": det_canvas,
+    "multitask": multitask,
 }
 
 

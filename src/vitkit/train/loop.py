@@ -42,14 +42,16 @@ def build_model(cfg: Config, ds: Dataset | DenseDataset) -> nn.Module:
         return _segmentation_model(cfg, ds)
     if cfg.objective == "detection":
         return _detection_model(cfg, ds)
+    if cfg.objective == "multitask":
+        return _multitask_model(cfg, ds)
     if m.init:
         from vitkit.convert.load import load, read_arch
         from vitkit.evaluate.run import warn_class_names
 
-        headed = read_arch(m.init) in ("segmentation", "detection")  # a dense run's encoder: its own head left aside
+        headed = read_arch(m.init) in ("segmentation", "detection", "multitask")  # its encoder: its own heads left aside
         model, card = load(m.init, num_classes=None if headed else ds.num_classes, image_size=cfg.data.image_size,
                            drop_pre_logits=True, **_dropouts(m))
-        if headed:  # a segmentation or detection run's encoder, a new classifier
+        if headed:  # a segmentation, detection or multitask run's encoder, a new classifier
             model = model.encoder
             model.reset_head(ds.num_classes, zero=True)
             print(f"{m.init}: its encoder with a new zero-initialised {ds.num_classes}-class head", file=sys.stderr)
@@ -87,7 +89,8 @@ def _segmentation_model(cfg: Config, ds: DenseDataset) -> nn.Module:
             return model
         encoder = model.encoder
     else:
-        encoder = model.encoder if getattr(model.config, "arch", None) == "detection" else model  # a detector's: its encoder
+        # a detector's or a multitask model's: its encoder
+        encoder = model.encoder if getattr(model.config, "arch", None) in ("detection", "multitask") else model
         check_encoder(encoder.config, f"model.init={m.init!r}")
     print(f"{m.init}: its encoder with a new {s.head} segmentation head of {k} classes", file=sys.stderr)
     return SegmentationModel(encoder, k, s.head, s.channels, s.norm)
@@ -121,10 +124,36 @@ def _detection_model(cfg: Config, ds: DenseDataset) -> nn.Module:
         if model.spec == wanted and not m.zero_head:
             warn_class_names(m.init, card.class_names, ds.classes)
             return model
-    encoder = model.encoder if arch in ("detection", "segmentation") else model
+    encoder = model.encoder if arch in ("detection", "segmentation", "multitask") else model
     check_setup(encoder.config, cfg, f"model.init={m.init!r}")
     print(f"{m.init}: its encoder with a new {cfg.detection.kind} detector of {k - 1} classes", file=sys.stderr)
     return build_detector(encoder, k, **kwargs)
+
+
+def _multitask_model(cfg: Config, ds: Any) -> nn.Module:
+    """An encoder with a head per task of multitask.tasks (heads/multitask.py; a segmentation task's head is the
+    segmentation section's): the encoder from scratch (no classifier), or model.init's (a classifier's, its head
+    dropped; a dense or multitask run's encoder; a multitask run's model kept whole when its tasks are the ones asked
+    for and model.zero_head is not set), its position embeddings resampled to data.image_size."""
+    from vitkit.heads.multitask import MultitaskModel, TaskSpec
+    from vitkit.objectives.segmentation import check_encoder
+
+    m, s = cfg.model, cfg.segmentation
+    specs = [TaskSpec(p.name, p.kind, list(ds.datasets[p.name].classes), p.data, s.head, s.channels, s.norm)
+             for p in ds.plans]
+    if not m.init:
+        encoder = create_model(m.name, num_classes=0, image_size=cfg.data.image_size, in_chans=ds.channels, **m.overrides())
+        return MultitaskModel(encoder, specs)
+    from vitkit.convert.load import load
+
+    model, _ = load(m.init, image_size=cfg.data.image_size, drop_pre_logits=True, **_dropouts(m))
+    arch = getattr(model.config, "arch", None)
+    if arch == "multitask" and [t.to_dict() for t in model.tasks] == [t.to_dict() for t in specs] and not m.zero_head:
+        return model
+    encoder = model.encoder if arch in ("detection", "segmentation", "multitask") else model
+    check_encoder(encoder.config, f"model.init={m.init!r}", "multitask")
+    print(f"{m.init}: its encoder with new heads for {', '.join(t.name for t in specs)}", file=sys.stderr)
+    return MultitaskModel(encoder, specs)
 
 
 @dataclass
@@ -165,8 +194,13 @@ def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor | list, optim
     resolved ("fp32", "bf16" or "fp16"); fp16 needs `scaler` (its loss is scaled, its gradients unscaled
     before clipping, and a step with non-finite gradients is skipped)."""
     sums: dict[str, torch.Tensor] = {}
-    ys = y.split(batching.micro) if torch.is_tensor(y) else [y[i:i + batching.micro] for i in range(0, len(y), batching.micro)]
-    chunks = list(zip(x.split(batching.micro), ys))  # detection's y: a list of per-image targets, chunked alike
+    if torch.is_tensor(y):
+        ys = y.split(batching.micro)
+    elif isinstance(y, dict):  # multitask's targets: tensors that share the batch's first dimension, split alike
+        ys = [dict(zip(y, parts)) for parts in zip(*(v.split(batching.micro) for v in y.values()))]
+    else:  # detection's: a list of per-image targets, chunked alike
+        ys = [y[i:i + batching.micro] for i in range(0, len(y), batching.micro)]
+    chunks = list(zip(x.split(batching.micro), ys))
     for i, (xm, ym) in enumerate(chunks):
         last = i == len(chunks) - 1
         sync = contextlib.nullcontext()
@@ -242,6 +276,7 @@ class Run:
     def card(self) -> ModelCard:
         """What the checkpoint records beside the weights: the preprocessing and, for a classifier, a segmentation
         model or a detector, the class names (a detector's: the background first)."""
+        # a multitask model's class names are its tasks' records (heads/multitask.py TaskSpec)
         names = self.ds.classes if self.cfg.objective in ("classification", "segmentation", "detection") else None
         return ModelCard(Preprocess(self.cfg.data.image_size, self.model.config.in_chans, self.cfg.data.normalize), names)
 
@@ -258,6 +293,15 @@ class Run:
 
     def evaluate(self, split) -> dict:
         cfg, env, dev = self.cfg, self.env, self.dev
+        if cfg.objective == "multitask":  # each task's batches, by task name
+            from vitkit.data.multitask import multitask_eval_streams
+
+            streams = multitask_eval_streams(split, self.ds, cfg, self.model.config.in_chans, cfg.train.eval_batch_size,
+                                             cfg.data.workers, env.rank, env.world, pin_memory=dev.type == "cuda")
+            with distributed.gathered(self.module):
+                res = self.objective.evaluate(self.eval_model(), {n: ((to_device(x, dev), to_device(y, dev)) for x, y in b)
+                                                                  for n, b in streams.items()}, cfg.train.precision)
+            return self.objective.reduce_eval(res, env)
         if cfg.objective == "detection":  # uint8 images at the data's own size and their boxes: the detector resizes
             batches = detection_stream(split, cfg.train.eval_batch_size, cfg.data.workers, env.rank, env.world,
                                        pin_memory=dev.type == "cuda")
@@ -273,8 +317,12 @@ class Run:
 
     def validate(self, step: int) -> dict:
         res = self.evaluate(self.ds.val)
-        self.logger.log(step, "val", res)
+        self.logger.log(step, "val", self.log_row(res))
         return res
+
+    def log_row(self, res: dict) -> dict:
+        """Evaluation results as the metrics log holds them (a multitask run's: each task's flattened, NAME/KEY)."""
+        return getattr(self.objective, "log_row", dict)(res)
 
     def diverged(self, step: int, what: str) -> "Diverged":
         """The one-line error of a run whose loss or weights stopped being finite at `step`."""
@@ -358,7 +406,7 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     # a dense task's data and model are read before the run directory exists: what only reading them finds (a folder's
     # masks against its classes and ignore index, too few images to carve validation, model.init's architecture) is
     # an error before anything is written
-    early = _data_and_model(cfg) if cfg.objective in ("segmentation", "detection") else None
+    early = _data_and_model(cfg) if cfg.objective in ("segmentation", "detection", "multitask") else None
     if not resume:
         reads = (cfg.model.init, cfg.data.name, cfg.data.data_dir)  # what --force must not remove
         run_dir = RunDir.new(out, cfg.recipe, replace=overwrite, keep=reads).path if env.is_main else Path(out or "")
@@ -384,6 +432,11 @@ def _data_and_model(cfg: Config) -> tuple[Dataset | DenseDataset, nn.Module]:
         from vitkit.data.dense import load_dense
 
         ds = load_dense(cfg.data, cfg.objective)
+    elif cfg.objective == "multitask":  # every task's dataset
+        from vitkit.data.multitask import load_multitask
+        from vitkit.objectives.multitask import parse_tasks
+
+        ds = load_multitask(cfg, parse_tasks(cfg.multitask))
     else:
         ds = load_dataset(cfg.data)
     return ds, build_model(cfg, ds)
@@ -399,8 +452,15 @@ def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, 
     module = TrainModule(model, objective)
     batching = Batching.plan(cfg.train.batch_size, cfg.train.micro_batch_size, env.world)
     # in-memory data lives and is augmented on the training device (whole batches; draws on the CPU generator)
-    batches = StepBatches(ds.train, cfg.data, model.config.in_chans, ds.num_classes, cfg.train.batch_size, cfg.train.seed,
-                          env.rank, env.world, device=dev if cfg.data.workers <= 0 else "cpu", boxes=cfg.objective == "detection")
+    where = dev if cfg.data.workers <= 0 else "cpu"
+    if cfg.objective == "multitask":  # every batch a quota of each task's images
+        from vitkit.data.multitask import MultitaskBatches
+
+        batches = MultitaskBatches(ds, cfg, model.config.in_chans, cfg.train.batch_size, cfg.train.seed, env.rank,
+                                   env.world, device=where)
+    else:
+        batches = StepBatches(ds.train, cfg.data, model.config.in_chans, ds.num_classes, cfg.train.batch_size,
+                              cfg.train.seed, env.rank, env.world, device=where, boxes=cfg.objective == "detection")
     total = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * batches.steps_per_epoch))
 
     module.to(dev)
@@ -444,7 +504,13 @@ def _build(cfg: Config, env: distributed.Env, dev: torch.device, run_dir: Path, 
               images_before=int(state.get("train_images", 0)) if resumed else 0, lock=lock)
     if env.is_main:
         print(f"vitkit train: {cfg.recipe} -> {run_dir}")
-        print(f"  data: {describe_dataset(ds)}" + "".join(f"\n  note: {n}" for n in ds.notes))
+        if cfg.objective == "multitask":
+            from vitkit.data.multitask import describe_multitask
+
+            described = describe_multitask(ds, batches.shares)
+        else:
+            described = describe_dataset(ds)
+        print(f"  data: {described}" + "".join(f"\n  note: {n}" for n in ds.notes))
         print(f"  model: {getattr(model.config, 'name', None) or cfg.model.name}, {sum(p.numel() for p in model.parameters()):,} parameters, "
               f"{cfg.data.image_size} px, {model.config.in_chans} channel(s)")
         print(f"  {total} steps of {cfg.train.batch_size} images ({total / batches.steps_per_epoch:.1f} epochs), "
@@ -487,6 +553,8 @@ def run_steps(r: Run) -> tuple[int, float, int]:
             done = step + 1
             if done % cfg.train.log_every == 0 or done == r.total:
                 metrics = distributed.reduce_metrics({k: float(v) for k, v in metrics.items()}, env)
+                if hasattr(r.objective, "step_metrics"):  # multitask: per-task means from the step's weighted sums
+                    metrics = r.objective.step_metrics(metrics)
                 metrics["img_per_s"] = seen / (time.perf_counter() - t0)
                 metrics["epoch"] = done / r.batches.steps_per_epoch
                 r.logger.log(done, "train", metrics)
@@ -567,7 +635,7 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
         if len(split):
             results[split_name] = r.evaluate(split)
     if "val" in results:
-        r.logger.log(total, "val", {k: v for k, v in results["val"].items() if k != "n"})
+        r.logger.log(total, "val", {k: v for k, v in r.log_row(results["val"]).items() if k != "n"})
     r.logger.close()
     if env.is_main:
         RunDir(r.run_dir).write_metrics(results)
@@ -575,6 +643,13 @@ def finish(r: Run, stop: int, wall: float, seen: int) -> dict[str, Any]:
         if "test" in results and main_metric == "top1":
             print(f"test top-1 {results['test']['top1']:.4f}  top-5 {results['test']['top5']:.4f}  "
                   f"({results['test']['n']} images; {wall:.0f} s of training, {results['train_img_per_s']:.0f} img/s)")
+        elif "test" in results and cfg.objective == "multitask":
+            from vitkit.objectives.multitask import MAIN
+
+            t = results["test"]
+            parts = [f"{p.name} {MAIN[p.kind]} {t[p.name][MAIN[p.kind]]:.4f}" for p in r.objective.plans if p.name in t]
+            print(f"test {', '.join(parts)} (mean {t['score']:.4f}; {t['n']} images; {wall:.0f} s of training, "
+                  f"{results['train_img_per_s']:.0f} img/s)")
         elif "test" in results:
             score = results["test"].get(main_metric)  # None: nothing to score (a test split without boxes)
             print(f"test {main_metric} {'-' if score is None else f'{score:.4f}'} ({results['test']['n']} images; "

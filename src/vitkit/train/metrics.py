@@ -72,7 +72,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def plot_curves(run_dir: Path, title: str = "") -> Path | None:
-    """curves.png: training loss and validation top-1 against steps."""
+    """curves.png: training loss (a multitask run's per task too) and the validation score (top-1, mIoU, each task's)
+    against steps."""
     try:
         from vitkit.figures import figure, save_png
 
@@ -82,18 +83,28 @@ def plot_curves(run_dir: Path, title: str = "") -> Path | None:
     # a number the log holds as null (it was not finite) is a gap in the curve
     rows = [{k: float("nan") if v is None else v for k, v in r.items()} for r in read_metrics(run_dir)]
     train = [r for r in rows if r["split"] == "train" and "loss" in r]
-    val = [r for r in rows if r["split"] == "val" and "top1" in r]
+    val = [r for r in rows if r["split"] == "val"]
+    # the validation score: top-1, a segmentation's mIoU, or each task's of a multitask run (NAME/top1, NAME/miou)
+    keys = next(([k] for k in ("top1", "miou") if val and k in val[0]), None)
+    if keys is None:
+        keys = [k for k in (val[0] if val else {}) if k.endswith(("/top1", "/miou"))]
+    val = [r for r in val if all(k in r for k in keys)] if keys else []
     a, b = fig.subplots(1, 2)
-    if train:
-        a.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1.2, label="train loss")
+    task_losses = [k for k in (train[0] if train else {}) if k.startswith("loss_")]  # multitask: each task's
+    for k in ["loss", *task_losses]:
+        if train:
+            a.plot([r["step"] for r in train], [r.get(k, float("nan")) for r in train], lw=1.2 if k == "loss" else 0.9,
+                   label="train loss" if k == "loss" else f"train loss ({k[5:]})")
     if val and "loss" in val[0]:
         a.plot([r["step"] for r in val], [r["loss"] for r in val], lw=1.2, marker=".", label="val loss")
     a.set_xlabel("step"), a.set_ylabel("loss"), a.grid(alpha=0.3)
     if train and "acc" in train[0]:
-        b.plot([r["step"] for r in train], [r["acc"] for r in train], lw=1.0, alpha=0.6, label="train top-1 (batch)")
-    if val:
-        b.plot([r["step"] for r in val], [r["top1"] for r in val], lw=1.5, marker=".", label="val top-1")
-    b.set_xlabel("step"), b.set_ylabel("accuracy"), b.grid(alpha=0.3)
+        b.plot([r["step"] for r in train], [r["acc"] for r in train], lw=1.0, alpha=0.6,
+               label="train top-1 (batch)" if keys == ["top1"] else "train pixel accuracy (batch)")
+    for k in keys:
+        label = {"top1": "val top-1", "miou": "val mIoU"}.get(k, f"val {k.replace('/top1', ' top-1').replace('/miou', ' mIoU')}")
+        b.plot([r["step"] for r in val], [r[k] for r in val], lw=1.5, marker=".", label=label)
+    b.set_xlabel("step"), b.set_ylabel("accuracy" if keys == ["top1"] else "score"), b.grid(alpha=0.3)
     for ax in (a, b):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
