@@ -258,3 +258,23 @@ def transfer(pre: dict[int, list[float]], rand: dict[int, list[float]], finetune
         return Verdict(INCONCLUSIVE, f"{said}: on {other[0]} the pre-trained features win at some shot counts only")
     return Verdict(INCONCLUSIVE, f"{said}: " + ("the advantage grows with the labels" if all(wins)
                                                 else "the pre-trained features win at some shot counts only"))
+
+
+def denoising(mae: dict[int, list[float]], mpp: dict[int, list[float]], scratch: dict[int, list[float]],
+              supervised: dict[int, list[float]]) -> Verdict:
+    """Study 11 (beyond the paper): held if, at each of the two smallest numbers of labels, the model pre-trained by
+    masked autoencoding beats the one pre-trained by masked patch prediction beyond noise and beats the one trained
+    from scratch beyond noise; did not hold if masked patch prediction beats it beyond noise at any number of labels,
+    or it beats scratch at none; otherwise inconclusive. Supervised pre-training is reported beside them, not judged
+    (it saw every label)."""
+    ks = sorted(mae)
+    said = "; ".join(f"{k} labels/class: MAE {fmt(mae[k])}, MPP {fmt(mpp[k])}, scratch {fmt(scratch[k])}, "
+                     f"supervised {fmt(supervised[k])}" for k in ks)
+    few = ks[:2]
+    if any(compare(mae[k], mpp[k]) < 0 for k in ks):
+        return Verdict(NOT_HELD, f"{said}: masked patch prediction is ahead")
+    if not any(compare(mae[k], scratch[k]) > 0 for k in ks):
+        return Verdict(NOT_HELD, f"{said}: masked autoencoding is no better than training from scratch")
+    if all(compare(mae[k], mpp[k]) > 0 and compare(mae[k], scratch[k]) > 0 for k in few):
+        return Verdict(HELD, f"{said}: masked autoencoding ahead of masked patch prediction and of scratch with few labels")
+    return Verdict(INCONCLUSIVE, f"{said}: ahead at some numbers of labels only, or within noise")
