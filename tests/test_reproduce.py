@@ -192,6 +192,36 @@ def test_self_supervised_rule(mpp, scratch, sup, want):
     assert got.outcome == want
 
 
+@pytest.mark.parametrize("mae, mpp, scratch, want", [
+    ({1: 0.70, 9: 0.85, 90: 0.95}, {1: 0.60, 9: 0.80, 90: 0.95}, {1: 0.50, 9: 0.75, 90: 0.95}, HELD),  # all labels: a tie
+    ({1: 0.70, 9: 0.85, 90: 0.90}, {1: 0.60, 9: 0.80, 90: 0.95}, {1: 0.50, 9: 0.75, 90: 0.95}, NOT_HELD),  # MPP ahead at 90
+    ({1: 0.55, 9: 0.76, 90: 0.95}, {1: 0.50, 9: 0.70, 90: 0.95}, {1: 0.55, 9: 0.76, 90: 0.95}, NOT_HELD),  # == scratch
+    ({1: 0.70, 9: 0.80, 90: 0.95}, {1: 0.60, 9: 0.80, 90: 0.95}, {1: 0.50, 9: 0.75, 90: 0.95}, INCONCLUSIVE),  # MPP tie at 9
+    ({1: 0.70, 9: 0.85, 90: 0.95}, {1: 0.60, 9: 0.80, 90: 0.95}, {1: 0.70, 9: 0.75, 90: 0.95}, INCONCLUSIVE),  # scratch tie at 1
+])
+def test_denoising_rule(mae, mpp, scratch, want):
+    sup = {k: 0.99 for k in mae}
+    got = verdicts.denoising(*({k: S3(v) for k, v in d.items()} for d in (mae, mpp, scratch, sup)))
+    assert got.outcome == want, got.why
+    assert "MAE" in got.why and "supervised 99.0" in got.why
+
+
+def test_pretraining_plan_fine_tunes_every_arm_from_its_own_pre_training():
+    runs = dict((s.name, r) for s, r in plan(select("pretraining"), Budget()))["pretraining"]
+    assert len(runs) == 3 * (3 + 3 * 4)  # three seeds: three pre-trainings, four arms at three label counts
+    by_key = {r.key: r for r in runs}
+    for r in runs:
+        if r.init:
+            parent = by_key[r.init]
+            assert parent.tag("seed") == r.tag("seed") and parent.key.split("-")[0] == r.tag("arm").lower()
+    labels = {r.tag("x"): [o for o in r.overrides if o.startswith("data.labels_per_class")] for r in runs if r.tag("x")}
+    assert labels == {60: ["data.labels_per_class=60"], 600: ["data.labels_per_class=600"], 6000: []}  # 6000: all
+    pre = [r for r in runs if not r.tag("x")]
+    assert {r.recipe for r in pre} == {"mae", "mpp-fashion-mnist", "fashion-mnist"}
+    assert len({tuple(o for o in r.overrides if o.startswith(("train.steps", "train.batch_size"))) for r in pre
+                if r.recipe != "fashion-mnist"}) == 1  # MAE and MPP: the same steps and batch
+
+
 def inside_seed(grid=0.2, global_head=8.0, last=10.0, on_object=0.6):
     return {"posemb_same_row_or_column": 0.1 + grid, "posemb_other": 0.1, "attention_distance": [[2.0, global_head], [last, last]],
             "uniform_distance": 10.0, "rollout_on_object": on_object, "object_area": 0.4}
