@@ -27,18 +27,48 @@ NEEDED_IN_CI = ("timm", "transformers", "sklearn", "onnx", "onnxscript", "onnxru
                 "torchmetrics", "faster_coco_eval")
 
 
+_START_THREADS: list[int] = []  # torch's threads when the session began
+
+
 def pytest_sessionstart(session):
     """On CI a missing test dependency is a failure, not a silent skip of every test that needs it
     (36 converter tests skip without timm): the `[test]` extra must be complete."""
     import importlib.util
 
     import pytest
+    import torch
+
+    _START_THREADS[:] = [torch.get_num_threads()]
 
     if os.environ.get("CI"):
         missing = [m for m in NEEDED_IN_CI if importlib.util.find_spec(m) is None]
         if missing:
             pytest.exit(f"CI: test dependencies missing: {', '.join(missing)}; install them with pip install -e '.[test]'",
                         returncode=1)
+
+
+import pytest  # noqa: E402 - the fixtures below; the environment above is set before anything imports torch
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test starts with the threads the session began with: a run with train.threads=N (a module fixture's, in
+    setup) or a test that sets them would otherwise leave them to every test after it."""
+    yield
+    import torch
+
+    if _START_THREADS and torch.get_num_threads() != _START_THREADS[0]:
+        torch.set_num_threads(_START_THREADS[0])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a test of tiny models (on a busy two-core machine two threads spin against each other,
+    up to 50x slower); the session's count is back after it (_torch_threads_restored)."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
 
 
 def pytest_runtest_teardown(item, nextitem):

@@ -33,13 +33,7 @@ def sets(*extra: str) -> list[str]:
     return [a for s in [*TINY, *extra] for a in ("--set", s)]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    """train.threads=1 sets torch's threads for the process: put them back for the tests after these."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

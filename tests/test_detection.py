@@ -26,13 +26,7 @@ KINDS = ["fcos", "faster_rcnn"]
 EVERY_BOX = {"fcos": dict(score_thresh=0.0), "faster_rcnn": dict(box_score_thresh=0.0)}  # untrained: keep every detection
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on one thread: on a busy two-core machine, two threads spin against each other (50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_encoder(size=64, patch=8, in_chans=1, **kw):

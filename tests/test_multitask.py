@@ -25,6 +25,7 @@ TINY = ["multitask.tasks=digits,canvas", "data.canvas.size=16", "data.image_size
         "train.batch_size=16", "train.log_every=1", "train.eval_every=12", "train.ckpt_every=12", "train.progress=false",
         "train.precision=fp32", "train.threads=1", "optim.lr=1e-2", "optim.warmup_steps=1"]
 DIGIT_CANVAS = canvas_classes(("digits",))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def sets(*extra: str) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vitkit.heads.segmentation import HEADS, NORMS, EncoderRecord, make_head, strip_classifier, token_grid
+from vitkit.heads.segmentation import HEADS, NORMS, EncoderRecord, OnEncoder, make_head, strip_classifier, token_grid
 from vitkit.models.registry import ARCHS, build_model, config_from_dict, config_to_dict
 
 KINDS = ("classification", "segmentation")
@@ -116,7 +116,7 @@ class MultitaskModelConfig(EncoderRecord):
         return cls(config_from_dict(d["encoder"]), [TaskSpec.from_dict(t) for t in d["tasks"]])
 
 
-class MultitaskModel(nn.Module):
+class MultitaskModel(OnEncoder, nn.Module):
     """A ViT encoder and a head per task (`heads`, a ModuleDict by task name). The encoder's own classifier and
     pre-logits layer are removed (they take no part, and parameters without gradients break DDP); every head's last
     layer starts at zero (every task starts at the uniform prediction, as a fine-tuning head does, section 3.2)."""
@@ -153,20 +153,6 @@ class MultitaskModel(nn.Module):
             for m in self.heads[task].modules():
                 if hasattr(m, "reset_parameters") and m is not self.heads[task]:
                     m.reset_parameters()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if not hasattr(self.encoder, "set_grad_checkpointing"):
-            raise ValueError(f"{type(self.encoder).__name__} has no checkpointed blocks; set train.activation_checkpointing=false")
-        self.encoder.set_grad_checkpointing(enable)
-
-    @property
-    def image_size(self) -> int | tuple[int, int]:
-        return self.encoder.config.image_size
-
-    @torch.no_grad()
-    def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
-        """Run at another resolution (the encoder's position embeddings resampled; no head holds a grid-sized weight)."""
-        self.encoder.set_image_size(image_size, mode)
 
     def head_outputs(self, task: str, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Task `task`'s outputs from the encoder's token states of images of `size`: logits (B, K), or per-pixel

@@ -190,7 +190,28 @@ def make_head(encoder: nn.Module, num_classes: int, head: str = "linear", channe
     return module
 
 
-class SegmentationModel(nn.Module):
+class OnEncoder:
+    """What a model of heads on a ViT encoder (`self.encoder`) answers from the encoder: activation checkpointing of
+    its blocks (the heads are small), its input size, and running at another (its position embeddings resampled over
+    the new grid, as for fine-tuning; the heads hold no grid-sized weight). SegmentationModel's, MultitaskModel's."""
+
+    encoder: nn.Module
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if not hasattr(self.encoder, "set_grad_checkpointing"):
+            raise ValueError(f"{type(self.encoder).__name__} has no checkpointed blocks; set train.activation_checkpointing=false")
+        self.encoder.set_grad_checkpointing(enable)
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        return self.encoder.config.image_size
+
+    @torch.no_grad()
+    def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
+        self.encoder.set_image_size(image_size, mode)
+
+
+class SegmentationModel(OnEncoder, nn.Module):
     """A ViT encoder (VisionTransformer, a hybrid, Axial-ViT: anything with forward_features, num_prefix_tokens and a
     config with patch_size and grid) and a segmentation head: `model(images) -> logits (B, K, H, W)`.
 
@@ -222,22 +243,6 @@ class SegmentationModel(nn.Module):
         if cfg.num_classes < 1:
             raise ValueError(f"segmentation num_classes={cfg.num_classes}: one class at least (the background counts)")
         self.head = make_head(self.encoder, cfg.num_classes, cfg.head, cfg.channels, cfg.norm, zero)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """The encoder's blocks recomputed in backward (the head is small)."""
-        if not hasattr(self.encoder, "set_grad_checkpointing"):
-            raise ValueError(f"{type(self.encoder).__name__} has no checkpointed blocks; set train.activation_checkpointing=false")
-        self.encoder.set_grad_checkpointing(enable)
-
-    @property
-    def image_size(self) -> int | tuple[int, int]:
-        return self.encoder.config.image_size
-
-    @torch.no_grad()
-    def set_image_size(self, image_size: int | tuple[int, int], mode: str = "bilinear") -> None:
-        """Run at another resolution: the encoder's position embeddings resampled over the new grid (its own
-        `set_image_size`); the head needs nothing."""
-        self.encoder.set_image_size(image_size, mode)
 
     def patch_grid(self, x: torch.Tensor) -> torch.Tensor:
         """The patch tokens of images (B, C, H, W), after the final LayerNorm, on their grid: (B, D, H/P, W/P)."""
