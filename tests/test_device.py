@@ -198,3 +198,31 @@ def test_masked_patch_prediction_runs_on_the_models_device(target):
             loss, metrics = mpp(model, xc, None, generator=gen)
             assert loss.device.type == "cuda" and all(v.device.type == "cuda" for v in metrics.values())
         assert to_unit_range(xc, "google").device.type == "cuda"
+
+
+def test_segmentation_loss_and_metrics_stay_on_the_models_device():
+    """The segmentation objective's loss and pixel accuracy are computed where the model is (its masks moved there)."""
+    from vitkit.heads.segmentation import SegmentationModel
+    from vitkit.objectives.segmentation import Segmentation
+
+    for head in ("linear", "progressive"):
+        enc = vitkit.create_model("ViT-Ti/16", num_classes=0, image_size=16, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64)
+        model = SegmentationModel(enc, 4, head, channels=8, norm="group")
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            model = model.to("cuda")
+            loss, metrics = Segmentation(4, 255)(model, torch.randn(2, 3, 16, 16).to("cuda"),
+                                                 torch.randint(0, 4, (2, 16, 16)).to("cuda"))
+            assert loss.device.type == "cuda" and metrics["acc"].device.type == "cuda"
+
+
+def test_dense_batches_are_augmented_on_the_training_device():
+    """Images and masks of an in-memory dense split are moved by the same crop and flip on the training device (the
+    meta device for a GPU, as above): a mask left on the CPU would raise there."""
+    from vitkit.config import DataConfig
+    from vitkit.data.loader import StepBatches
+    from vitkit.data.masks import DenseData
+
+    split = DenseData(torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 4, (12, 8, 8), dtype=torch.uint8))
+    cfg = DataConfig(name="canvas", image_size=8, crop="pad", crop_padding=1, flip=True)
+    x, y = StepBatches(split, cfg, 1, 4, 4, seed=0, device="meta")[1]
+    assert x.device.type == y.device.type == "meta" and x.shape == (4, 1, 8, 8) and y.shape == (4, 8, 8)
