@@ -616,7 +616,8 @@ def pretraining_runs(b: Budget) -> list[RunSpec]:
                            (("arm", "supervised pre-training"), ("seed", s))))
         for k in _pre_labels(b):
             labels = () if k == _all_labels(b) else (f"data.labels_per_class={k}",)
-            tune = ("data.val_fraction=0", *labels, "optim.lr=3e-4") + run_args(fine, s)
+            # every arm fine-tuned by the same recipe and learning rate as scratch trains: only the start differs
+            tune = ("data.val_fraction=0", *labels) + run_args(fine, s)
             for arm, init in (("MAE", f"mae-s{s}"), ("MPP", f"mpp-s{s}"), ("supervised", f"supervised-s{s}")):
                 out.append(_spec("pretraining", arm, k, s, recipe, tune, init=init))
             out.append(_spec("pretraining", "scratch", k, s, recipe, (*common, *labels) + run_args(fine, s)))
@@ -641,8 +642,9 @@ PRETRAINING = Study(
     setup=lambda b: (f"the small ViT pre-trained for the same steps and batch by masked autoencoding (75% of the patches "
                      f"hidden, a decoder of width 64 and depth 2, normalised-pixel targets), by masked patch prediction, "
                      f"or supervised on all labels, each fine-tuned with {', '.join(map(str, _pre_labels(b)))} labelled "
-                     f"images per class (about 1%, 10% and all), against the same model trained from scratch on those "
-                     f"labels; {b.n_seeds} seed(s)."),
+                     f"images per class (about 1%, 10% and all) by the recipe scratch trains with (the same learning "
+                     f"rate and steps: only the initialisation differs), against the same model trained from scratch on "
+                     f"those labels; {b.n_seeds} seed(s)."),
     runs=pretraining_runs, summarize=pretraining_summary,
     decide=lambda n: verdicts.denoising(*(({int(k): v for k, v in n["acc"][a].items()})
                                           for a in ("MAE", "MPP", "scratch", "supervised"))),
