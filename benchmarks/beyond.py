@@ -93,7 +93,7 @@ def figure(res: dict, ex: dict | None, path: Path) -> None:
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(names)), [f"{t} ({'top-1' if MAIN[t] == 'top1' else 'mIoU'})" for t in names])
     ax.set(ylabel="test score [%]", title="Multitask vs single-task training at the same total compute", ylim=(0, 100))
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper right")
     ax.grid(alpha=0.3, axis="y")
     if ex is not None:
         colours = palette(len(ex["classes"])) / 255.0
@@ -126,18 +126,21 @@ def figure(res: dict, ex: dict | None, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=HERE / "runs" / "beyond")
-    p.add_argument("--seg-steps", type=int, default=1200)
-    p.add_argument("--det-steps", type=int, default=1200)
-    p.add_argument("--mt-steps", type=int, default=1200)
+    p.add_argument("--seg-steps", type=int, default=800)
+    p.add_argument("--det-steps", type=int, default=300)
+    p.add_argument("--mt-steps", type=int, default=800)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--only", default="seg,det,multitask")
     p.add_argument("--results", type=Path, default=HERE / "results" / "beyond.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run (e.g. a smoke test: --set data.canvas.train=64)")
     args = p.parse_args()
     only = set(args.only.split(","))
     from vitkit import runtime
 
     res: dict = {"machine": runtime.summary(runtime.describe()), "runs": {}}
-    log = lambda s: [f"train.steps={s}", f"train.log_every={max(1, s // 20)}", f"train.eval_every={s}", f"train.ckpt_every={s // 4}"]  # noqa: E731
+    log = lambda s: [f"train.steps={s}", f"train.log_every={max(1, s // 20)}", f"train.eval_every={s}",  # noqa: E731
+                     f"train.ckpt_every={max(1, s // 4)}", *args.set]
     if "seg" in only:
         res["runs"]["seg"] = summary(run("seg", "seg-canvas", log(args.seg_steps), args.out))
     if "det" in only:
