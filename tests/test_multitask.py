@@ -269,6 +269,8 @@ def test_eval_reports_each_task_as_training_scored_it(run, capsys):
     assert main(["eval", str(run), "--task", "canvas"]) == 0
     text = capsys.readouterr().out
     assert "canvas" in text and "mIoU" in text and "top-1" not in text
+    assert main(["eval", str(run / "checkpoint"), "--task", "canvas", "--json"]) == 0  # the run's canvas, not the default
+    assert json.loads(capsys.readouterr().out)["tasks"]["canvas"]["miou"] == pytest.approx(test["canvas"]["miou"])
     assert main(["eval", str(run), "--task", "nope"]) == 2
     assert "its tasks are digits (classification on digits), canvas" in capsys.readouterr().err
     assert main(["predict", str(run), str(run / "curves.png")]) == 2
@@ -314,13 +316,105 @@ def test_the_objective_and_its_scores_stay_on_the_models_device():
     assert sums["confusion"].device.type == "cuda" and sums["confusion"].shape == (10, 10)
 
 
-def test_the_mixed_batch_is_split_by_task_where_the_model_is():
-    """The task indices select each head's images on the model's device (the meta device stands in for a GPU; its
-    data-dependent nonzero runs on real tensors only, so the split is checked on the CPU and the heads' device there)."""
-    mt = MultitaskModel(_encoder(), _specs())
-    x, task = torch.randn(3, 1, 16, 16), torch.tensor([1, 0, 1])
-    out = mt.forward_tasks(x, task)
-    assert out["canvas"][0].device == out["canvas"][1].device == x.device
+def test_a_task_read_from_files_joins_the_batch_on_the_training_device(tmp_path):
+    """A folder task's images come from disk on the CPU, an in-memory task's are augmented on the training device (the
+    meta device for a GPU): the mixed batch and its targets are all on the device."""
+    from PIL import Image
+
+    from vitkit.data.multitask import MultitaskBatches, load_multitask
+
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(tmp_path / "f" / c / f"{i}.png")
+    cfg = build("multitask", TINY + [f"multitask.tasks=digits,f=folder:{tmp_path / 'f'}", "data.in_memory=false"])
+    ds = load_multitask(cfg, parse_tasks(cfg.multitask))
+    x, y = MultitaskBatches(ds, cfg, 1, 8, seed=0, device="meta")[0]
+    assert x.device.type == "meta" and x.shape == (8, 1, 16, 16) and all(v.device.type == "meta" for v in y.values())
+
+
+def test_quotas_are_checked_against_the_data_and_the_ranks_before_a_run_directory(tmp_path, capsys):
+    from vitkit.data.multitask import check_batches, load_multitask
+
+    cfg = build("multitask", TINY + ["data.canvas.train=10", "train.batch_size=32"])
+    ds = load_multitask(cfg, parse_tasks(cfg.multitask))
+    with pytest.raises(ValueError, match="task 'canvas' \\(canvas\\): 16 images per batch but its training split has 10"):
+        check_batches(ds, 32)
+    assert check_batches(ds, 16) == [8, 8]
+    with pytest.raises(ValueError, match=r"\(digits: 5, canvas: 5\) must divide among the 2 processes"):
+        check_batches(ds, 10, world=2)
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "multitask", "--out", str(out), *sets("data.canvas.train=10", "train.batch_size=32")]) == 2
+    assert "16 images per batch but its training split has 10" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("name", ["score", "n", "train", "keys", "items"])
+def test_task_names_that_would_shadow_a_score_or_a_module_attribute_are_refused(name):
+    with pytest.raises(ValueError, match=f"task name '{name}'.*is taken"):
+        parse_tasks(MultitaskConfig(tasks=f"{name}=digits,canvas"))
+
+
+def test_scores_of_several_processes_are_combined_per_task(monkeypatch):
+    """Two ranks: a classification's top-1 is the image-weighted mean, a segmentation's mIoU comes from the summed
+    confusion matrices (not the mean of the ranks' mIoUs), and "score" is the mean of the combined scores."""
+    import torch.distributed as dist
+
+    from vitkit.evaluate.segmentation import segmentation_scores
+    from vitkit.train import distributed
+    from vitkit.train.distributed import Env
+
+    names = ["a", "b", "c"]
+    cms = [torch.tensor([[5, 1, 0], [0, 3, 0], [0, 0, 0]]), torch.tensor([[0, 0, 0], [1, 2, 0], [0, 0, 4]])]
+    segs = [{**segmentation_scores(cm, names), "confusion": cm.tolist(), "loss": loss, "n": n}
+            for cm, loss, n in zip(cms, (0.5, 1.0), (2, 3))]
+    clss = [{"top1": 1.0, "top5": 1.0, "loss": 0.1, "n": 1}, {"top1": 0.5, "top5": 1.0, "loss": 0.3, "n": 3}]
+    plans = [TaskPlan("d", "digits", "classification", 1, 1), TaskPlan("c", "canvas", "segmentation", 1, 1)]
+    obj, env = Multitask(plans, [1, 1], class_names={"c": names}), Env(rank=0, world=2)
+    monkeypatch.setattr(distributed, "comm_device", lambda: torch.device("cpu"))
+    shares = []
+    monkeypatch.setattr(dist, "all_reduce", lambda t: shares.append(t.clone()))
+    obj.reduce_eval({"d": clss[1], "c": segs[1]}, env)  # rank 1's tensors, in the order rank 0 sends its own
+    calls = iter(shares)
+    monkeypatch.setattr(dist, "all_reduce", lambda t: t.add_(next(calls)))
+    got = obj.reduce_eval({"d": clss[0], "c": segs[0]}, env)
+    want_miou = segmentation_scores(cms[0] + cms[1], names)["miou"]
+    assert got["d"]["top1"] == pytest.approx((1.0 * 1 + 0.5 * 3) / 4) and got["d"]["n"] == 4
+    assert got["c"]["miou"] == pytest.approx(want_miou) and got["c"]["n"] == 5
+    assert got["score"] == pytest.approx((0.625 + want_miou) / 2) and got["n"] == 9
+
+
+def test_its_encoder_starts_from_a_segmentation_run_and_another_task_list(tmp_path, capsys):
+    """model.init of a segmentation model: its encoder, new heads; of a multitask run with other tasks: its encoder."""
+    from vitkit.heads.segmentation import SegmentationModel
+
+    seg = SegmentationModel(_encoder(), len(DIGIT_CANVAS), "linear")
+    with torch.no_grad():
+        for p in seg.parameters():
+            p.normal_(0, 0.02)
+    vitkit.save_model(seg, tmp_path / "seg")
+    own = [a for s in TINY if not s.startswith("model.") for a in ("--set", s)]
+    out = tmp_path / "mt"
+    assert main(["train", "--recipe", "multitask", "--out", str(out), *own, "--set", "train.steps=1",
+                 "--set", f"model.init={tmp_path / 'seg'}"]) == 0
+    assert "its encoder with new heads for digits, canvas" in capsys.readouterr().err
+    back = vitkit.load_model(out)
+    assert isinstance(back, MultitaskModel) and [t.name for t in back.tasks] == ["digits", "canvas"]
+    # one step at the recipe's rate moved the encoder a little from the segmentation model's
+    assert torch.allclose(back.encoder.patch_embed.proj.weight, seg.encoder.patch_embed.proj.weight, atol=0.05)
+    other = tmp_path / "other"
+    assert main(["train", "--recipe", "multitask", "--out", str(other), *own, "--set", "train.steps=1",
+                 "--set", "multitask.tasks=digits", "--set", f"model.init={out}"]) == 0
+    assert [t.name for t in vitkit.load_model(other).tasks] == ["digits"]
+    with pytest.raises(ValueError, match="a multitask model has a head per task"):
+        vitkit.load_model(out, num_classes=3)
+
+
+def test_reset_head_without_zero_initialises_every_kind_of_head():
+    mt = MultitaskModel(_encoder(), _specs("progressive"))
+    for name in ("digits", "canvas"):
+        mt.reset_head(name, zero=False)
+        last = mt.heads[name] if name == "digits" else mt.heads[name].classify
+        assert last.weight.abs().sum() > 0, name
 
 
 def test_config_defaults_for_older_runs():

@@ -150,6 +150,10 @@ def load(
     if hasattr(net, "drop_pre_logits") and drop_pre_logits and getattr(cfg, "representation_size", None):
         net.drop_pre_logits()
         report.notes.append(f"pre-logits layer dropped; new zero-initialised {cfg.width} x {cfg.num_classes} head")
+    if num_classes is not None and getattr(cfg, "arch", None) == "multitask":
+        raise ValueError(f"{source}: a multitask model has a head per task, not one classifier to resize; load it "
+                         f"without num_classes (its encoder: model.encoder), or fine-tune it (`vitkit finetune {source} "
+                         f"--data ...`)")
     if num_classes is not None and num_classes != cfg.num_classes:
         report.notes.append(f"head replaced: {cfg.num_classes} -> {num_classes} classes, zero-initialised")
         net.reset_head(num_classes, zero=True)

@@ -103,11 +103,8 @@ class MultitaskBatches(TorchDataset):
                  world: int = 1, device: torch.device | str = "cpu"):
         from vitkit.data.loader import StepBatches, step_seed
 
-        self.plans, self.shares = ds.plans, quotas(ds.plans, batch_size)
-        bad = [f"{p.name}: {q}" for p, q in zip(self.plans, self.shares) if q % world]
-        if bad:
-            raise ValueError(f"multitask: each task's images per batch ({', '.join(bad)}) must divide among the {world} "
-                             f"processes; choose train.batch_size and multitask.weights so that they do")
+        self.plans, self.shares = ds.plans, check_batches(ds, batch_size, world)
+        self.device = torch.device(device)
         self.ignore_index = cfg.data.ignore_index
         self.parts = []
         for i, (p, q) in enumerate(zip(self.plans, self.shares)):
@@ -125,11 +122,13 @@ class MultitaskBatches(TorchDataset):
         return 2**62
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from vitkit.data.loader import to_device
+
         xs, ys = [], []
-        for b in self.parts:
+        for b in self.parts:  # a task read from files comes on the CPU, an in-memory one where it is augmented
             x, y = b[step]
-            xs.append(x)
-            ys.append(y)
+            xs.append(to_device(x, self.device))
+            ys.append(to_device(y, self.device))
         x = torch.cat(xs)
         n = len(x)
         target = {"task": torch.cat([torch.full((len(xi),), i, dtype=torch.long, device=x.device) for i, xi in enumerate(xs)])}
@@ -141,6 +140,23 @@ class MultitaskBatches(TorchDataset):
             target[p.name] = full
             start += len(xi)
         return x, target
+
+
+def check_batches(ds: MultitaskDataset, batch_size: int, world: int = 1) -> list[int]:
+    """The tasks' quotas per batch (objectives/multitask.py quotas), checked against what they draw from (called
+    before the run directory exists): ValueError naming the task whose quota its training split cannot fill (a
+    batch is drawn without repeats) or that does not divide among the processes."""
+    shares = quotas(ds.plans, batch_size)
+    for p, q in zip(ds.plans, shares):
+        n = len(ds.datasets[p.name].train)
+        if n < q:
+            raise ValueError(f"multitask task {p.name!r} ({p.data}): {q} images per batch but its training split has {n}; "
+                             f"lower train.batch_size or its multitask.weights")
+    bad = [f"{p.name}: {q}" for p, q in zip(ds.plans, shares) if q % world]
+    if bad:
+        raise ValueError(f"multitask: each task's images per batch ({', '.join(bad)}) must divide among the {world} "
+                         f"processes; choose train.batch_size and multitask.weights so that they do")
+    return shares
 
 
 def multitask_eval_streams(split: TaskSplits, ds: MultitaskDataset, cfg: Any, channels: int, batch_size: int,

@@ -319,8 +319,13 @@ def eval_multitask(src: str | Path, tasks: list[str] | None = None, data: str | 
         what = f"--task {','.join(unknown)}" if unknown else f"--data {data}"
         raise ValueError(f"{what}: {src} has no such task; its tasks are "
                          + ", ".join(f"{t.name} ({t.kind} on {t.data or 'unrecorded data'})" for t in model.tasks))
+    from vitkit.rundir import RunDir
+
     run_cfg = Config()
-    config = Path(src) / "config.json"
+    base = Path(src)
+    if base.name == RunDir.CHECKPOINT and (base.parent / "config.json").is_file():  # RUN/checkpoint: the run's settings
+        base = base.parent
+    config = base / "config.json"
     if config.is_file():
         try:
             loaded = load_config(config)
@@ -348,7 +353,7 @@ def eval_multitask(src: str | Path, tasks: list[str] | None = None, data: str | 
             res = evaluate_segmentation(view, bar, t.num_classes, ds.ignore_index, precision, ds.classes)
         else:
             res = evaluate(view, bar, precision)
-            conf = res["confusion"]
+            conf = res["confusion"] or [[0] * len(ds.classes) for _ in ds.classes]  # an empty split: no counts
             res["per_class"] = {c: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else float("nan")) for i, c in enumerate(ds.classes)}
         res.update({"kind": t.kind, "data": t.data, "classes": ds.classes})
         out[t.name] = res

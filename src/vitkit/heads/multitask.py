@@ -149,9 +149,9 @@ class MultitaskModel(OnEncoder, nn.Module):
         """Task `task`'s head made anew (zero-initialised last layer; `zero=False`: PyTorch's initialisation)."""
         t = self.config.task(task)
         self.heads[task] = self._head(t)
-        if not zero:
+        if not zero:  # PyTorch's initialisation of every layer (a classifier is its Linear itself)
             for m in self.heads[task].modules():
-                if hasattr(m, "reset_parameters") and m is not self.heads[task]:
+                if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
 
     def head_outputs(self, task: str, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

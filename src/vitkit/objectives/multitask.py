@@ -22,6 +22,7 @@ import torch.nn as nn
 from vitkit.objectives.classification import classification_loss, hard_labels
 
 MAIN = {"classification": "top1", "segmentation": "miou"}  # each task's main score
+RESERVED = {"score", "n", "tasks"}  # keys of the results beside the tasks' own
 REFUSED = {  # data options a mixed batch cannot honour
     "mixup": "it blends images of one batch, and a multitask batch mixes tasks",
     "cutmix": "it blends images of one batch, and a multitask batch mixes tasks",
@@ -72,6 +73,9 @@ def parse_tasks(m: Any) -> list[TaskPlan]:
         if not NAME.match(name):
             raise ValueError(f"multitask.tasks: task name {name!r} (of {p!r}): lower-case letters, digits, '-' and '_'; "
                              f"name it NAME=DATA")
+        if name in RESERVED or hasattr(nn.ModuleDict, name):
+            raise ValueError(f"multitask.tasks: task name {name!r} (of {p!r}) is taken (a score's key or a module "
+                             f"attribute); name it otherwise, NAME=DATA")
         named.append((name, data, "segmentation" if is_dense(data) else "classification"))
     names = [n for n, _, _ in named]
     if len(set(names)) != len(names):

@@ -10,7 +10,9 @@ def multitask() -> Config:
     on a 64 px canvas), trained jointly on one ViT (patch 8, width 128, depth 6, sin-cos position embeddings, average
     pooling) at 64 px: every batch of 96 holds 32 images of each task (equal sampling weights); a linear classifier per
     classification task and SETR's progressive head (64 channels, group norm) for the segmentation. AdamW 1e-3 with
-    warm-up and cosine, 3,000 steps, flips and a 4-pixel pad-and-crop (the masks moved with their images)."""
+    warm-up and cosine, 3,000 steps, flips and a 4-pixel pad-and-crop (the masks moved with their images). The data
+    section's augmentation applies to every task: digits are flipped too (the quickstart recipe does not flip them;
+    per-task augmentation is not offered)."""
     return Config(
         recipe="multitask", objective="multitask",
         data=DataConfig(image_size=64, crop="pad", crop_padding=4, flip=True,

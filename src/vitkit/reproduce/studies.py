@@ -637,7 +637,8 @@ PRETRAINING = Study(
     claim=("The paper's masked patch prediction trails supervised pre-training by 4% and leaves other self-supervised "
            "objectives open. Masked autoencoding (He et al. 2021: the encoder sees a quarter of the patches, a light "
            "decoder reconstructs the pixels of the hidden ones) is the denoising answer: fine-tuned with few labels it "
-           "should beat masked patch prediction, and both should beat training from scratch."),
+           "should beat masked patch prediction and training from scratch, and masked patch prediction should be ahead "
+           "of it at no number of labels."),
     rule=verdicts.denoising.__doc__,
     setup=lambda b: (f"the small ViT pre-trained for the same steps and batch by masked autoencoding (75% of the patches "
                      f"hidden, a decoder of width 64 and depth 2, normalised-pixel targets), by masked patch prediction, "

@@ -407,8 +407,13 @@ def setup(cfg: Config, out: str | Path | None = None, resume: str | Path | None 
     # masks against its classes and ignore index, too few images to carve validation, model.init's architecture) is
     # an error before anything is written
     early = _data_and_model(cfg) if cfg.objective in ("segmentation", "detection", "multitask") else None
+    reads: tuple = (cfg.model.init, cfg.data.name, cfg.data.data_dir)  # what --force must not remove
+    if cfg.objective == "multitask":  # every task's quota fillable and divisible among the ranks; its data kept
+        from vitkit.data.multitask import check_batches
+
+        check_batches(early[0], cfg.train.batch_size, env.world)
+        reads += tuple(p.data.split(":", 1)[1] for p in early[0].plans if ":" in p.data)
     if not resume:
-        reads = (cfg.model.init, cfg.data.name, cfg.data.data_dir)  # what --force must not remove
         run_dir = RunDir.new(out, cfg.recipe, replace=overwrite, keep=reads).path if env.is_main else Path(out or "")
         run_dir = distributed.broadcast_path(run_dir, env)
     lock = RunDir(run_dir).lock() if env.is_main else None  # one process at a time in a run directory, until the run ends

@@ -100,11 +100,11 @@ def plot_curves(run_dir: Path, title: str = "") -> Path | None:
     a.set_xlabel("step"), a.set_ylabel("loss"), a.grid(alpha=0.3)
     if train and "acc" in train[0]:
         b.plot([r["step"] for r in train], [r["acc"] for r in train], lw=1.0, alpha=0.6,
-               label="train top-1 (batch)" if keys == ["top1"] else "train pixel accuracy (batch)")
+               label="train pixel accuracy (batch)" if keys == ["miou"] else "train top-1 (batch)")
     for k in keys:
         label = {"top1": "val top-1", "miou": "val mIoU"}.get(k, f"val {k.replace('/top1', ' top-1').replace('/miou', ' mIoU')}")
         b.plot([r["step"] for r in val], [r[k] for r in val], lw=1.5, marker=".", label=label)
-    b.set_xlabel("step"), b.set_ylabel("accuracy" if keys == ["top1"] else "score"), b.grid(alpha=0.3)
+    b.set_xlabel("step"), b.set_ylabel("accuracy" if keys in ([], ["top1"]) else "score"), b.grid(alpha=0.3)
     for ax in (a, b):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
