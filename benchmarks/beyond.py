@@ -75,6 +75,7 @@ def examples(seg_run: Path, det_run: Path, n: int = 6) -> dict:
 
 def figure(res: dict, ex: dict | None, path: Path) -> None:
     import matplotlib.patches as patches
+    from torchvision.ops import nms
 
     from vitkit.evaluate.predict import palette
     from vitkit.figures import figure as new_figure
@@ -111,14 +112,14 @@ def figure(res: dict, ex: dict | None, path: Path) -> None:
                 x0, y0, x1, y1 = box.tolist()
                 b.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--", lw=0.8))
             found = ex["boxes"][i]
-            for box, label, score in zip(found["boxes"], found["labels"], found["scores"]):
-                if score < 0.3:
-                    continue
+            keep = found["scores"] >= 0.5  # shown: the confident boxes, overlaps of other classes suppressed
+            keep = keep.nonzero().flatten()[nms(found["boxes"][keep], found["scores"][keep], 0.5)]
+            for box, label in zip(found["boxes"][keep], found["labels"][keep]):
                 x0, y0, x1, y1 = box.tolist()
                 b.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.2))
                 b.text(x0, y0 - 1, ex["classes"][int(label)], color="yellow", fontsize=5)
             b.set_axis_off()
-            b.set_title("detection (dashed: truth)" if i == 0 else "", fontsize=9, loc="left")
+            b.set_title("detection, score 0.5 and up (dashed: truth)" if i == 0 else "", fontsize=9, loc="left")
     fig.tight_layout()
     save_png(fig, path, dpi=110)
 
