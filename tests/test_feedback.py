@@ -86,12 +86,18 @@ def test_ctrl_c_in_training_says_where_the_last_checkpoint_is(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "vitkit.cli", "train", "--out", str(out), "--set", "train.steps=100000",
            "--set", "train.ckpt_every=5", "--set", "train.eval_every=100000", "--set", "train.batch_size=16",
-           "--set", "model.width=32", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=64"]
+           "--set", "model.width=32", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=64",
+           "--set", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def trained_past_the_checkpoint() -> bool:  # the SIGINT lands between steps, the first checkpoint written
+        log = out / "metrics.jsonl"
+        return (out / "checkpoint" / "state.pt").exists() and log.exists() and log.read_text().count("\n") >= 7
+
     try:
         deadline = time.monotonic() + 240
-        while not (out / "checkpoint" / "state.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        while not trained_past_the_checkpoint() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert (out / "checkpoint").exists(), proc.communicate(timeout=30)
         proc.send_signal(signal.SIGINT)
