@@ -81,6 +81,11 @@ def test_ctrl_c_in_a_verb_is_one_line(ckpt, capsys, monkeypatch):
     assert capsys.readouterr().err.strip().splitlines()[-1] == "vitkit eval: interrupted"
 
 
+def _fresh_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_training_says_where_the_last_checkpoint_is(tmp_path):
     """A real SIGINT to a training process: one line naming the last checkpoint's step and the resume command."""
     out = tmp_path / "run"
@@ -89,7 +94,9 @@ def test_ctrl_c_in_training_says_where_the_last_checkpoint_is(tmp_path):
            "--set", "model.width=32", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=64",
            "--set", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the child starts with the signal state a user's shell gives it: a blocked or ignored SIGINT is inherited across
+    # exec, and some test before this one (in a full run only) leaves the pytest process so
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_fresh_signals)
 
     def trained_past_the_checkpoint() -> bool:  # the SIGINT lands between steps, the first checkpoint written
         log = out / "metrics.jsonl"
